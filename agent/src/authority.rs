@@ -1,0 +1,459 @@
+//! The signing CA and SVID minting.
+//!
+//! The `dev` upstream's CA is generated at start (or loaded from PEM files); the `kms`
+//! upstream will hand over a Private CA's material through the same [`Authority`].
+//!
+//! Every X.509-SVID follows the SPIFFE X.509-SVID spec
+//! (<https://github.com/spiffe/spiffe/blob/main/standards/X509-SVID.md>): exactly one URI
+//! SAN, basicConstraints present with cA=false, keyUsage critical with
+//! digitalSignature (and keyEncipherment only for RSA keys, which are not minted here),
+//! EKU serverAuth + clientAuth, a random positive 128-bit serial. Each minted SVID is
+//! re-parsed by the `spiffe` crate before it is published.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use spiffe::TrustDomain;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::Error;
+use crate::config::{CaFiles, Entry};
+use crate::keys::SigningKey;
+
+/// How long a generated development CA is valid.
+pub const DEV_CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How far a certificate's notBefore is set in the past, for peers whose clocks lag.
+pub const BACKDATE: Duration = Duration::from_secs(60);
+
+/// A CA that signs SVIDs of one trust domain.
+pub struct Authority {
+    issuer: Issuer<'static, SigningKey>,
+    /// Certificates sent after the leaf: the CA's own certificate when it is not a root,
+    /// then any intermediates above it.
+    chain: Vec<CertificateDer<'static>>,
+    /// The trust bundle: root certificates.
+    bundle: Vec<CertificateDer<'static>>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    trust_domain: TrustDomain,
+}
+
+/// A freshly minted X.509-SVID.
+pub struct Minted {
+    /// The DER chain, leaf first, concatenated.
+    pub cert_chain_der: Vec<u8>,
+    /// The PKCS#8 DER private key.
+    pub private_key_der: Zeroizing<Vec<u8>>,
+    /// The leaf's serial number, for logs.
+    pub serial: String,
+    /// When the SVID was issued (not its backdated notBefore).
+    pub issued_at: SystemTime,
+    /// The leaf's notAfter.
+    pub not_after: SystemTime,
+}
+
+// === impl Authority ===
+
+impl Authority {
+    /// Generates a self-signed development root for `trust_domain`, valid from now for
+    /// [`DEV_CA_VALIDITY`].
+    pub fn generate_dev(trust_domain: &TrustDomain) -> Result<Self, Error> {
+        let key = SigningKey::generate_p256()?;
+        let now = SystemTime::now();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "EnclaveID");
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("EnclaveID development CA for {trust_domain}"),
+        );
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.subject_alt_names = vec![uri(&trust_domain.id_string())?];
+        params.serial_number = Some(random_serial());
+        let not_before = now - BACKDATE;
+        let not_after = now + DEV_CA_VALIDITY;
+        params.not_before = OffsetDateTime::from(not_before);
+        params.not_after = OffsetDateTime::from(not_after);
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| Error::Mint(format!("self-signing the dev CA: {e}")))?;
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            chain: Vec::new(),
+            bundle: vec![cert.der().clone()],
+            not_before: truncate_to_seconds(not_before),
+            not_after: truncate_to_seconds(not_after),
+            trust_domain: trust_domain.clone(),
+        })
+    }
+
+    /// Loads a CA from PEM files: the CA certificate (optionally followed by the
+    /// intermediates above it), its PKCS#8 key, and the trust bundle when the CA is not
+    /// itself a root.
+    pub fn load(files: &CaFiles, trust_domain: &TrustDomain) -> Result<Self, Error> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| Error::Io {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let cert_pem = read(&files.cert_path)?;
+        let certs = parse_pem_certs(&cert_pem, "upstream.cert_path")?;
+        let key_pem = Zeroizing::new(read(&files.key_path)?);
+        let key_der = pem::parse(&*key_pem)
+            .ok()
+            .filter(|p| p.tag() == "PRIVATE KEY")
+            .map(|p| Zeroizing::new(p.into_contents()))
+            .ok_or_else(|| {
+                Error::Key(format!(
+                    "upstream.key_path = {:?}: not a PEM `PRIVATE KEY` (PKCS#8); convert with `openssl pkcs8 -topk8 -nocrypt`",
+                    files.key_path
+                ))
+            })?;
+        let key = SigningKey::from_pkcs8_der(&key_der, "upstream.key_path")?;
+
+        let ca = &certs[0];
+        let (_, parsed) = x509_parser::parse_x509_certificate(ca)
+            .map_err(|e| Error::Certificate(format!("upstream.cert_path: {e}")))?;
+        if !parsed.is_ca() {
+            return Err(Error::Certificate(format!(
+                "upstream.cert_path = {:?}: the first certificate is not a CA (basicConstraints cA=true is required)",
+                files.cert_path
+            )));
+        }
+        if parsed.public_key().raw != key.subject_public_key_info() {
+            return Err(Error::Certificate(format!(
+                "upstream.key_path = {:?} does not belong to the certificate in upstream.cert_path = {:?}",
+                files.key_path, files.cert_path
+            )));
+        }
+        let validity = parsed.validity();
+        let not_before = SystemTime::from(validity.not_before.to_datetime());
+        let not_after = SystemTime::from(validity.not_after.to_datetime());
+        let self_signed = parsed.subject() == parsed.issuer();
+        let bundle = match &files.bundle_path {
+            Some(path) => parse_pem_certs(&read(path)?, "upstream.bundle_path")?,
+            None if self_signed => vec![ca.clone()],
+            None => {
+                return Err(Error::Config(format!(
+                    "upstream.bundle_path is required: upstream.cert_path = {:?} is not a self-signed root, so the trust bundle cannot be derived from it",
+                    files.cert_path
+                )));
+            }
+        };
+        let chain = if self_signed {
+            Vec::new()
+        } else {
+            certs.clone()
+        };
+        let issuer = Issuer::from_ca_cert_der(ca, key)
+            .map_err(|e| Error::Certificate(format!("upstream.cert_path: {e}")))?;
+        Ok(Self {
+            issuer,
+            chain,
+            bundle,
+            not_before,
+            not_after,
+            trust_domain: trust_domain.clone(),
+        })
+    }
+
+    /// The trust bundle as concatenated DER, as the Workload API sends it.
+    pub fn bundle_der(&self) -> Vec<u8> {
+        self.bundle.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    /// The trust domain this CA signs for.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The end of the CA's validity; no SVID outlives it.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// Mints an X.509-SVID for `entry`, valid from `now` for the entry's TTL but never
+    /// past the CA's own notAfter, and checks it with the `spiffe` crate's parser.
+    pub fn mint(&self, entry: &Entry, now: SystemTime) -> Result<Minted, Error> {
+        // Certificates carry whole seconds; truncating first keeps `not_after` exact.
+        let now = truncate_to_seconds(now);
+        if now >= self.not_after {
+            return Err(Error::Mint(format!(
+                "the CA expired at {}; no SVID can be issued",
+                humantime::format_rfc3339(self.not_after)
+            )));
+        }
+        let key = SigningKey::generate_p256()?;
+        let not_after = (now + entry.ttl).min(self.not_after);
+        let not_before = (now - BACKDATE).max(self.not_before);
+
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "EnclaveID");
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.subject_alt_names = std::iter::once(uri(&entry.spiffe_id.to_string()))
+            .chain(entry.dns_names.iter().map(|name| {
+                name.clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|e| Error::Mint(format!("DNS name {name:?}: {e}")))
+            }))
+            .collect::<Result<_, _>>()?;
+        let serial = random_serial();
+        let serial_hex = hex(serial.as_ref().iter().skip_while(|b| **b == 0).copied());
+        params.serial_number = Some(serial);
+        params.not_before = OffsetDateTime::from(not_before);
+        params.not_after = OffsetDateTime::from(not_after);
+        params.use_authority_key_identifier_extension = true;
+
+        let leaf = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| Error::Mint(format!("signing the SVID of {}: {e}", entry.spiffe_id)))?;
+        let mut cert_chain_der = leaf.der().to_vec();
+        for cert in &self.chain {
+            cert_chain_der.extend_from_slice(cert);
+        }
+        let private_key_der = key.to_pkcs8_der()?;
+
+        // Verify before publishing: an SVID the `spiffe` crate refuses is never served.
+        let parsed =
+            spiffe::X509Svid::parse_from_der(&cert_chain_der, &private_key_der).map_err(|e| {
+                Error::Mint(format!(
+                    "the minted SVID of {} does not parse as an X.509-SVID: {e}",
+                    entry.spiffe_id
+                ))
+            })?;
+        if parsed.spiffe_id() != &entry.spiffe_id {
+            return Err(Error::Mint(format!(
+                "the minted SVID names {} instead of {}",
+                parsed.spiffe_id(),
+                entry.spiffe_id
+            )));
+        }
+        Ok(Minted {
+            cert_chain_der,
+            private_key_der,
+            serial: serial_hex,
+            issued_at: now,
+            not_after,
+        })
+    }
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("trust_domain", &self.trust_domain)
+            .field("not_after", &self.not_after)
+            .field("chain_len", &self.chain.len())
+            .field("bundle_len", &self.bundle.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn uri(value: &str) -> Result<SanType, Error> {
+    value
+        .to_owned()
+        .try_into()
+        .map(SanType::URI)
+        .map_err(|e| Error::Mint(format!("URI SAN {value:?}: {e}")))
+}
+
+/// A random serial of 128 bits. rcgen writes it as a positive DER INTEGER (a leading
+/// zero octet when the top bit is set: 17 octets at most, under RFC 5280's 20).
+fn random_serial() -> SerialNumber {
+    let bytes: [u8; 16] = rand::random();
+    SerialNumber::from_slice(&bytes)
+}
+
+fn truncate_to_seconds(t: SystemTime) -> SystemTime {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs())
+}
+
+fn hex(bytes: impl IntoIterator<Item = u8>) -> String {
+    bytes.into_iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// All `CERTIFICATE` blocks of a PEM file, in order; at least one.
+pub fn parse_pem_certs(pem_bytes: &[u8], key: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let blocks = pem::parse_many(pem_bytes)
+        .map_err(|e| Error::Certificate(format!("{key}: not PEM: {e}")))?;
+    let certs: Vec<_> = blocks
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| CertificateDer::from(p.into_contents()))
+        .collect();
+    if certs.is_empty() {
+        return Err(Error::Certificate(format!(
+            "{key}: no PEM `CERTIFICATE` block found"
+        )));
+    }
+    for cert in &certs {
+        x509_parser::parse_x509_certificate(cert)
+            .map_err(|e| Error::Certificate(format!("{key}: {e}")))?;
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+
+    use super::*;
+
+    fn entry(ttl: Duration) -> Entry {
+        Entry {
+            spiffe_id: spiffe::SpiffeId::new("spiffe://example.org/gateway").unwrap(),
+            selectors: vec![crate::selector::Selector::Uid(1)],
+            dns_names: vec!["gateway.internal".into()],
+            ttl,
+            hint: String::new(),
+        }
+    }
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
+    }
+
+    #[test]
+    fn a_minted_svid_follows_the_x509_svid_profile() {
+        let ca = Authority::generate_dev(&td()).unwrap();
+        let now = SystemTime::now();
+        let minted = ca.mint(&entry(Duration::from_secs(600)), now).unwrap();
+        let (rest, cert) = x509_parser::parse_x509_certificate(&minted.cert_chain_der).unwrap();
+        assert!(rest.is_empty(), "a dev root CA adds no intermediates");
+
+        let bc = cert
+            .basic_constraints()
+            .unwrap()
+            .expect("basicConstraints present");
+        assert!(!bc.value.ca);
+        let ku = cert.key_usage().unwrap().expect("keyUsage present");
+        assert!(ku.critical);
+        assert!(ku.value.digital_signature());
+        assert!(!ku.value.key_cert_sign() && !ku.value.crl_sign() && !ku.value.key_encipherment());
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+
+        let san = cert.subject_alternative_name().unwrap().unwrap().value;
+        let uris: Vec<_> = san
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some(*u),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(uris, ["spiffe://example.org/gateway"]);
+        assert!(
+            san.general_names
+                .contains(&GeneralName::DNSName("gateway.internal"))
+        );
+
+        assert!(cert.raw_serial()[0] & 0x80 == 0, "serial is positive");
+        assert_eq!(hex(cert.serial.to_bytes_be()), minted.serial);
+        assert!(cert.serial.bits() > 96, "serial carries 128 random bits");
+        let not_before = cert.validity().not_before.timestamp();
+        let not_after = cert.validity().not_after.timestamp();
+        let now_s = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(
+            not_before < now_s && not_before >= now_s - 61,
+            "backdated a little"
+        );
+        assert_eq!(not_after, now_s + 600);
+        assert!(cert.extensions().iter().any(|e| matches!(
+            e.parsed_extension(),
+            ParsedExtension::AuthorityKeyIdentifier(_)
+        )));
+
+        let other = ca.mint(&entry(Duration::from_secs(600)), now).unwrap();
+        assert_ne!(other.serial, minted.serial, "serials are random");
+    }
+
+    #[test]
+    fn an_svid_never_outlives_its_ca() {
+        let ca = Authority::generate_dev(&td()).unwrap();
+        let late = ca.not_after() - Duration::from_secs(30);
+        let minted = ca.mint(&entry(Duration::from_secs(3600)), late).unwrap();
+        assert_eq!(minted.not_after, ca.not_after());
+        let Err(error) = ca.mint(&entry(Duration::from_secs(3600)), ca.not_after()) else {
+            panic!("minted past the CA's notAfter");
+        };
+        assert!(error.to_string().contains("CA expired"), "{error}");
+    }
+
+    #[test]
+    fn a_loaded_ca_must_match_its_key_and_be_a_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, data: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, data).unwrap();
+            path
+        };
+        // A CA made with rcgen's own key type: an independent producer of the files.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = params.self_signed(&key).unwrap();
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["leaf.test".to_owned()])
+            .unwrap()
+            .self_signed(&other_key)
+            .unwrap();
+
+        let files = CaFiles {
+            cert_path: write("ca.pem", &ca_cert.pem()),
+            key_path: write("ca.key", &key.serialize_pem()),
+            bundle_path: None,
+        };
+        let ca = Authority::load(&files, &td()).unwrap();
+        assert_eq!(ca.bundle_der(), ca_cert.der().to_vec());
+        let minted = ca
+            .mint(&entry(Duration::from_secs(60)), SystemTime::now())
+            .unwrap();
+        assert!(!minted.cert_chain_der.is_empty());
+
+        let wrong_key = CaFiles {
+            key_path: write("other.key", &other_key.serialize_pem()),
+            ..files.clone()
+        };
+        let error = Authority::load(&wrong_key, &td()).unwrap_err().to_string();
+        assert!(error.contains("does not belong"), "{error}");
+
+        let not_ca = CaFiles {
+            cert_path: write("leaf.pem", &leaf.pem()),
+            key_path: write("leaf.key", &other_key.serialize_pem()),
+            bundle_path: None,
+        };
+        let error = Authority::load(&not_ca, &td()).unwrap_err().to_string();
+        assert!(error.contains("not a CA"), "{error}");
+
+        let garbage = CaFiles {
+            cert_path: write("garbage.pem", "hello"),
+            ..files
+        };
+        let error = Authority::load(&garbage, &td()).unwrap_err().to_string();
+        assert!(error.contains("upstream.cert_path"), "{error}");
+    }
+}

@@ -1,0 +1,259 @@
+//! Command-line interface.
+
+mod api;
+mod health;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use enclaveid_agent::Agent;
+use enclaveid_agent::config::{Config, DEFAULT_SOCKET_PATH};
+
+/// EX_USAGE from sysexits.h: the command or its configuration is wrong.
+const EXIT_USAGE: u8 = 64;
+
+/// The environment variable that selects log levels (EnvFilter syntax).
+const ENV_LOG: &str = "ENCLAVEID_LOG";
+/// `plain` (default) or `json`.
+const ENV_LOG_FORMAT: &str = "ENCLAVEID_LOG_FORMAT";
+/// The SPIFFE-standard variable naming the Workload API endpoint.
+const ENV_ENDPOINT: &str = "SPIFFE_ENDPOINT_SOCKET";
+
+#[derive(Parser)]
+#[command(
+    name = "enclaveid",
+    version,
+    about = "SPIFFE identities for AWS Nitro Enclaves"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: mint SVIDs and serve the SPIFFE Workload API.
+    Run(RunArgs),
+    /// Talk to a running agent through the Workload API.
+    #[command(subcommand)]
+    Api(ApiCommand),
+    /// Exit 0 when the agent answers and serves current SVIDs, 1 otherwise.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct RunArgs {
+    /// The agent's TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Development mode: trust domain enclaveid.dev, a generated CA, an identity for the
+    /// invoking user, a socket in a per-user runtime directory. No file needed.
+    #[arg(long)]
+    dev: bool,
+}
+
+#[derive(Subcommand)]
+enum ApiCommand {
+    /// Fetch once and print (or write) the result.
+    #[command(subcommand)]
+    Fetch(FetchCommand),
+    /// Stream X.509-SVID updates and print each one.
+    Watch(EndpointArgs),
+}
+
+#[derive(Subcommand)]
+enum FetchCommand {
+    /// Fetch X.509-SVIDs and trust bundles.
+    X509(FetchX509Args),
+}
+
+#[derive(Args)]
+struct EndpointArgs {
+    /// The Workload API socket: a path or a `unix://` URI. Default: $SPIFFE_ENDPOINT_SOCKET,
+    /// else /run/enclaveid/agent.sock or the `run --dev` socket, whichever exists.
+    #[arg(long, value_name = "SOCKET")]
+    socket: Option<String>,
+}
+
+#[derive(Args)]
+struct FetchX509Args {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Write svid.N.pem, svid.N.key (mode 0600) and bundle.N.pem into this directory, as
+    /// `spire-agent api fetch x509 -write` names them.
+    #[arg(long, value_name = "DIR")]
+    write: Option<PathBuf>,
+    /// Give up after this long (humantime).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct HealthcheckArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Give up after this long (humantime).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("enclaveid: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Api(ApiCommand::Fetch(FetchCommand::X509(args))) => {
+                api::fetch_x509(
+                    &endpoint(&args.endpoint)?,
+                    args.write.as_deref(),
+                    args.timeout,
+                )
+                .await
+            }
+            Command::Api(ApiCommand::Watch(args)) => api::watch(&endpoint(&args)?).await,
+            Command::Healthcheck(args) => {
+                health::check(&endpoint(&args.endpoint)?, args.timeout).await
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            let usage = error
+                .downcast_ref::<enclaveid_agent::Error>()
+                .is_some_and(enclaveid_agent::Error::is_usage);
+            tracing::error!("{error:#}");
+            eprintln!("enclaveid: {error:#}");
+            if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "enclaveid starting");
+    let uid = nix::unistd::geteuid().as_raw();
+    let config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| enclaveid_agent::Error::Io {
+                path: path.clone(),
+                source,
+            });
+            // An unreadable config file is a usage error too.
+            let text = text.map_err(|e| enclaveid_agent::Error::Config(e.to_string()))?;
+            Config::from_toml(&text, &path.display().to_string())?
+        }
+        None => {
+            let socket = enclaveid_agent::dev_socket_path(uid);
+            check_dev_dir(&socket, uid)?;
+            Config::dev(uid, socket)?
+        }
+    };
+    let agent = Agent::start(config)?;
+    if args.dev {
+        let socket = agent.socket_path().display().to_string();
+        let mut out = std::io::stdout().lock();
+        use std::io::Write as _;
+        writeln!(
+            out,
+            "EnclaveID dev agent: trust domain enclaveid.dev, identity spiffe://enclaveid.dev/uid/{uid}\n\
+             Workload API socket: {socket}\n\n\
+             In another shell:\n  export {ENV_ENDPOINT}=unix://{socket}\n  enclaveid api fetch x509 --write ./svid\n"
+        )?;
+        out.flush()?;
+    }
+    agent.serve(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `--dev` socket may live under /tmp, where another user could have created the
+/// directory first; refuse one that is not ours.
+fn check_dev_dir(socket: &std::path::Path, uid: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(dir) = socket.parent() {
+        if let Ok(meta) = std::fs::symlink_metadata(dir) {
+            if !meta.is_dir() || meta.uid() != uid {
+                anyhow::bail!(
+                    "{} is not a directory owned by uid {uid}; remove it or use `enclaveid run --config`",
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The Workload API endpoint as a URI: `--socket`, else `SPIFFE_ENDPOINT_SOCKET`, else
+/// the first existing of the default and the dev socket.
+fn endpoint(args: &EndpointArgs) -> anyhow::Result<String> {
+    let from_env = std::env::var(ENV_ENDPOINT).ok().filter(|v| !v.is_empty());
+    if let Some(value) = args.socket.clone().or(from_env) {
+        return Ok(if value.starts_with('/') {
+            format!("unix://{value}")
+        } else {
+            value
+        });
+    }
+    let candidates = [
+        PathBuf::from(DEFAULT_SOCKET_PATH),
+        enclaveid_agent::dev_socket_path(nix::unistd::geteuid().as_raw()),
+    ];
+    candidates
+        .iter()
+        .find(|path| path.exists())
+        .map(|path| format!("unix://{}", path.display()))
+        .with_context(|| {
+            format!(
+                "no Workload API socket found at {} or {}; pass --socket or set {ENV_ENDPOINT}",
+                candidates[0].display(),
+                candidates[1].display()
+            )
+        })
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("warn,enclaveid=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var(ENV_LOG_FORMAT).is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

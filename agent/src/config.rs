@@ -1,0 +1,467 @@
+//! The agent's configuration file (TOML), read and checked once, before any socket is
+//! bound. Every error is one line that names the key, the value and what is accepted.
+//!
+//! ```toml
+//! trust_domain = "example.org"
+//! socket_path = "/run/enclaveid/agent.sock"   # default
+//! svid_ttl = "1h"                             # default; humantime, at least 5s
+//! [upstream]
+//! kind = "dev"          # the only kind so far; "kms" comes with the KMS upstream
+//! # cert_path / key_path: load the dev CA instead of generating one at start
+//! # bundle_path: trust bundle when cert_path is not a self-signed root
+//! [attestor]
+//! kind = "fake"         # placeholder until the Nitro attestation issue; "nsm" later
+//! [[entry]]
+//! spiffe_id = "spiffe://example.org/gateway"
+//! selectors = ["unix:uid:1000"]   # all must match
+//! dns_names = []                  # optional
+//! ttl = "30m"                     # optional, overrides svid_ttl
+//! hint = "internal"               # optional
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use spiffe::{SpiffeId, TrustDomain};
+
+use crate::Error;
+use crate::selector::Selector;
+
+/// Where the agent listens when `socket_path` is not set.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/enclaveid/agent.sock";
+/// The X.509-SVID lifetime when neither the entry nor `svid_ttl` sets one.
+pub const DEFAULT_SVID_TTL: Duration = Duration::from_secs(3600);
+/// The shortest lifetime accepted: rotation happens at half of it.
+pub const MIN_TTL: Duration = Duration::from_secs(5);
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The trust domain every entry belongs to.
+    pub trust_domain: TrustDomain,
+    /// The Workload API's Unix socket.
+    pub socket_path: PathBuf,
+    /// The default X.509-SVID lifetime.
+    pub svid_ttl: Duration,
+    /// Where the signing CA comes from.
+    pub upstream: Upstream,
+    /// How the enclave proves itself.
+    pub attestor: AttestorKind,
+    /// Registration entries, in file order.
+    pub entries: Vec<Entry>,
+}
+
+/// The source of the CA that signs SVIDs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Upstream {
+    /// An embedded development CA: generated at start, or loaded from files.
+    Dev(Option<CaFiles>),
+}
+
+/// A CA loaded from PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaFiles {
+    /// The CA certificate, optionally followed by the intermediates above it.
+    pub cert_path: PathBuf,
+    /// Its PKCS#8 private key.
+    pub key_path: PathBuf,
+    /// The trust bundle (root certificates); needed when `cert_path` is not a root.
+    pub bundle_path: Option<PathBuf>,
+}
+
+/// The enclave attestor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AttestorKind {
+    /// No hardware: a stand-in for development (see `enclaveid-attestor`).
+    Fake,
+}
+
+/// A registration entry: who gets which SPIFFE ID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The SVID's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// All must match the caller.
+    pub selectors: Vec<Selector>,
+    /// DNS SANs added to the X.509-SVID.
+    pub dns_names: Vec<String>,
+    /// The X.509-SVID lifetime.
+    pub ttl: Duration,
+    /// Sent to the workload as the SVID's `hint`.
+    pub hint: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    trust_domain: String,
+    socket_path: Option<PathBuf>,
+    svid_ttl: Option<String>,
+    upstream: RawUpstream,
+    attestor: RawAttestor,
+    #[serde(default, rename = "entry")]
+    entries: Vec<RawEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    kind: String,
+    cert_path: Option<PathBuf>,
+    key_path: Option<PathBuf>,
+    bundle_path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAttestor {
+    kind: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    spiffe_id: String,
+    selectors: Vec<String>,
+    #[serde(default)]
+    dns_names: Vec<String>,
+    ttl: Option<String>,
+    #[serde(default)]
+    hint: String,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Parses and checks a configuration file's text; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, Error> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| Error::Config(toml_error(text, origin, &e)))?;
+        let invalid = |key: &str, value: &dyn std::fmt::Debug, why: &dyn std::fmt::Display| {
+            Error::Config(format!("{origin}: {key} = {value:?} is not valid: {why}"))
+        };
+
+        let trust_domain = TrustDomain::new(&raw.trust_domain).map_err(|e| {
+            invalid(
+                "trust_domain",
+                &raw.trust_domain,
+                &format!("{e}; accepted: a name of lower-case letters, digits, '.', '-' and '_', such as \"example.org\""),
+            )
+        })?;
+        let svid_ttl = match &raw.svid_ttl {
+            Some(value) => parse_ttl(value).map_err(|why| invalid("svid_ttl", value, &why))?,
+            None => DEFAULT_SVID_TTL,
+        };
+        let upstream = match raw.upstream.kind.as_str() {
+            "dev" => Upstream::Dev(match (raw.upstream.cert_path, raw.upstream.key_path) {
+                (None, None) if raw.upstream.bundle_path.is_none() => None,
+                (Some(cert_path), Some(key_path)) => Some(CaFiles {
+                    cert_path,
+                    key_path,
+                    bundle_path: raw.upstream.bundle_path,
+                }),
+                _ => {
+                    return Err(Error::Config(format!(
+                        "{origin}: upstream.cert_path and upstream.key_path go together (bundle_path needs them too): set both to load a CA, or neither to generate one"
+                    )));
+                }
+            }),
+            other => {
+                return Err(invalid(
+                    "upstream.kind",
+                    &other,
+                    &"accepted: \"dev\" (\"kms\" is not implemented yet)",
+                ));
+            }
+        };
+        let attestor = match raw.attestor.kind.as_str() {
+            "fake" => AttestorKind::Fake,
+            other => {
+                return Err(invalid(
+                    "attestor.kind",
+                    &other,
+                    &"accepted: \"fake\" (\"nsm\" is not implemented yet)",
+                ));
+            }
+        };
+
+        let mut entries = Vec::with_capacity(raw.entries.len());
+        for (i, entry) in raw.entries.into_iter().enumerate() {
+            let key = |field: &str| format!("entry[{i}].{field}");
+            let spiffe_id = SpiffeId::new(&entry.spiffe_id)
+                .map_err(|e| invalid(&key("spiffe_id"), &entry.spiffe_id, &e))?;
+            if !spiffe_id.is_member_of(&trust_domain) {
+                return Err(invalid(
+                    &key("spiffe_id"),
+                    &entry.spiffe_id,
+                    &format!(
+                        "it is outside the trust domain; accepted: spiffe://{trust_domain}/PATH"
+                    ),
+                ));
+            }
+            if spiffe_id.path().is_empty() {
+                return Err(invalid(
+                    &key("spiffe_id"),
+                    &entry.spiffe_id,
+                    &format!("a workload ID needs a path; accepted: spiffe://{trust_domain}/PATH"),
+                ));
+            }
+            if entry.selectors.is_empty() {
+                return Err(invalid(
+                    &key("selectors"),
+                    &entry.selectors,
+                    &"an entry needs at least one selector, or every caller would get it",
+                ));
+            }
+            let selectors = entry
+                .selectors
+                .iter()
+                .enumerate()
+                .map(|(j, s)| {
+                    s.parse::<Selector>()
+                        .map_err(|e| invalid(&format!("entry[{i}].selectors[{j}]"), s, &e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for (j, name) in entry.dns_names.iter().enumerate() {
+                if rustls_pki_types::DnsName::try_from(name.as_str()).is_err()
+                    || name.parse::<std::net::IpAddr>().is_ok()
+                {
+                    return Err(invalid(
+                        &format!("entry[{i}].dns_names[{j}]"),
+                        name,
+                        &"accepted: a DNS name such as \"gateway.internal\"",
+                    ));
+                }
+            }
+            let ttl = match &entry.ttl {
+                Some(value) => parse_ttl(value).map_err(|why| invalid(&key("ttl"), value, &why))?,
+                None => svid_ttl,
+            };
+            entries.push(Entry {
+                spiffe_id,
+                selectors,
+                dns_names: entry.dns_names,
+                ttl,
+                hint: entry.hint,
+            });
+        }
+
+        Ok(Self {
+            trust_domain,
+            socket_path: raw
+                .socket_path
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH)),
+            svid_ttl,
+            upstream,
+            attestor,
+            entries,
+        })
+    }
+
+    /// The `--dev` configuration: trust domain `enclaveid.dev`, a generated CA, and one
+    /// entry `spiffe://enclaveid.dev/uid/UID` for the given user.
+    pub fn dev(uid: u32, socket_path: PathBuf) -> Result<Self, Error> {
+        let trust_domain =
+            TrustDomain::new("enclaveid.dev").map_err(|e| Error::Config(e.to_string()))?;
+        let spiffe_id = SpiffeId::new(format!("spiffe://enclaveid.dev/uid/{uid}"))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Self {
+            trust_domain,
+            socket_path,
+            svid_ttl: DEFAULT_SVID_TTL,
+            upstream: Upstream::Dev(None),
+            attestor: AttestorKind::Fake,
+            entries: vec![Entry {
+                spiffe_id,
+                selectors: vec![Selector::Uid(uid)],
+                dns_names: Vec::new(),
+                ttl: DEFAULT_SVID_TTL,
+                hint: String::new(),
+            }],
+        })
+    }
+}
+
+fn parse_ttl(value: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(value)
+        .map_err(|e| format!("{e}; accepted: a duration such as \"30m\", \"1h\" or \"90s\""))?;
+    if ttl < MIN_TTL {
+        return Err(format!(
+            "it is shorter than the minimum of {}",
+            humantime::format_duration(MIN_TTL)
+        ));
+    }
+    Ok(ttl)
+}
+
+/// One line from a TOML error: the file, the line and its text, and what was wrong
+/// (serde's message names the accepted keys or type).
+fn toml_error(text: &str, origin: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    match error.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let line_no = text[..start].matches('\n').count() + 1;
+            let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
+            format!("{origin}: line {line_no} (`{line}`): {message}")
+        }
+        None => format!("{origin}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+trust_domain = "example.org"
+socket_path = "/tmp/agent.sock"
+svid_ttl = "1h"
+[upstream]
+kind = "dev"
+[attestor]
+kind = "fake"
+[[entry]]
+spiffe_id = "spiffe://example.org/gateway"
+selectors = ["unix:uid:1000", "unix:gid:1000"]
+dns_names = ["gateway.internal"]
+ttl = "30m"
+hint = "internal"
+[[entry]]
+spiffe_id = "spiffe://example.org/inference"
+selectors = ["unix:uid:1001"]
+"#;
+
+    #[test]
+    fn a_full_config_parses_with_defaults_filled_in() {
+        let config = Config::from_toml(GOOD, "agent.toml").unwrap();
+        assert_eq!(config.trust_domain.to_string(), "example.org");
+        assert_eq!(config.entries.len(), 2);
+        assert_eq!(config.entries[0].ttl, Duration::from_secs(1800));
+        assert_eq!(config.entries[0].hint, "internal");
+        assert_eq!(config.entries[1].ttl, Duration::from_secs(3600));
+        assert_eq!(config.entries[1].selectors, vec![Selector::Uid(1001)]);
+        assert_eq!(config.upstream, Upstream::Dev(None));
+
+        let minimal = "trust_domain = \"example.org\"\n[upstream]\nkind = \"dev\"\n[attestor]\nkind = \"fake\"\n";
+        let config = Config::from_toml(minimal, "agent.toml").unwrap();
+        assert_eq!(config.socket_path, PathBuf::from(DEFAULT_SOCKET_PATH));
+        assert_eq!(config.svid_ttl, DEFAULT_SVID_TTL);
+    }
+
+    /// Each bad input is refused with one line naming the key, the value and what is
+    /// accepted.
+    #[test]
+    fn bad_configs_are_refused_with_one_line_naming_key_value_and_accepted() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "trust_domain = \"example.org\"",
+                "trust_domain = \"Not A Domain!\"",
+                &["trust_domain", "Not A Domain!", "accepted"],
+            ),
+            (
+                "svid_ttl = \"1h\"",
+                "svid_ttl = \"2s\"",
+                &["svid_ttl", "\"2s\"", "minimum of 5s"],
+            ),
+            (
+                "svid_ttl = \"1h\"",
+                "svid_ttl = \"soon\"",
+                &["svid_ttl", "soon", "accepted: a duration"],
+            ),
+            (
+                "svid_ttl = \"1h\"",
+                "svid_ttl = 5",
+                &["svid_ttl = 5", "expected a string"],
+            ),
+            (
+                "ttl = \"30m\"",
+                "ttl = \"1s\"",
+                &["entry[0].ttl", "\"1s\"", "minimum"],
+            ),
+            (
+                "\"spiffe://example.org/gateway\"",
+                "\"spiffe://other.org/gateway\"",
+                &[
+                    "entry[0].spiffe_id",
+                    "spiffe://other.org/gateway",
+                    "outside the trust domain",
+                ],
+            ),
+            (
+                "\"spiffe://example.org/gateway\"",
+                "\"spiffe://example.org\"",
+                &["entry[0].spiffe_id", "needs a path"],
+            ),
+            (
+                "\"spiffe://example.org/gateway\"",
+                "\"http://example.org/gateway\"",
+                &["entry[0].spiffe_id", "http://example.org/gateway"],
+            ),
+            (
+                "[\"unix:uid:1000\", \"unix:gid:1000\"]",
+                "[\"unix:uid:1000\", \"k8s:ns:x\"]",
+                &["entry[0].selectors[1]", "k8s:ns:x", "accepted: unix:uid:N"],
+            ),
+            (
+                "[\"unix:uid:1001\"]",
+                "[]",
+                &["entry[1].selectors", "at least one selector"],
+            ),
+            (
+                "kind = \"dev\"",
+                "kind = \"acme\"",
+                &["upstream.kind", "acme", "accepted: \"dev\""],
+            ),
+            (
+                "kind = \"fake\"",
+                "kind = \"tpm\"",
+                &["attestor.kind", "tpm", "accepted: \"fake\""],
+            ),
+            (
+                "hint = \"internal\"",
+                "hint = \"internal\"\ncolour = \"blue\"",
+                &["colour", "unknown field", "expected one of"],
+            ),
+            (
+                "[\"gateway.internal\"]",
+                "[\"not a name\"]",
+                &[
+                    "entry[0].dns_names[0]",
+                    "not a name",
+                    "accepted: a DNS name",
+                ],
+            ),
+            (
+                "trust_domain = \"example.org\"",
+                "trust_domain = \"example.org",
+                &["agent.toml: line 2"],
+            ),
+        ];
+        for (from, to, wants) in cases {
+            assert!(GOOD.contains(from), "case does not apply: {from}");
+            let text = GOOD.replacen(from, to, 1);
+            let error = Config::from_toml(&text, "agent.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(!error.contains('\n'), "not one line: {error}");
+            assert!(error.starts_with("agent.toml"), "{error}");
+            for want in *wants {
+                assert!(error.contains(want), "{to}: missing {want:?} in {error}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_dev_config_has_one_entry_for_the_user() {
+        let config = Config::dev(1000, PathBuf::from("/tmp/x.sock")).unwrap();
+        assert_eq!(
+            config.entries[0].spiffe_id.to_string(),
+            "spiffe://enclaveid.dev/uid/1000"
+        );
+        assert_eq!(config.entries[0].selectors, vec![Selector::Uid(1000)]);
+    }
+}

@@ -1,0 +1,187 @@
+//! Private keys held by the agent: the CA key that signs SVIDs and each SVID's own key.
+//!
+//! Keys are aws-lc-rs key pairs, never rcgen's `KeyPair`: rcgen keeps an unzeroized copy
+//! of the PKCS#8 bytes for the key's lifetime, while aws-lc-rs frees key material with
+//! `OPENSSL_cleanse` and zeroizes the PKCS#8 documents it hands out. The only serialized
+//! copies made here are `Zeroizing`.
+
+use std::fmt;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeyPair as RsaKeyPair;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _,
+    RSA_PKCS1_SHA256,
+};
+use zeroize::Zeroizing;
+
+use crate::Error;
+
+/// A private key that signs certificates (rcgen's `SigningKey`).
+pub struct SigningKey {
+    inner: Inner,
+    /// The public key as rcgen wants it: the BIT STRING content of the
+    /// SubjectPublicKeyInfo (the EC point, or the RSAPublicKey DER).
+    public_key: Vec<u8>,
+    spki: Vec<u8>,
+}
+
+enum Inner {
+    Ecdsa(EcdsaKeyPair, &'static rcgen::SignatureAlgorithm),
+    Rsa(RsaKeyPair),
+}
+
+// === impl SigningKey ===
+
+impl SigningKey {
+    /// A new ECDSA P-256 key (the SVID default, as SPIRE's).
+    pub fn generate_p256() -> Result<Self, Error> {
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
+            .map_err(|_| Error::Crypto("generating a P-256 key failed".into()))?;
+        Self::from_ecdsa(pair, &rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
+    /// Parses a PKCS#8 (`PRIVATE KEY`) DER key: ECDSA P-256, P-384, or RSA of 2048 bits or
+    /// more. `what` names the key's origin in errors.
+    pub fn from_pkcs8_der(der: &[u8], what: &str) -> Result<Self, Error> {
+        if let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der) {
+            return Self::from_ecdsa(pair, &rcgen::PKCS_ECDSA_P256_SHA256);
+        }
+        if let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, der) {
+            return Self::from_ecdsa(pair, &rcgen::PKCS_ECDSA_P384_SHA384);
+        }
+        match RsaKeyPair::from_pkcs8(der) {
+            Ok(pair) if pair.public_modulus_len() * 8 >= 2048 => {
+                let public_key = pair.public_key().as_ref().to_vec();
+                let spki = pair
+                    .public_key()
+                    .as_der()
+                    .map_err(|_| Error::Crypto("encoding an RSA public key failed".into()))?
+                    .as_ref()
+                    .to_vec();
+                Ok(Self {
+                    inner: Inner::Rsa(pair),
+                    public_key,
+                    spki,
+                })
+            }
+            Ok(pair) => Err(Error::Key(format!(
+                "{what}: RSA key of {} bits is too small; accepted: ECDSA P-256, ECDSA P-384, RSA of 2048 bits or more",
+                pair.public_modulus_len() * 8
+            ))),
+            Err(_) => Err(Error::Key(format!(
+                "{what}: not an unencrypted PKCS#8 private key of an accepted type (ECDSA P-256, ECDSA P-384, RSA of 2048 bits or more)"
+            ))),
+        }
+    }
+
+    fn from_ecdsa(
+        pair: EcdsaKeyPair,
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> Result<Self, Error> {
+        let public_key = pair.public_key().as_ref().to_vec();
+        let spki = pair
+            .public_key()
+            .as_der()
+            .map_err(|_| Error::Crypto("encoding an EC public key failed".into()))?
+            .as_ref()
+            .to_vec();
+        Ok(Self {
+            inner: Inner::Ecdsa(pair, alg),
+            public_key,
+            spki,
+        })
+    }
+
+    /// The key as unencrypted PKCS#8 DER, as the Workload API sends it to the workload.
+    pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let document = match &self.inner {
+            Inner::Ecdsa(pair, _) => pair
+                .to_pkcs8v1()
+                .map(|d| Zeroizing::new(d.as_ref().to_vec())),
+            Inner::Rsa(pair) => pair.as_der().map(|d| Zeroizing::new(d.as_ref().to_vec())),
+        };
+        document.map_err(|_| Error::Crypto("serializing a private key failed".into()))
+    }
+
+    /// The DER SubjectPublicKeyInfo, to compare with a certificate's.
+    pub fn subject_public_key_info(&self) -> &[u8] {
+        &self.spki
+    }
+}
+
+impl rcgen::PublicKeyData for SigningKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public_key
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        match &self.inner {
+            Inner::Ecdsa(_, alg) => alg,
+            Inner::Rsa(_) => &rcgen::PKCS_RSA_SHA256,
+        }
+    }
+}
+
+impl rcgen::SigningKey for SigningKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let rng = SystemRandom::new();
+        match &self.inner {
+            Inner::Ecdsa(pair, _) => pair
+                .sign(&rng, msg)
+                .map(|sig| sig.as_ref().to_vec())
+                .map_err(|_| rcgen::Error::RingUnspecified),
+            Inner::Rsa(pair) => {
+                let mut signature = vec![0; pair.public_modulus_len()];
+                pair.sign(&RSA_PKCS1_SHA256, &rng, msg, &mut signature)
+                    .map_err(|_| rcgen::Error::RingUnspecified)?;
+                Ok(signature)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.inner {
+            Inner::Ecdsa(_, alg) if *alg == &rcgen::PKCS_ECDSA_P384_SHA384 => "ecdsa-p384",
+            Inner::Ecdsa(..) => "ecdsa-p256",
+            Inner::Rsa(_) => "rsa",
+        };
+        f.debug_struct("SigningKey")
+            .field("kind", &kind)
+            .field("private_key", &"[secret key elided]")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_key_round_trips_through_pkcs8() {
+        let key = SigningKey::generate_p256().unwrap();
+        let der = key.to_pkcs8_der().unwrap();
+        let again = SigningKey::from_pkcs8_der(&der, "test").unwrap();
+        assert_eq!(
+            key.subject_public_key_info(),
+            again.subject_public_key_info()
+        );
+    }
+
+    #[test]
+    fn garbage_and_small_keys_are_refused_with_what_is_accepted() {
+        let error = SigningKey::from_pkcs8_der(b"not a key", "upstream.key_path").unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("upstream.key_path"), "{message}");
+        assert!(message.contains("ECDSA P-256"), "{message}");
+    }
+
+    #[test]
+    fn debug_elides_the_key() {
+        let key = SigningKey::generate_p256().unwrap();
+        assert!(format!("{key:?}").contains("elided"));
+    }
+}

@@ -1,0 +1,258 @@
+//! The rotation loop: the single writer of the Workload API's [`Snapshot`].
+//!
+//! Each registration entry has one SVID, minted once and shared by every stream of every
+//! caller that matches it. An SVID is replaced at half of its lifetime, ±10 % jitter so
+//! that many agents started together do not all hit their CA at once (SPIRE's
+//! `rotationutil` uses the same half-life rule). An SVID that could not be replaced is
+//! withdrawn when it expires: the agent never serves an expired SVID.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use enclaveid_workload_api::{Identity, Selectors, Snapshot, Svid};
+use prost::bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::authority::Authority;
+use crate::config::Entry;
+
+/// After a failed mint, the first retry waits this long, doubling up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// Keeps one SVID per entry current and publishes every change.
+pub struct Rotator {
+    authority: Authority,
+    entries: Vec<Slot>,
+    bundles: BTreeMap<String, Bytes>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+}
+
+struct Slot {
+    entry: Entry,
+    selectors: Selectors,
+    svid: Option<Svid>,
+    rotate_at: Instant,
+    failures: u32,
+}
+
+// === impl Rotator ===
+
+impl Rotator {
+    /// A rotator for `entries`, signing with `authority`. Nothing is minted until
+    /// [`Rotator::rotate_due`] or [`Rotator::run`].
+    pub fn new(authority: Authority, entries: &[Entry]) -> (Self, watch::Receiver<Arc<Snapshot>>) {
+        let bundles = BTreeMap::from([(
+            authority.trust_domain().id_string(),
+            Bytes::from(authority.bundle_der()),
+        )]);
+        let now = Instant::now();
+        let entries = entries
+            .iter()
+            .map(|entry| Slot {
+                selectors: entry.selectors.iter().map(ToString::to_string).collect(),
+                entry: entry.clone(),
+                svid: None,
+                rotate_at: now,
+                failures: 0,
+            })
+            .collect();
+        let (snapshots, rx) = watch::channel(Arc::new(Snapshot::default()));
+        let mut rotator = Self {
+            authority,
+            entries,
+            bundles,
+            snapshots,
+        };
+        rotator.publish();
+        (rotator, rx)
+    }
+
+    /// Mints what is due, withdraws what expired, publishes if anything changed, and
+    /// returns when to look again.
+    pub fn rotate_due(&mut self) -> Instant {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut changed = false;
+        for slot in &mut self.entries {
+            if slot
+                .svid
+                .as_ref()
+                .is_some_and(|svid| svid.not_after() <= wall)
+            {
+                tracing::error!(spiffe_id = %slot.entry.spiffe_id, "X.509-SVID expired before it could be replaced; withdrawn");
+                slot.svid = None;
+                changed = true;
+            }
+            if slot.rotate_at > now {
+                continue;
+            }
+            match self.authority.mint(&slot.entry, wall) {
+                Ok(minted) => {
+                    let lifetime = minted
+                        .not_after
+                        .duration_since(minted.issued_at)
+                        .unwrap_or_default();
+                    let delay = rotation_delay(lifetime, rand::random_range(-1.0..=1.0));
+                    tracing::info!(
+                        spiffe_id = %slot.entry.spiffe_id,
+                        serial = %minted.serial,
+                        not_after = %humantime::format_rfc3339(minted.not_after),
+                        rotate_in = ?delay,
+                        "issued X.509-SVID"
+                    );
+                    slot.svid = Some(Svid::new(
+                        minted.cert_chain_der,
+                        minted.private_key_der,
+                        minted.not_after,
+                    ));
+                    slot.rotate_at = now + delay;
+                    slot.failures = 0;
+                    changed = true;
+                }
+                Err(error) => {
+                    let delay = retry_delay(slot.failures);
+                    slot.failures = slot.failures.saturating_add(1);
+                    slot.rotate_at = now + delay;
+                    tracing::error!(%error, spiffe_id = %slot.entry.spiffe_id, retry_in = ?delay, "could not issue X.509-SVID");
+                }
+            }
+        }
+        if changed {
+            self.publish();
+        }
+        self.next_wakeup(now, wall)
+    }
+
+    /// Runs until `shutdown` resolves; dropping the rotator then closes the snapshot
+    /// channel, which ends every open Workload API stream.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let next = self.rotate_due();
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    fn next_wakeup(&self, now: Instant, wall: SystemTime) -> Instant {
+        self.entries
+            .iter()
+            .flat_map(|slot| {
+                let expiry = slot
+                    .svid
+                    .as_ref()
+                    .map(|svid| now + svid.not_after().duration_since(wall).unwrap_or_default());
+                std::iter::once(slot.rotate_at).chain(expiry)
+            })
+            .min()
+            .unwrap_or(now + MAX_RETRY)
+    }
+
+    fn publish(&mut self) {
+        let identities = self
+            .entries
+            .iter()
+            .map(|slot| Identity {
+                spiffe_id: slot.entry.spiffe_id.clone(),
+                selectors: slot.selectors.clone(),
+                hint: slot.entry.hint.clone(),
+                svid: slot.svid.clone(),
+            })
+            .collect();
+        self.snapshots.send_replace(Arc::new(Snapshot {
+            identities,
+            bundles: self.bundles.clone(),
+        }));
+    }
+}
+
+/// When to replace an SVID valid for `lifetime`: at half of it, moved by `jitter` (in
+/// -1..=1) times 10 % of that half.
+pub fn rotation_delay(lifetime: Duration, jitter: f64) -> Duration {
+    let half = lifetime.as_secs_f64() / 2.0;
+    Duration::from_secs_f64(half * (1.0 + 0.1 * jitter.clamp(-1.0, 1.0)))
+}
+
+fn retry_delay(failures: u32) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+        .min(MAX_RETRY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_happens_between_45_and_55_percent_of_the_lifetime() {
+        for _ in 0..10_000 {
+            let lifetime = Duration::from_millis(rand::random_range(5_000..100_000_000));
+            let jitter: f64 = rand::random_range(-3.0..3.0);
+            let delay = rotation_delay(lifetime, jitter).as_secs_f64();
+            let lifetime = lifetime.as_secs_f64();
+            assert!(
+                delay >= lifetime * 0.45 - 1e-6 && delay <= lifetime * 0.55 + 1e-6,
+                "{delay} of {lifetime}"
+            );
+        }
+        assert_eq!(
+            rotation_delay(Duration::from_secs(100), 0.0),
+            Duration::from_secs(50)
+        );
+    }
+
+    #[test]
+    fn retries_back_off_to_a_ceiling() {
+        let delays: Vec<_> = (0..10).map(retry_delay).collect();
+        assert_eq!(delays[0], FIRST_RETRY);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*delays.last().unwrap(), MAX_RETRY);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY);
+    }
+
+    #[tokio::test]
+    async fn each_entry_gets_one_svid_shared_until_rotation() {
+        let td = spiffe::TrustDomain::new("example.org").unwrap();
+        let entry = |path: &str, uid: u32| Entry {
+            spiffe_id: spiffe::SpiffeId::new(format!("spiffe://example.org/{path}")).unwrap(),
+            selectors: vec![crate::selector::Selector::Uid(uid)],
+            dns_names: vec![],
+            ttl: Duration::from_secs(600),
+            hint: String::new(),
+        };
+        let (mut rotator, rx) = Rotator::new(
+            Authority::generate_dev(&td).unwrap(),
+            &[entry("a", 1), entry("b", 2)],
+        );
+        assert!(
+            rx.borrow().identities.iter().all(|i| i.svid.is_none()),
+            "nothing before the first pass"
+        );
+
+        let next = rotator.rotate_due();
+        let first = rx.borrow().clone();
+        assert!(first.identities.iter().all(|i| i.svid.is_some()));
+        let wait = next - Instant::now();
+        assert!(
+            wait > Duration::from_secs(260) && wait <= Duration::from_secs(330),
+            "{wait:?}"
+        );
+        assert_eq!(
+            first.bundles.keys().collect::<Vec<_>>(),
+            ["spiffe://example.org"]
+        );
+
+        // A second pass before anything is due changes nothing.
+        rotator.rotate_due();
+        let again = rx.borrow().clone();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "no new snapshot when nothing is due"
+        );
+    }
+}

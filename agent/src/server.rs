@@ -1,0 +1,215 @@
+//! The Workload API's Unix socket: preparing the path, serving, and a clean shutdown.
+//!
+//! Contract (as SPIRE's agent): the socket file is mode 0777, since who gets which
+//! identity is decided by workload attestation, not by file mode; a missing directory is
+//! created 0755; a stale socket file is replaced; a socket another agent still answers
+//! on is left alone and the agent refuses to start. On SIGTERM/SIGINT the agent stops
+//! accepting, ends open streams with `Unavailable` (clients reconnect), lets in-flight
+//! unary calls finish for up to [`DRAIN_TIMEOUT`], and removes the socket.
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use enclaveid_workload_api::{Snapshot, WorkloadApi};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::Error;
+use crate::workload_attestor::UnixAttestor;
+
+/// How long in-flight calls may run after a shutdown signal.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A bound Workload API socket, removed when dropped.
+#[derive(Debug)]
+pub struct BoundSocket {
+    listener: Option<UnixListener>,
+    path: PathBuf,
+}
+
+impl BoundSocket {
+    /// Prepares `path` (directory, stale socket) and binds it, mode 0777.
+    pub fn bind(path: &Path) -> Result<Self, Error> {
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(dir)
+                    .map_err(|source| Error::Io {
+                        path: dir.to_owned(),
+                        source,
+                    })?;
+            }
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                match std::os::unix::net::UnixStream::connect(path) {
+                    Ok(_) => {
+                        return Err(Error::Socket(format!(
+                            "another agent is serving on {}; stop it or choose another socket_path",
+                            path.display()
+                        )));
+                    }
+                    Err(_) => {
+                        tracing::info!(path = %path.display(), "replacing stale socket");
+                        std::fs::remove_file(path).map_err(io)?;
+                    }
+                }
+            }
+            Ok(_) => {
+                return Err(Error::Socket(format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).map_err(io)?;
+        Ok(Self {
+            listener: Some(listener),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        self.listener = None;
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(%error, path = %self.path.display(), "could not remove the socket");
+        }
+    }
+}
+
+/// Serves the Workload API and gRPC health on `socket` until `shutdown` resolves. The
+/// caller must close `snapshots`' sender at shutdown so that open streams end.
+pub async fn serve(
+    mut socket: BoundSocket,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    attestor: UnixAttestor,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let listener = socket
+        .listener
+        .take()
+        .ok_or_else(|| Error::Socket("socket already served".into()))?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(health, snapshots.clone()));
+
+    let api = WorkloadApi::new(snapshots, attestor).into_server();
+    let (drain_tx, mut drain_rx) = watch::channel(false);
+    let server = tonic::transport::Server::builder()
+        // Every Workload API message is small (an SVID is a few KiB); small windows keep
+        // the memory of thousands of idle streams low without slowing anything down.
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(64 * 1024)
+        .max_concurrent_streams(256)
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .add_service(health_service)
+        .add_service(api)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            shutdown.await;
+            let _ = drain_tx.send(true);
+        });
+    tokio::pin!(server);
+    let result = tokio::select! {
+        result = &mut server => result,
+        _ = drain_rx.wait_for(|draining| *draining) => {
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight calls did not finish; closing");
+                    Ok(())
+                }
+            }
+        }
+    };
+    drop(socket);
+    result.map_err(|e| Error::Socket(format!("serving the Workload API: {e}")))
+}
+
+/// Health is SERVING while every registration entry has a current SVID.
+async fn report_health(
+    health: tonic_health::server::HealthReporter,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+) {
+    loop {
+        let status = {
+            let snapshot = snapshots.borrow_and_update();
+            if snapshot.identities.iter().all(|i| i.svid.is_some()) && !snapshot.bundles.is_empty()
+            {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            }
+        };
+        health.set_service_status("", status).await;
+        if snapshots.changed().await.is_err() {
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn binding_creates_the_directory_and_a_0777_socket_and_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/run/agent.sock");
+        let socket = BoundSocket::bind(&path).unwrap();
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode & 0o755, 0o755);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o777);
+        drop(socket);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_is_refused_a_stale_one_replaced_a_file_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let live = BoundSocket::bind(&path).unwrap();
+        let error = BoundSocket::bind(&path).unwrap_err().to_string();
+        assert!(error.contains("another agent is serving"), "{error}");
+
+        // A stale socket: bound by a listener that is gone, file left behind.
+        let stale_path = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale_path).unwrap());
+        assert!(stale_path.exists());
+        let replaced = BoundSocket::bind(&stale_path).unwrap();
+        assert!(replaced.path().exists());
+
+        let file = dir.path().join("precious.txt");
+        std::fs::write(&file, "data").unwrap();
+        let error = BoundSocket::bind(&file).unwrap_err().to_string();
+        assert!(error.contains("not a socket"), "{error}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+        drop(live);
+    }
+}

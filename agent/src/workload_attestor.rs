@@ -1,0 +1,337 @@
+//! Unix workload attestation: the selectors of a caller of the Workload API, from the
+//! socket's peer credentials (`SO_PEERCRED`, captured by tonic at accept) and `/proc`.
+//!
+//! PID reuse: the kernel hands us a PID; by the time `/proc/PID` is read the caller may
+//! have exited and another process may hold that PID. The process start time
+//! (`/proc/PID/stat` field 22) is read before and after every other lookup and must not
+//! change, and the process's effective UID must still be the one the socket reported;
+//! otherwise attestation fails and the call gets `Unavailable`.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use enclaveid_workload_api::{Caller, Error as ApiError, Selectors, WorkloadAttestor};
+use nix::unistd::{Gid, Group, Uid, User};
+use sha2::{Digest, Sha256};
+
+use crate::selector::Selector;
+
+/// Attests callers of the Workload API from `/proc`.
+#[derive(Clone)]
+pub struct UnixAttestor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    proc_root: std::path::PathBuf,
+    /// Only entries with `unix:path` / `unix:sha256` selectors make the agent read the
+    /// executable; hashing a large binary on every call would be wasted work otherwise.
+    need_path: bool,
+    need_sha256: bool,
+    /// SHA-256 of executables, keyed by what identifies the file's content on disk.
+    hashes: Mutex<HashMap<FileKey, String>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+/// Executables hashed are remembered up to this many; the cache is then cleared.
+const HASH_CACHE_ENTRIES: usize = 256;
+
+// === impl UnixAttestor ===
+
+impl UnixAttestor {
+    /// An attestor that reads only what the given selectors need.
+    pub fn new<'a>(selectors_in_use: impl IntoIterator<Item = &'a Selector>) -> Self {
+        Self::with_proc_root("/proc", selectors_in_use)
+    }
+
+    fn with_proc_root<'a>(
+        proc_root: impl Into<std::path::PathBuf>,
+        selectors_in_use: impl IntoIterator<Item = &'a Selector>,
+    ) -> Self {
+        let (mut need_path, mut need_sha256) = (false, false);
+        for selector in selectors_in_use {
+            need_path |= selector.needs_path();
+            need_sha256 |= selector.needs_sha256();
+        }
+        Self {
+            inner: Arc::new(Inner {
+                proc_root: proc_root.into(),
+                need_path,
+                need_sha256,
+                hashes: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The selectors of `caller`, reading `/proc` synchronously.
+    pub fn attest_blocking(&self, caller: Caller) -> Result<Selectors, ApiError> {
+        let inner = &self.inner;
+        let pid = caller.pid.filter(|pid| *pid > 0).ok_or_else(|| {
+            ApiError::Attestation("the kernel reported no PID for the caller".into())
+        })?;
+        let proc_dir = inner.proc_root.join(pid.to_string());
+        let gone = |what: &str, e: std::io::Error| {
+            ApiError::Attestation(format!(
+                "process {pid} could not be inspected ({what}: {e}); it may have exited"
+            ))
+        };
+        let started = start_time(&proc_dir).map_err(|e| gone("stat", e))?;
+
+        let mut selectors = Selectors::default();
+        selectors.insert(Selector::Uid(caller.uid).to_string());
+        selectors.insert(Selector::Gid(caller.gid).to_string());
+        if let Ok(Some(user)) = User::from_uid(Uid::from_raw(caller.uid)) {
+            selectors.insert(Selector::User(user.name).to_string());
+        }
+        if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(caller.gid)) {
+            selectors.insert(Selector::Group(group.name).to_string());
+        }
+
+        let status =
+            std::fs::read_to_string(proc_dir.join("status")).map_err(|e| gone("status", e))?;
+        let euid = status_field(&status, "Uid:")
+            .and_then(|f| f.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok());
+        if euid != Some(caller.uid) {
+            return Err(ApiError::Attestation(format!(
+                "process {pid} runs as uid {euid:?} but connected as uid {}; refusing (PID reused or credentials changed)",
+                caller.uid
+            )));
+        }
+        for gid in status_field(&status, "Groups:")
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            let Ok(gid) = gid.parse::<u32>() else {
+                continue;
+            };
+            selectors.insert(Selector::SupplementaryGid(gid).to_string());
+            if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(gid)) {
+                selectors.insert(Selector::SupplementaryGroup(group.name).to_string());
+            }
+        }
+
+        if inner.need_path || inner.need_sha256 {
+            let exe = proc_dir.join("exe");
+            if inner.need_path {
+                let path = std::fs::read_link(&exe).map_err(|e| gone("exe", e))?;
+                selectors.insert(Selector::Path(path.to_string_lossy().into_owned()).to_string());
+            }
+            if inner.need_sha256 {
+                let digest = self.sha256_of(&exe).map_err(|e| gone("hashing exe", e))?;
+                selectors.insert(Selector::Sha256(digest).to_string());
+            }
+        }
+
+        if start_time(&proc_dir).map_err(|e| gone("stat", e))? != started {
+            return Err(ApiError::Attestation(format!(
+                "process {pid} was replaced during attestation (PID reused); refusing"
+            )));
+        }
+        Ok(selectors)
+    }
+
+    /// The SHA-256 of the file behind `/proc/PID/exe`: the executable the process runs,
+    /// even when its path was since replaced.
+    fn sha256_of(&self, exe: &Path) -> std::io::Result<String> {
+        let mut file = std::fs::File::open(exe)?;
+        let meta = file.metadata()?;
+        let key = file_key(&meta);
+        let hashes = &self.inner.hashes;
+        if let Some(hit) = hashes
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&key).cloned())
+        {
+            return Ok(hit);
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let digest: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Ok(mut cache) = hashes.lock() {
+            if cache.len() >= HASH_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, digest.clone());
+        }
+        Ok(digest)
+    }
+}
+
+impl WorkloadAttestor for UnixAttestor {
+    async fn attest(&self, caller: Caller) -> Result<Selectors, ApiError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.attest_blocking(caller))
+            .await
+            .map_err(|e| ApiError::Attestation(format!("attestation task failed: {e}")))?
+    }
+}
+
+fn file_key(meta: &std::fs::Metadata) -> FileKey {
+    use std::os::unix::fs::MetadataExt;
+    FileKey {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.size(),
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`, the start time in clock ticks since boot. The command
+/// name (field 2) may hold spaces and parentheses, so fields are counted after the last
+/// `)`.
+fn start_time(proc_dir: &Path) -> std::io::Result<u64> {
+    let stat = std::fs::read_to_string(proc_dir.join("stat"))?;
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    // After `)` come field 3 (state) onwards: field 22 is the 20th.
+    after_comm
+        .split_whitespace()
+        .nth(19)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed /proc/PID/stat")
+        })
+}
+
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .map(str::trim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Caller {
+        Caller {
+            pid: Some(std::process::id() as i32),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+
+    #[test]
+    fn this_process_is_attested_with_uid_gid_and_what_entries_need() {
+        let exe = std::env::current_exe().unwrap();
+        let path = Selector::Path(exe.to_string_lossy().into_owned());
+        let attestor = UnixAttestor::new([&path, &Selector::Sha256("0".repeat(64))]);
+        let selectors = attestor.attest_blocking(me()).unwrap();
+        let list: Vec<_> = selectors.iter().collect();
+        assert!(
+            list.contains(&format!("unix:uid:{}", me().uid).as_str()),
+            "{list:?}"
+        );
+        assert!(
+            list.contains(&format!("unix:gid:{}", me().gid).as_str()),
+            "{list:?}"
+        );
+        assert!(list.contains(&path.to_string().as_str()), "{list:?}");
+
+        let bytes = std::fs::read(&exe).unwrap();
+        let expected: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(
+            list.contains(&format!("unix:sha256:{expected}").as_str()),
+            "{list:?}"
+        );
+    }
+
+    #[test]
+    fn executables_are_not_read_unless_an_entry_needs_them() {
+        let attestor = UnixAttestor::new([&Selector::Uid(0)]);
+        let selectors = attestor.attest_blocking(me()).unwrap();
+        assert!(
+            selectors
+                .iter()
+                .all(|s| !s.starts_with("unix:path:") && !s.starts_with("unix:sha256:"))
+        );
+    }
+
+    #[test]
+    fn a_caller_whose_uid_differs_from_the_process_is_refused() {
+        let attestor = UnixAttestor::new([]);
+        let caller = Caller {
+            uid: me().uid.wrapping_add(1),
+            ..me()
+        };
+        let error = attestor.attest_blocking(caller).unwrap_err().to_string();
+        assert!(
+            error.contains("PID reused or credentials changed"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_vanished_or_missing_pid_is_refused() {
+        let attestor = UnixAttestor::new([]);
+        let error = attestor
+            .attest_blocking(Caller { pid: None, ..me() })
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no PID"), "{error}");
+        // PIDs are at most 2^22 on Linux.
+        let error = attestor
+            .attest_blocking(Caller {
+                pid: Some(i32::MAX),
+                ..me()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("may have exited"), "{error}");
+    }
+
+    #[test]
+    fn proc_files_are_parsed_even_with_parentheses_in_the_command_name() {
+        // A fake /proc: the command name holds a `)` and a space, as a hostile workload
+        // may choose, and must not shift the start-time field.
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("42");
+        std::fs::create_dir(&dir).unwrap();
+        let stat_with = |start: u64| {
+            let mut fields = vec!["S".to_owned()];
+            fields.extend((4..=21).map(|n| n.to_string()));
+            fields.push(start.to_string());
+            format!("42 (we ird) name) {}\n", fields.join(" "))
+        };
+        std::fs::write(dir.join("stat"), stat_with(1000)).unwrap();
+        assert_eq!(start_time(&dir).unwrap(), 1000);
+        std::fs::write(dir.join("status"), "Uid:\t7\t7\t7\t7\nGroups:\t4 5\n").unwrap();
+        let attestor = UnixAttestor::with_proc_root(root.path(), []);
+        let caller = Caller {
+            pid: Some(42),
+            uid: 7,
+            gid: 7,
+        };
+        let selectors = attestor.attest_blocking(caller).unwrap();
+        assert!(selectors.iter().any(|s| s == "unix:supplementary_gid:5"));
+    }
+}

@@ -1,0 +1,617 @@
+//! The SPIFFE Workload API server of EnclaveID.
+//!
+//! This crate owns the wire contract that SPIFFE clients (go-spiffe, py-spiffe, the
+//! `spiffe` crate, Envoy) rely on: the `SpiffeWorkloadAPI` gRPC service, the
+//! `workload.spiffe.io: true` security header, the status codes SPIRE returns, and the
+//! streaming rule "full current state on every change". It serves whatever the agent
+//! publishes in a [`Snapshot`] through a `tokio::sync::watch` channel (one writer, the
+//! agent's rotation loop; one cloned reader per open stream) and asks a
+//! [`WorkloadAttestor`], implemented by the agent, which selectors a caller has.
+//!
+//! It leaves to others: where SVIDs come from (minting, upstream CAs, AWS), how a
+//! caller is attested (`/proc`, `SO_PEERCRED`), sockets and signals. It imports no
+//! AWS crate.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use enclaveid_workload_api::{Caller, Error, Selectors, Snapshot, WorkloadApi, WorkloadAttestor};
+//!
+//! struct EveryoneIsUid0;
+//! impl WorkloadAttestor for EveryoneIsUid0 {
+//!     async fn attest(&self, _caller: Caller) -> Result<Selectors, Error> {
+//!         Ok(Selectors::from_iter(["unix:uid:0".to_owned()]))
+//!     }
+//! }
+//!
+//! let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+//! let service = WorkloadApi::new(rx, EveryoneIsUid0).into_server();
+//! // tonic::transport::Server::builder().add_service(service).serve_with_incoming(...)
+//! # drop((tx, service));
+//! ```
+//!
+//! Status codes (as SPIRE's agent returns them, `spire/pkg/agent/endpoints`):
+//!
+//! | situation | code | message |
+//! | --- | --- | --- |
+//! | header `workload.spiffe.io: true` absent or another value | `InvalidArgument` | `security header missing from request` |
+//! | the caller could not be attested | `Unavailable` | the reason |
+//! | no entry matches the caller, or its last identity went away | `PermissionDenied` | `no identity issued` |
+//! | the agent is shutting down | `Unavailable` | `agent is shutting down` |
+//! | JWT calls (not implemented yet) | `Unimplemented` | names the method |
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures_util::Stream;
+use prost::bytes::Bytes;
+use spiffe::SpiffeId;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+/// The generated protobuf messages, client and server of the Workload API.
+///
+/// Checked in; `tests/proto_bootstrap.rs` regenerates it from `proto/workload.proto`.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    unreachable_pub,
+    rust_2018_idioms,
+    reason = "generated code"
+)]
+pub mod proto {
+    include!("proto/workload.rs");
+}
+
+use proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
+
+/// The metadata key every Workload API call must carry, with the value `true`.
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+/// The message of `PermissionDenied` for a caller with no identity; clients match on it.
+pub const NO_IDENTITY_ISSUED: &str = "no identity issued";
+
+/// The message of `InvalidArgument` when the security header is absent or wrong.
+pub const SECURITY_HEADER_MISSING: &str = "security header missing from request";
+
+/// Requests are all small (the largest, `ValidateJWTSVID`, carries one token); anything
+/// larger is garbage and is refused before it is buffered.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Errors of the Workload API crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The caller could not be attested: its process went away, `/proc` could not be
+    /// read, or the connection carries no peer credentials (a TCP transport).
+    #[error("workload attestation failed: {0}")]
+    Attestation(String),
+}
+
+// === Snapshot ===
+
+/// Everything the Workload API serves, as one immutable value: the agent publishes a new
+/// `Arc<Snapshot>` on every change and each open stream re-reads it.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Registered identities, in configuration order: when several match a caller they
+    /// are returned in this order and the first is the caller's default SVID.
+    pub identities: Vec<Identity>,
+    /// X.509 trust bundles keyed by trust-domain ID (`spiffe://example.org`), each the
+    /// concatenated DER of its root certificates.
+    pub bundles: BTreeMap<String, Bytes>,
+}
+
+/// One registration entry and its current X.509-SVID, if one is issued.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The SVID's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// All of these must be among a caller's selectors for the caller to get this
+    /// identity.
+    pub selectors: Selectors,
+    /// Operator guidance sent with the SVID (`hint`), empty for none.
+    pub hint: String,
+    /// The current SVID; `None` while none is issued (not minted yet, or expired).
+    pub svid: Option<Svid>,
+}
+
+/// An issued X.509-SVID: certificate chain and private key.
+#[derive(Clone)]
+pub struct Svid {
+    cert_chain: Bytes,
+    private_key: Bytes,
+    not_after: SystemTime,
+}
+
+/// A set of selectors, each in its canonical string form (`unix:uid:1000`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selectors(BTreeSet<String>);
+
+/// Who is calling, from the socket's peer credentials (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The process ID, when the kernel reported one.
+    pub pid: Option<i32>,
+    /// The effective user ID.
+    pub uid: u32,
+    /// The effective (primary) group ID.
+    pub gid: u32,
+}
+
+/// Finds the selectors of a caller. Implemented by the agent (Unix workload attestation).
+pub trait WorkloadAttestor: Send + Sync + 'static {
+    /// The selectors that describe `caller`.
+    fn attest(&self, caller: Caller) -> impl Future<Output = Result<Selectors, Error>> + Send;
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// The issued SVIDs of the identities whose selectors all match `selectors`, in
+    /// configuration order.
+    fn issued_to<'a>(
+        &'a self,
+        selectors: &'a Selectors,
+    ) -> impl Iterator<Item = (&'a Identity, &'a Svid)> {
+        self.identities
+            .iter()
+            .filter(|identity| identity.selectors.is_subset(selectors))
+            .filter_map(|identity| identity.svid.as_ref().map(|svid| (identity, svid)))
+    }
+
+    fn x509_svid_response(&self, selectors: &Selectors) -> Option<proto::X509svidResponse> {
+        let svids: Vec<_> = self
+            .issued_to(selectors)
+            .map(|(identity, svid)| proto::X509svid {
+                spiffe_id: identity.spiffe_id.to_string(),
+                x509_svid: svid.cert_chain.clone(),
+                x509_svid_key: svid.private_key.clone(),
+                bundle: self
+                    .bundles
+                    .get(&identity.spiffe_id.trust_domain().id_string())
+                    .cloned()
+                    .unwrap_or_default(),
+                hint: identity.hint.clone(),
+            })
+            .collect();
+        if svids.is_empty() {
+            return None;
+        }
+        // Bundles of trust domains other than those of the caller's SVIDs are federated.
+        let federated_bundles = self
+            .bundles
+            .iter()
+            .filter(|(td, _)| !svids.iter().any(|svid| is_member(&svid.spiffe_id, td)))
+            .map(|(td, bundle)| (td.clone(), bundle.clone()))
+            .collect();
+        Some(proto::X509svidResponse {
+            svids,
+            crl: Vec::new(),
+            federated_bundles,
+        })
+    }
+
+    fn x509_bundles_response(&self, selectors: &Selectors) -> Option<proto::X509BundlesResponse> {
+        // As SPIRE does by default, only a caller with an identity gets bundles.
+        self.issued_to(selectors).next()?;
+        Some(proto::X509BundlesResponse {
+            crl: Vec::new(),
+            bundles: self
+                .bundles
+                .iter()
+                .map(|(td, b)| (td.clone(), b.clone()))
+                .collect(),
+        })
+    }
+}
+
+/// Whether `spiffe_id` (`spiffe://td/path`) is in the trust domain `td_id` (`spiffe://td`).
+fn is_member(spiffe_id: &str, td_id: &str) -> bool {
+    spiffe_id
+        .strip_prefix(td_id)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+// === impl Svid ===
+
+impl Svid {
+    /// An SVID from its DER certificate chain (leaf first, concatenated) and its PKCS#8
+    /// DER private key. The key buffer is zeroized when the last response that carries
+    /// it is dropped.
+    pub fn new(
+        cert_chain_der: Vec<u8>,
+        private_key_pkcs8_der: Zeroizing<Vec<u8>>,
+        not_after: SystemTime,
+    ) -> Self {
+        Self {
+            cert_chain: Bytes::from(cert_chain_der),
+            private_key: Bytes::from_owner(ZeroizingOwner(private_key_pkcs8_der)),
+            not_after,
+        }
+    }
+
+    /// The DER certificate chain, leaf first.
+    pub fn cert_chain_der(&self) -> &[u8] {
+        &self.cert_chain
+    }
+
+    /// The end of the leaf's validity.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+}
+
+impl fmt::Debug for Svid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Svid")
+            .field("cert_chain_len", &self.cert_chain.len())
+            .field("private_key", &"[secret key elided]")
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+/// Owns a private key for [`Bytes::from_owner`], so the key bytes are shared by reference
+/// between responses and zeroized when the last reference goes.
+struct ZeroizingOwner(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for ZeroizingOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for proto::X509svid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("X509svid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("x509_svid_len", &self.x509_svid.len())
+            .field("x509_svid_key", &"[secret key elided]")
+            .field("bundle_len", &self.bundle.len())
+            .field("hint", &self.hint)
+            .finish()
+    }
+}
+
+// === impl Selectors ===
+
+impl Selectors {
+    /// Adds one selector.
+    pub fn insert(&mut self, selector: String) {
+        self.0.insert(selector);
+    }
+
+    /// Whether every selector of `self` is in `other`. An empty set is a subset of
+    /// everything, so the agent refuses entries without selectors.
+    pub fn is_subset(&self, other: &Selectors) -> bool {
+        self.0.is_subset(&other.0)
+    }
+
+    /// The selectors, sorted.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    /// How many selectors there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<String> for Selectors {
+    fn from_iter<T: IntoIterator<Item = String>>(iter: T) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+// === WorkloadApi ===
+
+/// The `SpiffeWorkloadAPI` service over a watch of [`Snapshot`]s.
+pub struct WorkloadApi<A> {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    attestor: A,
+}
+
+/// The service as tonic serves it: the Workload API behind the security-header check.
+pub type WorkloadApiServer<A> = InterceptedService<
+    SpiffeWorkloadApiServer<WorkloadApi<A>>,
+    fn(Request<()>) -> Result<Request<()>, Status>,
+>;
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl<A: WorkloadAttestor> WorkloadApi<A> {
+    /// A service that serves what is published on `snapshots`. When the sender is
+    /// dropped (the agent shuts down) every open stream ends with `Unavailable`.
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, attestor: A) -> Self {
+        Self {
+            snapshots,
+            attestor,
+        }
+    }
+
+    /// Wraps the service for tonic, with the security-header check in front of every
+    /// method and a bound on request size.
+    pub fn into_server(self) -> WorkloadApiServer<A> {
+        let server =
+            SpiffeWorkloadApiServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES);
+        InterceptedService::new(server, check_security_header as fn(_) -> _)
+    }
+
+    /// Attests the caller of `request` from the peer credentials of its Unix socket.
+    async fn selectors_of<T>(&self, request: &Request<T>) -> Result<Selectors, Status> {
+        let caller = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .map(|cred| Caller {
+                pid: cred.pid(),
+                uid: cred.uid(),
+                gid: cred.gid(),
+            })
+            .ok_or_else(|| {
+                Status::unavailable(
+                    "workload attestation failed: the connection has no peer credentials",
+                )
+            })?;
+        match self.attestor.attest(caller).await {
+            Ok(selectors) => {
+                tracing::debug!(pid = ?caller.pid, uid = caller.uid, selectors = selectors.len(), "attested caller");
+                Ok(selectors)
+            }
+            Err(error) => {
+                tracing::warn!(%error, pid = ?caller.pid, uid = caller.uid, "workload attestation failed");
+                Err(Status::unavailable(error.to_string()))
+            }
+        }
+    }
+
+    /// A stream that sends `build(snapshot)` now and again whenever it changes, until the
+    /// caller has no identity left (`PermissionDenied`) or the agent stops.
+    fn watch<T>(
+        &self,
+        selectors: Selectors,
+        build: fn(&Snapshot, &Selectors) -> Option<T>,
+        caller: &'static str,
+    ) -> Result<ResponseStream<T>, Status>
+    where
+        T: PartialEq + Clone + Send + Sync + 'static,
+    {
+        let mut snapshots = self.snapshots.clone();
+        let first = build(&snapshots.borrow_and_update(), &selectors).ok_or_else(|| {
+            tracing::info!(method = caller, "no identity issued to caller");
+            Status::permission_denied(NO_IDENTITY_ISSUED)
+        })?;
+        struct State<T> {
+            snapshots: watch::Receiver<Arc<Snapshot>>,
+            selectors: Selectors,
+            last: Option<T>,
+            pending: Option<T>,
+        }
+        let state = State {
+            snapshots,
+            selectors,
+            last: None,
+            pending: Some(first),
+        };
+        let stream = futures_util::stream::unfold(Some(state), move |state| async move {
+            let mut state = state?;
+            loop {
+                if let Some(next) = state.pending.take() {
+                    if state.last.as_ref() != Some(&next) {
+                        state.last = Some(next.clone());
+                        return Some((Ok(next), Some(state)));
+                    }
+                }
+                if state.snapshots.changed().await.is_err() {
+                    return Some((Err(Status::unavailable("agent is shutting down")), None));
+                }
+                match build(&state.snapshots.borrow_and_update(), &state.selectors) {
+                    Some(next) => state.pending = Some(next),
+                    None => {
+                        tracing::info!(method = caller, "caller's last identity went away");
+                        return Some((Err(Status::permission_denied(NO_IDENTITY_ISSUED)), None));
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+fn check_security_header(request: Request<()>) -> Result<Request<()>, Status> {
+    match request.metadata().get(SECURITY_HEADER) {
+        Some(value) if value == "true" => Ok(request),
+        _ => Err(Status::invalid_argument(SECURITY_HEADER_MISSING)),
+    }
+}
+
+fn unimplemented(method: &str) -> Status {
+    Status::unimplemented(format!("{method} is not implemented by this agent yet"))
+}
+
+#[tonic::async_trait]
+impl<A: WorkloadAttestor> SpiffeWorkloadApi for WorkloadApi<A> {
+    type FetchX509SVIDStream = ResponseStream<proto::X509svidResponse>;
+    type FetchX509BundlesStream = ResponseStream<proto::X509BundlesResponse>;
+    type FetchJWTBundlesStream = ResponseStream<proto::JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<proto::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let selectors = self.selectors_of(&request).await?;
+        self.watch(selectors, Snapshot::x509_svid_response, "FetchX509SVID")
+            .map(Response::new)
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<proto::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let selectors = self.selectors_of(&request).await?;
+        self.watch(
+            selectors,
+            Snapshot::x509_bundles_response,
+            "FetchX509Bundles",
+        )
+        .map(Response::new)
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        _request: Request<proto::JwtsvidRequest>,
+    ) -> Result<Response<proto::JwtsvidResponse>, Status> {
+        Err(unimplemented("FetchJWTSVID"))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        _request: Request<proto::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        Err(unimplemented("FetchJWTBundles"))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        _request: Request<proto::ValidateJwtsvidRequest>,
+    ) -> Result<Response<proto::ValidateJwtsvidResponse>, Status> {
+        Err(unimplemented("ValidateJWTSVID"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selectors(list: &[&str]) -> Selectors {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn identity(id: &str, sel: &[&str], issued: bool) -> Identity {
+        Identity {
+            spiffe_id: SpiffeId::new(id).unwrap(),
+            selectors: selectors(sel),
+            hint: String::new(),
+            svid: issued.then(|| {
+                Svid::new(
+                    id.as_bytes().to_vec(),
+                    Zeroizing::new(b"key".to_vec()),
+                    SystemTime::UNIX_EPOCH,
+                )
+            }),
+        }
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            identities: vec![
+                identity("spiffe://example.org/a", &["unix:uid:1"], true),
+                identity(
+                    "spiffe://example.org/b",
+                    &["unix:uid:1", "unix:gid:2"],
+                    true,
+                ),
+                identity("spiffe://example.org/c", &["unix:uid:3"], false),
+            ],
+            bundles: BTreeMap::from([
+                (
+                    "spiffe://example.org".to_owned(),
+                    Bytes::from_static(b"root"),
+                ),
+                (
+                    "spiffe://other.org".to_owned(),
+                    Bytes::from_static(b"other"),
+                ),
+            ]),
+        }
+    }
+
+    #[test]
+    fn identities_match_when_all_their_selectors_match_and_keep_config_order() {
+        let snapshot = snapshot();
+        let only_uid = snapshot
+            .x509_svid_response(&selectors(&["unix:uid:1", "unix:gid:9"]))
+            .unwrap();
+        assert_eq!(only_uid.svids.len(), 1);
+        assert_eq!(only_uid.svids[0].spiffe_id, "spiffe://example.org/a");
+
+        let both = snapshot
+            .x509_svid_response(&selectors(&["unix:gid:2", "unix:uid:1"]))
+            .unwrap();
+        let ids: Vec<_> = both.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+        assert_eq!(ids, ["spiffe://example.org/a", "spiffe://example.org/b"]);
+        assert_eq!(both.svids[0].bundle, Bytes::from_static(b"root"));
+        assert_eq!(
+            both.federated_bundles.keys().collect::<Vec<_>>(),
+            ["spiffe://other.org"]
+        );
+    }
+
+    #[test]
+    fn no_identity_without_a_match_or_without_an_issued_svid() {
+        let snapshot = snapshot();
+        assert!(
+            snapshot
+                .x509_svid_response(&selectors(&["unix:uid:2"]))
+                .is_none()
+        );
+        assert!(
+            snapshot
+                .x509_bundles_response(&selectors(&["unix:uid:2"]))
+                .is_none()
+        );
+        // uid 3 matches an entry whose SVID is not issued.
+        assert!(
+            snapshot
+                .x509_svid_response(&selectors(&["unix:uid:3"]))
+                .is_none()
+        );
+        let bundles = snapshot
+            .x509_bundles_response(&selectors(&["unix:uid:1"]))
+            .unwrap();
+        assert_eq!(bundles.bundles.len(), 2);
+    }
+
+    #[test]
+    fn trust_domain_membership_is_by_whole_name() {
+        assert!(is_member("spiffe://example.org/a", "spiffe://example.org"));
+        assert!(!is_member(
+            "spiffe://example.org.evil/a",
+            "spiffe://example.org"
+        ));
+        assert!(!is_member(
+            "spiffe://example.orgx/a",
+            "spiffe://example.org"
+        ));
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let svid = Svid::new(
+            vec![1],
+            Zeroizing::new(b"SECRETKEY".to_vec()),
+            SystemTime::UNIX_EPOCH,
+        );
+        assert!(!format!("{svid:?}").contains("SECRETKEY"));
+        let message = proto::X509svid {
+            x509_svid_key: Bytes::from_static(b"SECRETKEY"),
+            ..Default::default()
+        };
+        assert!(!format!("{message:?}").contains("SECRETKEY"));
+    }
+}
