@@ -100,15 +100,14 @@ impl Authority {
     /// intermediates above it), its PKCS#8 key, and the trust bundle when the CA is not
     /// itself a root.
     pub fn load(files: &CaFiles, trust_domain: &TrustDomain) -> Result<Self, Error> {
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|source| Error::Io {
-                path: path.to_owned(),
-                source,
-            })
+        // The files are the operator's input: an unreadable one is a configuration error.
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::Config(format!("{key} = {path:?} cannot be read: {e}")))
         };
-        let cert_pem = read(&files.cert_path)?;
+        let cert_pem = read("upstream.cert_path", &files.cert_path)?;
         let certs = parse_pem_certs(&cert_pem, "upstream.cert_path")?;
-        let key_pem = Zeroizing::new(read(&files.key_path)?);
+        let key_pem = Zeroizing::new(read("upstream.key_path", &files.key_path)?);
         let key_der = pem::parse(&*key_pem)
             .ok()
             .filter(|p| p.tag() == "PRIVATE KEY")
@@ -141,7 +140,9 @@ impl Authority {
         let not_after = SystemTime::from(validity.not_after.to_datetime());
         let self_signed = parsed.subject() == parsed.issuer();
         let bundle = match &files.bundle_path {
-            Some(path) => parse_pem_certs(&read(path)?, "upstream.bundle_path")?,
+            Some(path) => {
+                parse_pem_certs(&read("upstream.bundle_path", path)?, "upstream.bundle_path")?
+            }
             None if self_signed => vec![ca.clone()],
             None => {
                 return Err(Error::Config(format!(

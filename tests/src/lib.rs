@@ -1,1 +1,231 @@
+//! Support for EnclaveID's end-to-end tests: start the real `enclaveid` binary with a
+//! temporary configuration, wait for its socket, and stop it.
 
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test support: a failed set-up must fail the test loudly"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `enclaveid` binary, built once per test run with the same profile as the tests.
+///
+/// Cargo only hands `CARGO_BIN_EXE_*` to the tests of the package that owns the binary,
+/// so this crate builds it explicitly; cargo releases its build lock before tests run,
+/// so the nested build does not wait on the outer one.
+pub fn enclaveid_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "enclaveid-agent",
+            "--bin",
+            "enclaveid",
+            "--manifest-path",
+        ]);
+        build.arg(&manifest);
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .expect("running cargo build for the enclaveid binary");
+        assert!(status.success(), "building the enclaveid binary failed");
+        // target/<profile>/deps/<test-binary> -> target/<profile>/enclaveid
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps");
+        let bin = profile_dir.join("enclaveid");
+        assert!(bin.exists(), "{} was not built", bin.display());
+        bin
+    })
+}
+
+/// A running `enclaveid run` process with its own temporary directory; killed on drop.
+pub struct AgentProcess {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    stderr: PathBuf,
+}
+
+impl AgentProcess {
+    /// Writes `config` (TOML; `{socket}` is replaced by the socket path) to a temporary
+    /// directory and starts `enclaveid run --config`, waiting until the socket answers.
+    pub fn start(config: &str) -> Self {
+        Self::try_start(config)
+            .unwrap_or_else(|agent| panic!("agent did not start:\n{}", agent.stderr_text()))
+    }
+
+    /// Like [`AgentProcess::start`], but returns the process (exited or not answering)
+    /// instead of panicking.
+    pub fn try_start(config: &str) -> Result<Self, Self> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        // Other uids (tests run callers under setpriv) must reach the socket.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let socket = dir.path().join("agent.sock");
+        let config_path = dir.path().join("agent.toml");
+        std::fs::write(
+            &config_path,
+            config.replace("{socket}", &socket.display().to_string()),
+        )
+        .expect("config");
+        let stderr = dir.path().join("agent.stderr");
+        let child = Command::new(enclaveid_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("ENCLAVEID_LOG", "debug,h2=info,hyper=info,tower=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawning enclaveid");
+        let mut agent = Self {
+            child: Some(child),
+            dir,
+            socket,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&agent.socket).is_ok() {
+                return Ok(agent);
+            }
+            if let Some(child) = agent.child.as_mut()
+                && child.try_wait().ok().flatten().is_some()
+            {
+                return Err(agent);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(agent)
+    }
+
+    /// The Workload API socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The socket as a `unix://` endpoint URI.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The agent's temporary directory (config, socket, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What the agent logged so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The agent's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Waits for the process to exit by itself (a refused configuration, say).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A raw Workload API client over a Unix socket, without the security header: tests
+/// add it (or not) themselves.
+pub async fn raw_client(
+    socket: &Path,
+) -> enclaveid_workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+    tonic::transport::Channel,
+> {
+    let path = socket.to_owned();
+    let channel = tonic::transport::Endpoint::from_static("http://[::]:0")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connecting to the agent");
+    enclaveid_workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+}
+
+/// `request` with the `workload.spiffe.io: true` header.
+pub fn with_header<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        enclaveid_workload_api::SECURITY_HEADER,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    request
+}
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Whether tests may switch to other uids with `setpriv` (root only).
+pub fn can_switch_uid() -> bool {
+    euid() == 0
+        && Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}

@@ -65,6 +65,7 @@ use zeroize::Zeroizing;
     clippy::pedantic,
     unreachable_pub,
     rust_2018_idioms,
+    clippy::allow_attributes_without_reason,
     reason = "generated code"
 )]
 pub mod proto {
@@ -411,11 +412,11 @@ impl<A: WorkloadAttestor> WorkloadApi<A> {
         let stream = futures_util::stream::unfold(Some(state), move |state| async move {
             let mut state = state?;
             loop {
-                if let Some(next) = state.pending.take() {
-                    if state.last.as_ref() != Some(&next) {
-                        state.last = Some(next.clone());
-                        return Some((Ok(next), Some(state)));
-                    }
+                if let Some(next) = state.pending.take()
+                    && state.last.as_ref() != Some(&next)
+                {
+                    state.last = Some(next.clone());
+                    return Some((Ok(next), Some(state)));
                 }
                 if state.snapshots.changed().await.is_err() {
                     return Some((Err(Status::unavailable("agent is shutting down")), None));

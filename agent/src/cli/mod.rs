@@ -188,15 +188,14 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// directory first; refuse one that is not ours.
 fn check_dev_dir(socket: &std::path::Path, uid: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    if let Some(dir) = socket.parent() {
-        if let Ok(meta) = std::fs::symlink_metadata(dir) {
-            if !meta.is_dir() || meta.uid() != uid {
-                anyhow::bail!(
-                    "{} is not a directory owned by uid {uid}; remove it or use `enclaveid run --config`",
-                    dir.display()
-                );
-            }
-        }
+    if let Some(dir) = socket.parent()
+        && let Ok(meta) = std::fs::symlink_metadata(dir)
+        && (!meta.is_dir() || meta.uid() != uid)
+    {
+        anyhow::bail!(
+            "{} is not a directory owned by uid {uid}; remove it or use `enclaveid run --config`",
+            dir.display()
+        );
     }
     Ok(())
 }

@@ -1,0 +1,208 @@
+//! The wire contract real clients depend on: the security header, status codes and their
+//! messages, bundle keys, callers with and without identities.
+
+use std::process::Command;
+
+use enclaveid_tests::{AgentProcess, can_switch_uid, enclaveid_bin, euid, raw_client, with_header};
+use enclaveid_workload_api::proto::{
+    JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
+};
+use tonic::Code;
+
+use super::config;
+
+/// A uid that no test entry names and no system account uses.
+const STRANGER_UID: u32 = 4_000_001;
+const ENTITLED_UID: u32 = 4_000_002;
+
+#[tokio::test]
+async fn calls_without_the_security_header_are_invalid_argument() {
+    let agent = AgentProcess::start(&config(
+        "1h",
+        &[("me", &format!("\"unix:uid:{}\"", euid()), "")],
+    ));
+    let mut client = raw_client(agent.socket()).await;
+
+    let status = client.fetch_x509svid(X509svidRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.message(), "security header missing from request");
+
+    let mut wrong = tonic::Request::new(X509BundlesRequest {});
+    wrong
+        .metadata_mut()
+        .insert("workload.spiffe.io", "yes".parse().unwrap());
+    let status = client.fetch_x509_bundles(wrong).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "any value but `true` is refused"
+    );
+
+    let status = client
+        .fetch_jwtsvid(JwtsvidRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "the header is checked before anything else"
+    );
+
+    // With the header the same connection works.
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.svids.len(), 1);
+}
+
+#[tokio::test]
+async fn x509_bundles_are_keyed_by_trust_domain_id_and_streamed() {
+    let agent = AgentProcess::start(&config(
+        "1h",
+        &[("me", &format!("\"unix:uid:{}\"", euid()), "")],
+    ));
+    let mut client = raw_client(agent.socket()).await;
+    let mut stream = client
+        .fetch_x509_bundles(with_header(X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let bundles = stream.message().await.unwrap().unwrap();
+    let keys: Vec<_> = bundles.bundles.keys().cloned().collect();
+    assert_eq!(keys, ["spiffe://example.org"], "keys carry the scheme");
+    let root = &bundles.bundles["spiffe://example.org"];
+    let (rest, cert) = x509_parser::parse_x509_certificate(root).unwrap();
+    assert!(rest.is_empty(), "one root, DER");
+    assert!(cert.is_ca());
+
+    let mut svids = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let svid = svids.message().await.unwrap().unwrap();
+    assert_eq!(
+        &svid.svids[0].bundle, root,
+        "the SVID's bundle is its trust domain's"
+    );
+    assert!(svid.federated_bundles.is_empty());
+    let key = &svid.svids[0].x509_svid_key;
+    assert!(
+        spiffe::X509Svid::parse_from_der(&svid.svids[0].x509_svid, key).is_ok(),
+        "chain as concatenated DER, key as PKCS#8 DER"
+    );
+}
+
+#[tokio::test]
+async fn jwt_methods_are_unimplemented_not_hanging() {
+    let agent = AgentProcess::start(&config(
+        "1h",
+        &[("me", &format!("\"unix:uid:{}\"", euid()), "")],
+    ));
+    let mut client = raw_client(agent.socket()).await;
+    let request = JwtsvidRequest {
+        audience: vec!["a".into()],
+        spiffe_id: String::new(),
+    };
+    let timeout = std::time::Duration::from_secs(5);
+    let status = tokio::time::timeout(timeout, client.fetch_jwtsvid(with_header(request)))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    let status = tokio::time::timeout(
+        timeout,
+        client.fetch_jwt_bundles(with_header(JwtBundlesRequest {})),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    let status = tokio::time::timeout(
+        timeout,
+        client.validate_jwtsvid(with_header(ValidateJwtsvidRequest::default())),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+}
+
+/// This test process has no entry (entries name other uids): both X.509 calls answer
+/// PermissionDenied "no identity issued", as SPIRE does by default.
+#[tokio::test]
+async fn a_caller_without_an_entry_gets_permission_denied() {
+    let agent = AgentProcess::start(&config(
+        "1h",
+        &[("someone", &format!("\"unix:uid:{STRANGER_UID}\""), "")],
+    ));
+    let mut client = raw_client(agent.socket()).await;
+    let status = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.message(), "no identity issued");
+    let status = client
+        .fetch_x509_bundles(with_header(X509BundlesRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.message(), "no identity issued");
+
+    // The spiffe crate surfaces the same status.
+    let client = spiffe::workload_api::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
+    let error = client.fetch_x509_context().await.unwrap_err().to_string();
+    assert!(error.contains("no identity issued"), "{error}");
+}
+
+/// Callers in child processes under other uids: the entitled uid gets its SVID, a
+/// stranger gets PermissionDenied, through the CLI (the `spiffe` crate client).
+#[test]
+fn callers_under_other_uids_get_only_their_own_identity() {
+    if !can_switch_uid() {
+        eprintln!(
+            "SKIPPED callers_under_other_uids_get_only_their_own_identity: needs root and setpriv to run callers as other uids"
+        );
+        return;
+    }
+    let agent = AgentProcess::start(&config(
+        "1h",
+        &[
+            ("root", &format!("\"unix:uid:{}\"", euid()), ""),
+            ("entitled", &format!("\"unix:uid:{ENTITLED_UID}\""), ""),
+        ],
+    ));
+    let fetch_as = |uid: u32| {
+        Command::new("setpriv")
+            .args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+            ])
+            .arg(enclaveid_bin())
+            .args(["api", "fetch", "x509", "--socket"])
+            .arg(agent.socket())
+            .output()
+            .unwrap()
+    };
+    let entitled = fetch_as(ENTITLED_UID);
+    let stdout = String::from_utf8_lossy(&entitled.stdout);
+    assert!(
+        entitled.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&entitled.stderr)
+    );
+    assert!(stdout.contains("spiffe://example.org/entitled"), "{stdout}");
+    assert!(!stdout.contains("spiffe://example.org/root"), "{stdout}");
+
+    let stranger = fetch_as(STRANGER_UID);
+    let stderr = String::from_utf8_lossy(&stranger.stderr);
+    assert!(!stranger.status.success());
+    assert!(stderr.contains("no identity issued"), "{stderr}");
+}
