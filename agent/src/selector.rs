@@ -49,6 +49,22 @@ pub struct SelectorError(String);
 // === impl Selector ===
 
 impl Selector {
+    /// Whether matching this selector needs a user or group name (an NSS lookup).
+    pub fn needs_names(&self) -> bool {
+        matches!(
+            self,
+            Self::User(_) | Self::Group(_) | Self::SupplementaryGroup(_)
+        )
+    }
+
+    /// Whether matching this selector needs the caller's supplementary groups (`/proc`).
+    pub fn needs_supplementary_groups(&self) -> bool {
+        matches!(
+            self,
+            Self::SupplementaryGid(_) | Self::SupplementaryGroup(_)
+        )
+    }
+
     /// Whether matching this selector needs the caller's executable path.
     pub fn needs_path(&self) -> bool {
         matches!(self, Self::Path(_))

@@ -1,11 +1,17 @@
 //! Unix workload attestation: the selectors of a caller of the Workload API, from the
 //! socket's peer credentials (`SO_PEERCRED`, captured by tonic at accept) and `/proc`.
 //!
+//! Only what the configured entries can match on is looked up: `unix:uid` and `unix:gid`
+//! come from the kernel's peer credentials and need no I/O at all; user and group names
+//! need an NSS lookup; supplementary groups, the executable's path and its hash need
+//! `/proc/PID`. Those lookups run on the blocking pool.
+//!
 //! PID reuse: the kernel hands us a PID; by the time `/proc/PID` is read the caller may
 //! have exited and another process may hold that PID. The process start time
-//! (`/proc/PID/stat` field 22) is read before and after every other lookup and must not
-//! change, and the process's effective UID must still be the one the socket reported;
-//! otherwise attestation fails and the call gets `Unavailable`.
+//! (`/proc/PID/stat` field 22) is read before and after every other `/proc` lookup and
+//! must not change, and the process's effective UID must still be the one the socket
+//! reported; otherwise attestation fails and the call gets `Unavailable`. Selectors from
+//! the peer credentials alone do not depend on the PID and are immune to its reuse.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -26,8 +32,10 @@ pub struct UnixAttestor {
 
 struct Inner {
     proc_root: std::path::PathBuf,
-    /// Only entries with `unix:path` / `unix:sha256` selectors make the agent read the
-    /// executable; hashing a large binary on every call would be wasted work otherwise.
+    /// What the configured selectors need beyond the peer credentials. Hashing a large
+    /// binary, or asking NSS, on every call would be wasted work when no entry uses it.
+    need_names: bool,
+    need_supplementary_groups: bool,
     need_path: bool,
     need_sha256: bool,
     /// SHA-256 of executables, keyed by what identifies the file's content on disk.
@@ -58,14 +66,19 @@ impl UnixAttestor {
         proc_root: impl Into<std::path::PathBuf>,
         selectors_in_use: impl IntoIterator<Item = &'a Selector>,
     ) -> Self {
-        let (mut need_path, mut need_sha256) = (false, false);
+        let (mut need_names, mut need_supplementary_groups, mut need_path, mut need_sha256) =
+            (false, false, false, false);
         for selector in selectors_in_use {
+            need_names |= selector.needs_names();
+            need_supplementary_groups |= selector.needs_supplementary_groups();
             need_path |= selector.needs_path();
             need_sha256 |= selector.needs_sha256();
         }
         Self {
             inner: Arc::new(Inner {
                 proc_root: proc_root.into(),
+                need_names,
+                need_supplementary_groups,
                 need_path,
                 need_sha256,
                 hashes: Mutex::new(HashMap::new()),
@@ -73,9 +86,32 @@ impl UnixAttestor {
         }
     }
 
-    /// The selectors of `caller`, reading `/proc` synchronously.
+    fn needs_proc(&self) -> bool {
+        self.inner.need_supplementary_groups || self.inner.need_path || self.inner.need_sha256
+    }
+
+    fn needs_blocking_io(&self) -> bool {
+        self.needs_proc() || self.inner.need_names
+    }
+
+    /// The selectors of `caller`, doing any `/proc` and NSS lookups synchronously.
     pub fn attest_blocking(&self, caller: Caller) -> Result<Selectors, ApiError> {
         let inner = &self.inner;
+        let mut selectors = Selectors::default();
+        selectors.insert(Selector::Uid(caller.uid).to_string());
+        selectors.insert(Selector::Gid(caller.gid).to_string());
+        if inner.need_names {
+            if let Ok(Some(user)) = User::from_uid(Uid::from_raw(caller.uid)) {
+                selectors.insert(Selector::User(user.name).to_string());
+            }
+            if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(caller.gid)) {
+                selectors.insert(Selector::Group(group.name).to_string());
+            }
+        }
+        if !self.needs_proc() {
+            return Ok(selectors);
+        }
+
         let pid = caller.pid.filter(|pid| *pid > 0).ok_or_else(|| {
             ApiError::Attestation("the kernel reported no PID for the caller".into())
         })?;
@@ -86,16 +122,6 @@ impl UnixAttestor {
             ))
         };
         let started = start_time(&proc_dir).map_err(|e| gone("stat", e))?;
-
-        let mut selectors = Selectors::default();
-        selectors.insert(Selector::Uid(caller.uid).to_string());
-        selectors.insert(Selector::Gid(caller.gid).to_string());
-        if let Ok(Some(user)) = User::from_uid(Uid::from_raw(caller.uid)) {
-            selectors.insert(Selector::User(user.name).to_string());
-        }
-        if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(caller.gid)) {
-            selectors.insert(Selector::Group(group.name).to_string());
-        }
 
         let status =
             std::fs::read_to_string(proc_dir.join("status")).map_err(|e| gone("status", e))?;
@@ -108,29 +134,31 @@ impl UnixAttestor {
                 caller.uid
             )));
         }
-        for gid in status_field(&status, "Groups:")
-            .unwrap_or_default()
-            .split_whitespace()
-        {
-            let Ok(gid) = gid.parse::<u32>() else {
-                continue;
-            };
-            selectors.insert(Selector::SupplementaryGid(gid).to_string());
-            if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(gid)) {
-                selectors.insert(Selector::SupplementaryGroup(group.name).to_string());
+        if inner.need_supplementary_groups {
+            for gid in status_field(&status, "Groups:")
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                let Ok(gid) = gid.parse::<u32>() else {
+                    continue;
+                };
+                selectors.insert(Selector::SupplementaryGid(gid).to_string());
+                if inner.need_names
+                    && let Ok(Some(group)) = Group::from_gid(Gid::from_raw(gid))
+                {
+                    selectors.insert(Selector::SupplementaryGroup(group.name).to_string());
+                }
             }
         }
 
-        if inner.need_path || inner.need_sha256 {
-            let exe = proc_dir.join("exe");
-            if inner.need_path {
-                let path = std::fs::read_link(&exe).map_err(|e| gone("exe", e))?;
-                selectors.insert(Selector::Path(path.to_string_lossy().into_owned()).to_string());
-            }
-            if inner.need_sha256 {
-                let digest = self.sha256_of(&exe).map_err(|e| gone("hashing exe", e))?;
-                selectors.insert(Selector::Sha256(digest).to_string());
-            }
+        let exe = proc_dir.join("exe");
+        if inner.need_path {
+            let path = std::fs::read_link(&exe).map_err(|e| gone("exe", e))?;
+            selectors.insert(Selector::Path(path.to_string_lossy().into_owned()).to_string());
+        }
+        if inner.need_sha256 {
+            let digest = self.sha256_of(&exe).map_err(|e| gone("hashing exe", e))?;
+            selectors.insert(Selector::Sha256(digest).to_string());
         }
 
         if start_time(&proc_dir).map_err(|e| gone("stat", e))? != started {
@@ -181,6 +209,10 @@ impl UnixAttestor {
 
 impl WorkloadAttestor for UnixAttestor {
     async fn attest(&self, caller: Caller) -> Result<Selectors, ApiError> {
+        if !self.needs_blocking_io() {
+            // Peer credentials only: no I/O, no thread hop.
+            return self.attest_blocking(caller);
+        }
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.attest_blocking(caller))
             .await
@@ -241,9 +273,28 @@ mod tests {
     fn this_process_is_attested_with_uid_gid_and_what_entries_need() {
         let exe = std::env::current_exe().unwrap();
         let path = Selector::Path(exe.to_string_lossy().into_owned());
-        let attestor = UnixAttestor::new([&path, &Selector::Sha256("0".repeat(64))]);
+        let attestor = UnixAttestor::new([
+            &path,
+            &Selector::Sha256("0".repeat(64)),
+            &Selector::User("x".into()),
+            &Selector::SupplementaryGid(0),
+        ]);
         let selectors = attestor.attest_blocking(me()).unwrap();
         let list: Vec<_> = selectors.iter().collect();
+        if let Ok(Some(user)) = User::from_uid(Uid::from_raw(me().uid)) {
+            assert!(
+                list.contains(&format!("unix:user:{}", user.name).as_str()),
+                "{list:?}"
+            );
+        }
+        let groups = nix::unistd::getgroups().unwrap();
+        for gid in groups {
+            let selector = format!("unix:supplementary_gid:{gid}");
+            assert!(
+                list.contains(&selector.as_str()),
+                "{selector} missing from {list:?}"
+            );
+        }
         assert!(
             list.contains(&format!("unix:uid:{}", me().uid).as_str()),
             "{list:?}"
@@ -278,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_caller_whose_uid_differs_from_the_process_is_refused() {
-        let attestor = UnixAttestor::new([]);
+        let attestor = UnixAttestor::new([&Selector::SupplementaryGid(0)]);
         let caller = Caller {
             uid: me().uid.wrapping_add(1),
             ..me()
@@ -291,8 +342,8 @@ mod tests {
     }
 
     #[test]
-    fn a_vanished_or_missing_pid_is_refused() {
-        let attestor = UnixAttestor::new([]);
+    fn a_vanished_or_missing_pid_is_refused_when_proc_is_needed() {
+        let attestor = UnixAttestor::new([&Selector::Path("/bin/x".into())]);
         let error = attestor
             .attest_blocking(Caller { pid: None, ..me() })
             .unwrap_err()
@@ -325,7 +376,7 @@ mod tests {
         std::fs::write(dir.join("stat"), stat_with(1000)).unwrap();
         assert_eq!(start_time(&dir).unwrap(), 1000);
         std::fs::write(dir.join("status"), "Uid:\t7\t7\t7\t7\nGroups:\t4 5\n").unwrap();
-        let attestor = UnixAttestor::with_proc_root(root.path(), []);
+        let attestor = UnixAttestor::with_proc_root(root.path(), [&Selector::SupplementaryGid(5)]);
         let caller = Caller {
             pid: Some(42),
             uid: 7,

@@ -69,9 +69,20 @@ impl AgentProcess {
             .unwrap_or_else(|agent| panic!("agent did not start:\n{}", agent.stderr_text()))
     }
 
+    /// Like [`AgentProcess::start`], with the agent's default log level (as measured by
+    /// the benchmarks) instead of debug logs.
+    pub fn start_quiet(config: &str) -> Self {
+        Self::try_start_with_log(config, "warn,enclaveid=info")
+            .unwrap_or_else(|agent| panic!("agent did not start:\n{}", agent.stderr_text()))
+    }
+
     /// Like [`AgentProcess::start`], but returns the process (exited or not answering)
     /// instead of panicking.
     pub fn try_start(config: &str) -> Result<Self, Self> {
+        Self::try_start_with_log(config, "debug,h2=info,hyper=info,tower=info")
+    }
+
+    fn try_start_with_log(config: &str, log: &str) -> Result<Self, Self> {
         let dir = tempfile::tempdir().expect("temporary directory");
         // Other uids (tests run callers under setpriv) must reach the socket.
         std::fs::set_permissions(
@@ -91,7 +102,7 @@ impl AgentProcess {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
-            .env("ENCLAVEID_LOG", "debug,h2=info,hyper=info,tower=info")
+            .env("ENCLAVEID_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
