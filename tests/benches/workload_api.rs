@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enclaveid_tests::{AgentProcess, euid, raw_client, with_header};
+use enclaveid_tests::{AgentProcess, euid, first_x509_response, raw_client, with_header};
 use enclaveid_workload_api::proto::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
 };
@@ -82,16 +82,7 @@ async fn run(settings: Settings) {
     let agent_idle_rss = rss_kib(agent.pid());
 
     // The floor serves the agent's own first message, so sizes match exactly.
-    let first = raw_client(&agent_socket)
-        .await
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
+    let first = first_x509_response(&agent_socket).await;
     let work = tempfile::tempdir().unwrap();
     let message_path = work.path().join("message.bin");
     std::fs::write(&message_path, first.encode_to_vec()).unwrap();
@@ -137,7 +128,8 @@ async fn run(settings: Settings) {
     drop(agent_streams);
     drop(floor_streams);
 
-    let [agent_latency, floor_latency] = first_message_latency(&agent_socket, &floor_socket, settings.samples).await;
+    let [agent_latency, floor_latency] =
+        first_message_latency(&agent_socket, &floor_socket, settings.samples).await;
 
     let _ = floor.kill();
     let _ = floor.wait();
@@ -263,14 +255,22 @@ impl Drop for OpenStreams {
 
 /// p50 and p99 of FetchX509SVID time to first message, for the agent and the floor.
 /// Samples alternate between the two so that noise from the machine hits both alike.
-async fn first_message_latency(agent: &Path, floor: &Path, samples: usize) -> [(Duration, Duration); 2] {
+async fn first_message_latency(
+    agent: &Path,
+    floor: &Path,
+    samples: usize,
+) -> [(Duration, Duration); 2] {
     let mut clients = [raw_client(agent).await, raw_client(floor).await];
     let mut times = [Vec::with_capacity(samples), Vec::with_capacity(samples)];
     // Warm-up: connection set-up and first allocations are not what is measured.
     for round in 0..(samples + 50) {
         for (client, times) in clients.iter_mut().zip(times.iter_mut()) {
             let started = Instant::now();
-            let mut stream = client.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner();
+            let mut stream = client
+                .fetch_x509svid(with_header(X509svidRequest {}))
+                .await
+                .unwrap()
+                .into_inner();
             stream.message().await.unwrap().unwrap();
             if round >= 50 {
                 times.push(started.elapsed());

@@ -202,19 +202,27 @@ pub async fn raw_client(
 ) -> enclaveid_workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<
     tonic::transport::Channel,
 > {
-    let path = socket.to_owned();
-    let channel = tonic::transport::Endpoint::from_static("http://[::]:0")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    let channel = enclaveid_workload_api::connect_unix(socket)
         .await
         .expect("connecting to the agent");
     enclaveid_workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+}
+
+/// The first message of a `FetchX509SVID` stream (with the security header) on a new
+/// connection to `socket`.
+pub async fn first_x509_response(socket: &Path) -> enclaveid_workload_api::proto::X509svidResponse {
+    raw_client(socket)
+        .await
+        .fetch_x509svid(with_header(
+            enclaveid_workload_api::proto::X509svidRequest {},
+        ))
+        .await
+        .expect("FetchX509SVID")
+        .into_inner()
+        .message()
+        .await
+        .expect("a first message")
+        .expect("a first message, not the end of the stream")
 }
 
 /// `request` with the `workload.spiffe.io: true` header.

@@ -13,6 +13,18 @@ mod e2e {
     mod svid;
     mod wire;
 
+    /// A configuration with one entry, `spiffe://example.org/me`, for this process's uid.
+    pub(crate) fn config_for_me() -> String {
+        config(
+            "1h",
+            &[(
+                "me",
+                &format!("\"unix:uid:{}\"", enclaveid_tests::euid()),
+                "",
+            )],
+        )
+    }
+
     /// A configuration with one entry per `(path, selectors, extra)`; `{socket}` is filled
     /// in by `AgentProcess`.
     pub(crate) fn config(svid_ttl: &str, entries: &[(&str, &str, &str)]) -> String {

@@ -434,6 +434,25 @@ impl<A: WorkloadAttestor> WorkloadApi<A> {
     }
 }
 
+/// A tonic channel to a Workload API server on the Unix socket at `path`, for clients
+/// of this crate's generated `proto::spiffe_workload_api_client` (the CLI's health
+/// check, tests and benchmarks). Workloads should use a SPIFFE library instead.
+pub async fn connect_unix(
+    path: impl Into<std::path::PathBuf>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.into();
+    // tonic requires a URI; the connector ignores it and dials the socket.
+    tonic::transport::Endpoint::from_static("http://[::]:0")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}
+
 fn check_security_header(request: Request<()>) -> Result<Request<()>, Status> {
     match request.metadata().get(SECURITY_HEADER) {
         Some(value) if value == "true" => Ok(request),

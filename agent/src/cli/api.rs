@@ -17,17 +17,11 @@ pub(crate) async fn fetch_x509(
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let context = tokio::time::timeout(timeout, async {
+    let context = super::within(timeout, endpoint, async {
         let client = WorkloadApiClient::connect_to(endpoint).await?;
         client.fetch_x509_context().await
     })
-    .await
-    .with_context(|| {
-        format!(
-            "no answer from {endpoint} within {}",
-            humantime::format_duration(timeout)
-        )
-    })?
+    .await?
     .with_context(|| format!("fetching X.509-SVIDs from {endpoint}"))?;
     let elapsed = started.elapsed();
 

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hyper_util::rt::TokioIo;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -16,18 +15,8 @@ pub(crate) async fn check(endpoint: &str, timeout: Duration) -> anyhow::Result<E
         .or_else(|| endpoint.strip_prefix("unix:"))
         .with_context(|| format!("healthcheck needs a unix socket, not {endpoint}"))?
         .to_owned();
-    let status = tokio::time::timeout(timeout, async {
-        // The URI is required by tonic but unused: the connector dials the socket.
-        let channel = tonic::transport::Endpoint::from_static("http://[::]:0")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await?;
+    let status = super::within(timeout, endpoint, async {
+        let channel = enclaveid_workload_api::connect_unix(path).await?;
         let response = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),
@@ -35,13 +24,7 @@ pub(crate) async fn check(endpoint: &str, timeout: Duration) -> anyhow::Result<E
             .await?;
         Ok::<_, anyhow::Error>(response.into_inner().status())
     })
-    .await
-    .with_context(|| {
-        format!(
-            "no answer from {endpoint} within {}",
-            humantime::format_duration(timeout)
-        )
-    })?
+    .await?
     .with_context(|| format!("agent at {endpoint} is unhealthy"))?;
     if status == ServingStatus::Serving {
         eprintln!("Agent is healthy.");

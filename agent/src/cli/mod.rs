@@ -243,6 +243,22 @@ fn endpoint(args: &EndpointArgs) -> anyhow::Result<String> {
         })
 }
 
+/// `future`'s output, or an error naming `endpoint` when it takes longer than `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    endpoint: &str,
+    future: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(timeout, future)
+        .await
+        .with_context(|| {
+            format!(
+                "no answer from {endpoint} within {}",
+                humantime::format_duration(timeout)
+            )
+        })
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter =

@@ -3,13 +3,15 @@
 
 use std::process::Command;
 
-use enclaveid_tests::{AgentProcess, can_switch_uid, enclaveid_bin, euid, raw_client, with_header};
+use enclaveid_tests::{
+    AgentProcess, can_switch_uid, enclaveid_bin, euid, first_x509_response, raw_client, with_header,
+};
 use enclaveid_workload_api::proto::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
 };
 use tonic::Code;
 
-use super::config;
+use super::{config, config_for_me};
 
 /// A uid that no test entry names and no system account uses.
 const STRANGER_UID: u32 = 4_000_001;
@@ -17,10 +19,7 @@ const ENTITLED_UID: u32 = 4_000_002;
 
 #[tokio::test]
 async fn calls_without_the_security_header_are_invalid_argument() {
-    let agent = AgentProcess::start(&config(
-        "1h",
-        &[("me", &format!("\"unix:uid:{}\"", euid()), "")],
-    ));
+    let agent = AgentProcess::start(&config_for_me());
     let mut client = raw_client(agent.socket()).await;
 
     let status = client.fetch_x509svid(X509svidRequest {}).await.unwrap_err();
@@ -60,10 +59,7 @@ async fn calls_without_the_security_header_are_invalid_argument() {
 
 #[tokio::test]
 async fn x509_bundles_are_keyed_by_trust_domain_id_and_streamed() {
-    let agent = AgentProcess::start(&config(
-        "1h",
-        &[("me", &format!("\"unix:uid:{}\"", euid()), "")],
-    ));
+    let agent = AgentProcess::start(&config_for_me());
     let mut client = raw_client(agent.socket()).await;
     let mut stream = client
         .fetch_x509_bundles(with_header(X509BundlesRequest {}))
@@ -78,12 +74,7 @@ async fn x509_bundles_are_keyed_by_trust_domain_id_and_streamed() {
     assert!(rest.is_empty(), "one root, DER");
     assert!(cert.is_ca());
 
-    let mut svids = client
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    let svid = svids.message().await.unwrap().unwrap();
+    let svid = first_x509_response(agent.socket()).await;
     assert_eq!(
         &svid.svids[0].bundle, root,
         "the SVID's bundle is its trust domain's"
@@ -98,10 +89,7 @@ async fn x509_bundles_are_keyed_by_trust_domain_id_and_streamed() {
 
 #[tokio::test]
 async fn jwt_methods_are_unimplemented_not_hanging() {
-    let agent = AgentProcess::start(&config(
-        "1h",
-        &[("me", &format!("\"unix:uid:{}\"", euid()), "")],
-    ));
+    let agent = AgentProcess::start(&config_for_me());
     let mut client = raw_client(agent.socket()).await;
     let request = JwtsvidRequest {
         audience: vec!["a".into()],
