@@ -620,6 +620,84 @@ mod tests {
         ));
     }
 
+    struct NoAttestor;
+    impl WorkloadAttestor for NoAttestor {
+        async fn attest(&self, _caller: Caller) -> Result<Selectors, Error> {
+            Err(Error::Attestation("unused".into()))
+        }
+    }
+
+    /// The streaming contract: full state on every change, nothing when nothing changed,
+    /// PermissionDenied when the caller's last identity goes, Unavailable at shutdown.
+    #[tokio::test]
+    async fn a_stream_follows_the_snapshot() {
+        use futures_util::StreamExt as _;
+        let (tx, rx) = watch::channel(Arc::new(snapshot()));
+        let api = WorkloadApi::new(rx, NoAttestor);
+        let caller = selectors(&["unix:uid:1"]);
+        let mut stream = api
+            .watch(caller.clone(), Snapshot::x509_svid_response, "test")
+            .unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.svids.len(), 1);
+
+        // Republishing the same content sends nothing; a rotated SVID is sent.
+        tx.send_replace(Arc::new(snapshot()));
+        let mut rotated = snapshot();
+        rotated.identities[0].svid = Some(Svid::new(
+            b"new".to_vec(),
+            Zeroizing::new(b"k2".to_vec()),
+            SystemTime::now(),
+        ));
+        tx.send_replace(Arc::new(rotated.clone()));
+        let second = stream.next().await.unwrap().unwrap();
+        assert_eq!(&second.svids[0].x509_svid[..], b"new");
+
+        // The caller's identity expires: PermissionDenied, and the stream ends.
+        let mut expired = rotated;
+        expired.identities[0].svid = None;
+        tx.send_replace(Arc::new(expired));
+        let status = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(status.message(), NO_IDENTITY_ISSUED);
+        assert!(stream.next().await.is_none());
+
+        // Shutdown: the sender goes away, open streams end with Unavailable.
+        let mut other = api.watch(caller, Snapshot::x509_bundles_response, "test");
+        assert!(other.is_err(), "no identity now, so no bundles either");
+        tx.send_replace(Arc::new(snapshot()));
+        other = api.watch(
+            selectors(&["unix:uid:1"]),
+            Snapshot::x509_bundles_response,
+            "test",
+        );
+        let mut bundles = other.unwrap();
+        assert!(bundles.next().await.unwrap().is_ok());
+        drop(tx);
+        let status = bundles.next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(bundles.next().await.is_none());
+    }
+
+    #[test]
+    fn the_security_header_must_be_exactly_true() {
+        let with = |value: Option<&'static str>| {
+            let mut request = Request::new(());
+            if let Some(value) = value {
+                request
+                    .metadata_mut()
+                    .insert(SECURITY_HEADER, value.parse().unwrap());
+            }
+            check_security_header(request)
+        };
+        assert!(with(Some("true")).is_ok());
+        for bad in [None, Some("false"), Some("TRUE"), Some("1"), Some("")] {
+            let status = with(bad).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert_eq!(status.message(), SECURITY_HEADER_MISSING);
+        }
+    }
+
     #[test]
     fn debug_output_never_shows_the_key() {
         let svid = Svid::new(

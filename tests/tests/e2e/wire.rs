@@ -166,6 +166,10 @@ fn callers_under_other_uids_get_only_their_own_identity() {
             ("entitled", &format!("\"unix:uid:{ENTITLED_UID}\""), ""),
         ],
     ));
+    // The build directory may not be reachable by other uids (a checkout under /root):
+    // run a copy from the agent's world-readable temporary directory.
+    let client = agent.dir().join("enclaveid-client");
+    std::fs::copy(enclaveid_bin(), &client).unwrap();
     let fetch_as = |uid: u32| {
         Command::new("setpriv")
             .args([
@@ -173,7 +177,7 @@ fn callers_under_other_uids_get_only_their_own_identity() {
                 format!("--regid={uid}"),
                 "--clear-groups".into(),
             ])
-            .arg(enclaveid_bin())
+            .arg(&client)
             .args(["api", "fetch", "x509", "--socket"])
             .arg(agent.socket())
             .output()
