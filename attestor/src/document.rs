@@ -239,7 +239,11 @@ impl Payload {
                             }
                         }
                         other => {
-                            return Err(field("pcrs", "values of 32, 48 or 64 bytes", Some(&other)));
+                            return Err(field(
+                                "pcrs",
+                                "values of 32, 48 or 64 bytes",
+                                Some(&other),
+                            ));
                         }
                     }
                 }

@@ -7,6 +7,7 @@
 )]
 
 mod e2e {
+    mod attest;
     mod cli;
     mod robustness;
     mod rotation;

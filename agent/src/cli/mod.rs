@@ -1,6 +1,7 @@
 //! Command-line interface.
 
 mod api;
+mod attest;
 mod health;
 
 use std::path::PathBuf;
@@ -42,6 +43,17 @@ enum Command {
     Api(ApiCommand),
     /// Exit 0 when the agent answers and serves current SVIDs, 1 otherwise.
     Healthcheck(HealthcheckArgs),
+    /// Nitro attestation documents: verify one, or make a fake one for development.
+    #[command(subcommand)]
+    Attest(AttestCommand),
+}
+
+#[derive(Subcommand)]
+enum AttestCommand {
+    /// Verify a document and print its fields as JSON (exit 1 with the reason if refused).
+    Verify(attest::VerifyArgs),
+    /// Write a fake document (development only), signed under a root generated now.
+    Fake(attest::FakeArgs),
 }
 
 #[derive(Args)]
@@ -129,6 +141,8 @@ pub(crate) fn main() -> ExitCode {
             Command::Healthcheck(args) => {
                 health::check(&endpoint(&args.endpoint)?, args.timeout).await
             }
+            Command::Attest(AttestCommand::Verify(args)) => attest::verify(args),
+            Command::Attest(AttestCommand::Fake(args)) => attest::fake(args),
         }
     });
     match result {
