@@ -210,7 +210,7 @@ fn write(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 fn parse_hex(value: &str) -> anyhow::Result<Vec<u8>> {
     let value = value.trim();
     anyhow::ensure!(
-        value.len() % 2 == 0 && value.bytes().all(|b| b.is_ascii_hexdigit()),
+        value.len().is_multiple_of(2) && value.bytes().all(|b| b.is_ascii_hexdigit()),
         "{value:?} is not hex (accepted: an even number of 0-9, a-f)"
     );
     (0..value.len())

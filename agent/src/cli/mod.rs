@@ -51,9 +51,9 @@ enum Command {
 #[derive(Subcommand)]
 enum AttestCommand {
     /// Verify a document and print its fields as JSON (exit 1 with the reason if refused).
-    Verify(attest::VerifyArgs),
+    Verify(Box<attest::VerifyArgs>),
     /// Write a fake document (development only), signed under a root generated now.
-    Fake(attest::FakeArgs),
+    Fake(Box<attest::FakeArgs>),
 }
 
 #[derive(Args)]
@@ -141,8 +141,8 @@ pub(crate) fn main() -> ExitCode {
             Command::Healthcheck(args) => {
                 health::check(&endpoint(&args.endpoint)?, args.timeout).await
             }
-            Command::Attest(AttestCommand::Verify(args)) => attest::verify(args),
-            Command::Attest(AttestCommand::Fake(args)) => attest::fake(args),
+            Command::Attest(AttestCommand::Verify(args)) => attest::verify(*args),
+            Command::Attest(AttestCommand::Fake(args)) => attest::fake(*args),
         }
     });
     match result {
