@@ -10,7 +10,9 @@
 //! # cert_path / key_path: load the dev CA instead of generating one at start
 //! # bundle_path: trust bundle when cert_path is not a self-signed root
 //! [attestor]
-//! kind = "fake"         # placeholder until the Nitro attestation issue; "nsm" later
+//! kind = "fake"         # "nsm" inside an enclave (a build with `--features nsm`)
+//! # allow_debug = false   accept this enclave's own debug-mode attestation
+//! # fake only: debug = false, module_id = "i-…-enc…", pcrs = { 0 = "HEX" }
 //! [[entry]]
 //! spiffe_id = "spiffe://example.org/gateway"
 //! selectors = ["unix:uid:1000"]   # all must match
@@ -19,6 +21,7 @@
 //! hint = "internal"               # optional
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -47,7 +50,7 @@ pub struct Config {
     /// Where the signing CA comes from.
     pub upstream: Upstream,
     /// How the enclave proves itself.
-    pub attestor: AttestorKind,
+    pub attestor: AttestorConfig,
     /// Registration entries, in file order.
     pub entries: Vec<Entry>,
 }
@@ -71,12 +74,24 @@ pub struct CaFiles {
     pub bundle_path: Option<PathBuf>,
 }
 
+/// The enclave attestor and what the agent accepts of its own attestation document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttestorConfig {
+    /// Which attestor.
+    pub kind: AttestorKind,
+    /// Accept this enclave's document in debug mode (PCR0 all zeros).
+    pub allow_debug: bool,
+}
+
 /// The enclave attestor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AttestorKind {
-    /// No hardware: a stand-in for development (see `enclaveid-attestor`).
-    Fake,
+    /// No hardware: documents in the AWS format signed under a root generated at start.
+    /// Proves nothing; for development and tests.
+    Fake(enclaveid_attestor::FakeConfig),
+    /// The Nitro Secure Module (`/dev/nsm`), verified against the AWS Nitro root.
+    Nsm,
 }
 
 /// A registration entry: who gets which SPIFFE ID.
@@ -119,6 +134,13 @@ struct RawUpstream {
 #[serde(deny_unknown_fields)]
 struct RawAttestor {
     kind: String,
+    #[serde(default)]
+    allow_debug: bool,
+    #[serde(default)]
+    debug: Option<bool>,
+    module_id: Option<String>,
+    #[serde(default)]
+    pcrs: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -177,17 +199,7 @@ impl Config {
                 ));
             }
         };
-        let attestor = match raw.attestor.kind.as_str() {
-            "fake" => AttestorKind::Fake,
-            other => {
-                return Err(invalid(
-                    "attestor.kind",
-                    &other,
-                    &"accepted: \"fake\" (\"nsm\" is not implemented yet)",
-                ));
-            }
-        };
-
+        let attestor = parse_attestor(raw.attestor, &invalid)?;
         let mut entries = Vec::with_capacity(raw.entries.len());
         for (i, entry) in raw.entries.into_iter().enumerate() {
             let key = |field: &str| format!("entry[{i}].{field}");
@@ -225,6 +237,13 @@ impl Config {
                         .map_err(|e| invalid(&format!("entry[{i}].selectors[{j}]"), s, &e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            if selectors.iter().all(Selector::is_node_selector) {
+                return Err(invalid(
+                    &key("selectors"),
+                    &entry.selectors,
+                    &"nitro: selectors describe the enclave, not the caller; add at least one unix: selector",
+                ));
+            }
             for (j, name) in entry.dns_names.iter().enumerate() {
                 if rustls_pki_types::DnsName::try_from(name.as_str()).is_err()
                     || name.parse::<std::net::IpAddr>().is_ok()
@@ -273,7 +292,10 @@ impl Config {
             socket_path,
             svid_ttl: DEFAULT_SVID_TTL,
             upstream: Upstream::Dev(None),
-            attestor: AttestorKind::Fake,
+            attestor: AttestorConfig {
+                kind: AttestorKind::Fake(enclaveid_attestor::FakeConfig::default()),
+                allow_debug: false,
+            },
             entries: vec![Entry {
                 spiffe_id,
                 selectors: vec![Selector::Uid(uid)],
@@ -283,6 +305,71 @@ impl Config {
             }],
         })
     }
+}
+
+type Invalid<'a> = dyn Fn(&str, &dyn std::fmt::Debug, &dyn std::fmt::Display) -> Error + 'a;
+
+fn parse_attestor(raw: RawAttestor, invalid: &Invalid<'_>) -> Result<AttestorConfig, Error> {
+    let kind = match raw.kind.as_str() {
+        "fake" => {
+            let mut fake = enclaveid_attestor::FakeConfig {
+                debug: raw.debug.unwrap_or(false),
+                ..enclaveid_attestor::FakeConfig::default()
+            };
+            if let Some(module_id) = raw.module_id {
+                fake.module_id = module_id;
+            }
+            for (index, value) in &raw.pcrs {
+                let key = format!("attestor.pcrs.{index}");
+                let i = index
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|i| *i < 16)
+                    .ok_or_else(|| invalid(&key, value, &"PCR indices are 0 to 15"))?;
+                let bytes = parse_hex(value).filter(|b| b.len() == 48).ok_or_else(|| {
+                    invalid(&key, value, &"accepted: 96 hex digits (a SHA-384 PCR)")
+                })?;
+                fake.pcrs.insert(i, bytes);
+            }
+            AttestorKind::Fake(fake)
+        }
+        "nsm" if raw.debug.is_some() || raw.module_id.is_some() || !raw.pcrs.is_empty() => {
+            return Err(invalid(
+                "attestor.kind",
+                &raw.kind,
+                &"debug, module_id and pcrs describe the fake attestor; NSM reports the real ones",
+            ));
+        }
+        "nsm" if cfg!(feature = "nsm") => AttestorKind::Nsm,
+        "nsm" => {
+            return Err(invalid(
+                "attestor.kind",
+                &raw.kind,
+                &"this enclaveid was built without NSM support; build it with `--features nsm` for an enclave",
+            ));
+        }
+        other => {
+            return Err(invalid(
+                "attestor.kind",
+                &other,
+                &"accepted: \"fake\", \"nsm\"",
+            ));
+        }
+    };
+    Ok(AttestorConfig {
+        kind,
+        allow_debug: raw.allow_debug,
+    })
+}
+
+fn parse_hex(value: &str) -> Option<Vec<u8>> {
+    if !value.len().is_multiple_of(2) || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..value.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&value[i..i + 2], 16).ok())
+        .collect()
 }
 
 fn parse_ttl(value: &str) -> Result<Duration, String> {
@@ -420,6 +507,21 @@ selectors = ["unix:uid:1001"]
                 "kind = \"fake\"",
                 "kind = \"tpm\"",
                 &["attestor.kind", "tpm", "accepted: \"fake\""],
+            ),
+            (
+                "kind = \"fake\"",
+                "kind = \"fake\"\npcrs = { 0 = \"abc\" }",
+                &["attestor.pcrs.0", "\"abc\"", "96 hex digits"],
+            ),
+            (
+                "kind = \"fake\"",
+                "kind = \"fake\"\npcrs = { 16 = \"abc\" }",
+                &["attestor.pcrs.16", "0 to 15"],
+            ),
+            (
+                "[\"unix:uid:1001\"]",
+                "[\"nitro:module_id:i-1\"]",
+                &["entry[1].selectors", "add at least one unix: selector"],
             ),
             (
                 "hint = \"internal\"",

@@ -29,8 +29,9 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::authority::Authority;
-use crate::config::{AttestorKind, Config, Upstream};
+use crate::config::{AttestorConfig, AttestorKind, Config, Upstream};
 use crate::rotation::Rotator;
+use crate::selector::Selector;
 use crate::server::BoundSocket;
 use crate::workload_attestor::UnixAttestor;
 
@@ -51,6 +52,9 @@ pub enum Error {
     /// A cryptographic operation failed.
     #[error("{0}")]
     Crypto(String),
+    /// The enclave could not attest itself, or its own document was refused.
+    #[error("enclave attestation: {0}")]
+    Attestation(#[from] enclaveid_attestor::Error),
     /// An SVID could not be minted.
     #[error("{0}")]
     Mint(String),
@@ -72,6 +76,10 @@ impl Error {
     /// for exit code 64 (EX_USAGE).
     pub fn is_usage(&self) -> bool {
         matches!(self, Self::Config(_) | Self::Key(_) | Self::Certificate(_))
+            || matches!(
+                self,
+                Self::Attestation(enclaveid_attestor::Error::DebugMode)
+            )
     }
 }
 
@@ -91,18 +99,17 @@ impl Agent {
             Upstream::Dev(None) => Authority::generate_dev(&config.trust_domain)?,
             Upstream::Dev(Some(files)) => Authority::load(files, &config.trust_domain)?,
         };
-        match config.attestor {
-            AttestorKind::Fake => tracing::info!(
-                "attestor kind = \"fake\": a placeholder; the dev upstream needs no enclave attestation"
-            ),
-        }
+        let node_selectors = attest_enclave(&config.attestor)?;
         tracing::info!(
             trust_domain = %config.trust_domain,
             entries = config.entries.len(),
             ca_not_after = %humantime::format_rfc3339(authority.not_after()),
             "upstream CA ready"
         );
-        let attestor = UnixAttestor::new(config.entries.iter().flat_map(|e| &e.selectors));
+        let attestor = UnixAttestor::new(
+            config.entries.iter().flat_map(|e| &e.selectors),
+            node_selectors,
+        );
         let (mut rotator, snapshots) = Rotator::new(authority, &config.entries);
         rotator.rotate_due();
         let socket = BoundSocket::bind(&config.socket_path)?;
@@ -145,6 +152,66 @@ impl Agent {
         let _ = rotation.await;
         served
     }
+}
+
+/// Attests this enclave with the configured attestor and verifies its own document (the
+/// AWS root for NSM, the fake's own root for the fake), returning the node selectors
+/// (`nitro:pcr0..8`, `nitro:module_id`) that entries may require.
+fn attest_enclave(config: &AttestorConfig) -> Result<Vec<Selector>, Error> {
+    use enclaveid_attestor::{AttestationRequest, Attestor as _, Policy, Verifier, VerifyAt};
+
+    let nonce: [u8; 32] = rand::random();
+    let request = AttestationRequest {
+        nonce: Some(nonce.to_vec()),
+        ..AttestationRequest::default()
+    };
+    let (document, verifier) = match &config.kind {
+        AttestorKind::Fake(fake) => {
+            tracing::warn!(
+                "attestor kind = \"fake\": documents are signed by a root made at start and prove nothing"
+            );
+            let attestor = enclaveid_attestor::FakeAttestor::new(fake.clone())?;
+            (
+                attestor.attest(&request)?,
+                Verifier::with_root_der(attestor.root_der()),
+            )
+        }
+        #[cfg(feature = "nsm")]
+        AttestorKind::Nsm => (
+            enclaveid_attestor::NsmAttestor::open()?.attest(&request)?,
+            Verifier::aws(),
+        ),
+        #[cfg(not(feature = "nsm"))]
+        AttestorKind::Nsm => {
+            return Err(Error::Config(
+                "attestor kind = \"nsm\" needs a build with `--features nsm`".into(),
+            ));
+        }
+    };
+    let policy = Policy {
+        allow_debug: config.allow_debug,
+        nonce: request.nonce.clone(),
+        ..Policy::default()
+    };
+    let verified = verifier.verify(
+        &document,
+        &policy,
+        VerifyAt::Time(std::time::SystemTime::now()),
+    )?;
+    let mut selectors: Vec<Selector> = verified
+        .pcrs
+        .iter()
+        .filter(|(i, _)| **i <= 8)
+        .map(|(i, v)| Selector::Pcr(*i, enclaveid_attestor::hex(v)))
+        .collect();
+    selectors.push(Selector::ModuleId(verified.module_id.clone()));
+    tracing::info!(
+        module_id = %verified.module_id,
+        pcr0 = %verified.pcrs.get(&0).map(|v| enclaveid_attestor::hex(v)).unwrap_or_default(),
+        debug_mode = verified.debug_mode,
+        "enclave attested"
+    );
+    Ok(selectors)
 }
 
 /// The `--dev` socket: `$XDG_RUNTIME_DIR/enclaveid/agent.sock`, or

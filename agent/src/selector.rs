@@ -11,6 +11,11 @@
 //! | `unix:supplementary_group:NAME` | the name of each supplementary group |
 //! | `unix:path:/abs/path` | the path of the caller's executable (`/proc/PID/exe`) |
 //! | `unix:sha256:HEX` | the SHA-256 of the caller's executable, lower-case hex |
+//! | `nitro:pcr0:HEX` … `nitro:pcr8:HEX` | a PCR of this enclave's own verified attestation document |
+//! | `nitro:module_id:ID` | the enclave ID in that document |
+//!
+//! `nitro:` selectors describe the enclave (node), not the caller: they hold for every
+//! caller of this agent or for none, so an entry needs at least one `unix:` selector too.
 
 use std::fmt;
 use std::str::FromStr;
@@ -35,11 +40,16 @@ pub enum Selector {
     Path(String),
     /// `unix:sha256:HEX` (stored lower-case)
     Sha256(String),
+    /// `nitro:pcrN:HEX` for N in 0..=8 (stored lower-case)
+    Pcr(u8, String),
+    /// `nitro:module_id:ID`
+    ModuleId(String),
 }
 
 /// The accepted selector forms, for error messages.
 pub const ACCEPTED: &str = "unix:uid:N, unix:user:NAME, unix:gid:N, unix:group:NAME, \
-     unix:supplementary_gid:N, unix:supplementary_group:NAME, unix:path:/ABS/PATH, unix:sha256:HEX";
+     unix:supplementary_gid:N, unix:supplementary_group:NAME, unix:path:/ABS/PATH, unix:sha256:HEX, \
+     nitro:pcr0:HEX .. nitro:pcr8:HEX, nitro:module_id:ID";
 
 /// Why a selector string was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +59,11 @@ pub struct SelectorError(String);
 // === impl Selector ===
 
 impl Selector {
+    /// Whether this selector describes the enclave (node) rather than the caller.
+    pub fn is_node_selector(&self) -> bool {
+        matches!(self, Self::Pcr(..) | Self::ModuleId(_))
+    }
+
     /// Whether matching this selector needs a user or group name (an NSS lookup).
     pub fn needs_names(&self) -> bool {
         matches!(
@@ -85,11 +100,14 @@ impl FromStr for Selector {
         let (Some(kind), Some(ty), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(err("a selector is TYPE:KEY:VALUE"));
         };
+        if value.is_empty() {
+            return Err(err(&format!("`{kind}:{ty}` needs a value")));
+        }
+        if kind == "nitro" {
+            return parse_nitro(ty, value).map_err(|why| err(&why));
+        }
         if kind != "unix" {
             return Err(err(&format!("unknown selector type `{kind}`")));
-        }
-        if value.is_empty() {
-            return Err(err(&format!("`unix:{ty}` needs a value")));
         }
         let id = || {
             value.parse::<u32>().map_err(|_| {
@@ -131,6 +149,23 @@ impl FromStr for Selector {
     }
 }
 
+fn parse_nitro(ty: &str, value: &str) -> Result<Selector, String> {
+    if ty == "module_id" {
+        return Ok(Selector::ModuleId(value.to_owned()));
+    }
+    let index = ty
+        .strip_prefix("pcr")
+        .and_then(|i| i.parse::<u8>().ok())
+        .filter(|i| *i <= 8)
+        .ok_or_else(|| format!("unknown selector `nitro:{ty}`"))?;
+    if !matches!(value.len(), 64 | 96 | 128) || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "`nitro:pcr{index}` takes a PCR in hex (96 digits for SHA-384), not `{value}`"
+        ));
+    }
+    Ok(Selector::Pcr(index, value.to_ascii_lowercase()))
+}
+
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -142,6 +177,8 @@ impl fmt::Display for Selector {
             Self::SupplementaryGroup(v) => write!(f, "unix:supplementary_group:{v}"),
             Self::Path(v) => write!(f, "unix:path:{v}"),
             Self::Sha256(v) => write!(f, "unix:sha256:{v}"),
+            Self::Pcr(i, v) => write!(f, "nitro:pcr{i}:{v}"),
+            Self::ModuleId(v) => write!(f, "nitro:module_id:{v}"),
         }
     }
 }
@@ -152,6 +189,10 @@ mod tests {
 
     #[test]
     fn accepted_selectors_round_trip_to_their_canonical_form() {
+        let (pcr_in, pcr_out) = (
+            format!("nitro:pcr8:{}", "AB".repeat(48)),
+            format!("nitro:pcr8:{}", "ab".repeat(48)),
+        );
         let cases = [
             ("unix:uid:1000", "unix:uid:1000"),
             ("unix:gid:0", "unix:gid:0"),
@@ -164,6 +205,11 @@ mod tests {
             ),
             ("unix:path:/usr/bin/gateway", "unix:path:/usr/bin/gateway"),
             ("unix:path:/odd:name", "unix:path:/odd:name"),
+            (
+                "nitro:module_id:i-0bee92034f3d60691-enc01943c5eaab3ad6a",
+                "nitro:module_id:i-0bee92034f3d60691-enc01943c5eaab3ad6a",
+            ),
+            (pcr_in.as_str(), pcr_out.as_str()),
             (
                 "unix:sha256:ABCDEF0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789",
                 "unix:sha256:abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
@@ -189,6 +235,9 @@ mod tests {
             ("unix:path:relative/bin", "absolute path"),
             ("unix:sha256:abc", "64 hex digits"),
             ("unix:user:a b", "not a user or group name"),
+            ("nitro:pcr9:00", "unknown selector `nitro:pcr9`"),
+            ("nitro:pcr0:abcd", "PCR in hex"),
+            ("nitro:pcr0:", "needs a value"),
         ];
         for (input, why) in cases {
             let error = input.parse::<Selector>().unwrap_err().to_string();

@@ -40,6 +40,8 @@ struct Inner {
     need_sha256: bool,
     /// SHA-256 of executables, keyed by what identifies the file's content on disk.
     hashes: Mutex<HashMap<FileKey, String>>,
+    /// Selectors of the enclave itself (`nitro:`), true for every caller.
+    node_selectors: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,9 +59,17 @@ const HASH_CACHE_ENTRIES: usize = 256;
 // === impl UnixAttestor ===
 
 impl UnixAttestor {
-    /// An attestor that reads only what the given selectors need.
-    pub fn new<'a>(selectors_in_use: impl IntoIterator<Item = &'a Selector>) -> Self {
-        Self::with_proc_root("/proc", selectors_in_use)
+    /// An attestor that reads only what the given selectors need, and adds the
+    /// enclave's own `node_selectors` to every caller's.
+    pub fn new<'a>(
+        selectors_in_use: impl IntoIterator<Item = &'a Selector>,
+        node_selectors: Vec<Selector>,
+    ) -> Self {
+        let mut attestor = Self::with_proc_root("/proc", selectors_in_use);
+        if let Some(inner) = Arc::get_mut(&mut attestor.inner) {
+            inner.node_selectors = node_selectors.iter().map(ToString::to_string).collect();
+        }
+        attestor
     }
 
     fn with_proc_root<'a>(
@@ -82,6 +92,7 @@ impl UnixAttestor {
                 need_path,
                 need_sha256,
                 hashes: Mutex::new(HashMap::new()),
+                node_selectors: Vec::new(),
             }),
         }
     }
@@ -97,7 +108,7 @@ impl UnixAttestor {
     /// The selectors of `caller`, doing any `/proc` and NSS lookups synchronously.
     pub fn attest_blocking(&self, caller: Caller) -> Result<Selectors, ApiError> {
         let inner = &self.inner;
-        let mut selectors = Selectors::default();
+        let mut selectors: Selectors = inner.node_selectors.iter().cloned().collect();
         selectors.insert(Selector::Uid(caller.uid).to_string());
         selectors.insert(Selector::Gid(caller.gid).to_string());
         if inner.need_names {
@@ -273,12 +284,15 @@ mod tests {
     fn this_process_is_attested_with_uid_gid_and_what_entries_need() {
         let exe = std::env::current_exe().unwrap();
         let path = Selector::Path(exe.to_string_lossy().into_owned());
-        let attestor = UnixAttestor::new([
-            &path,
-            &Selector::Sha256("0".repeat(64)),
-            &Selector::User("x".into()),
-            &Selector::SupplementaryGid(0),
-        ]);
+        let attestor = UnixAttestor::new(
+            [
+                &path,
+                &Selector::Sha256("0".repeat(64)),
+                &Selector::User("x".into()),
+                &Selector::SupplementaryGid(0),
+            ],
+            Vec::new(),
+        );
         let selectors = attestor.attest_blocking(me()).unwrap();
         let list: Vec<_> = selectors.iter().collect();
         if let Ok(Some(user)) = User::from_uid(Uid::from_raw(me().uid)) {
@@ -318,7 +332,7 @@ mod tests {
 
     #[test]
     fn executables_are_not_read_unless_an_entry_needs_them() {
-        let attestor = UnixAttestor::new([&Selector::Uid(0)]);
+        let attestor = UnixAttestor::new([&Selector::Uid(0)], Vec::new());
         let selectors = attestor.attest_blocking(me()).unwrap();
         assert!(
             selectors
@@ -329,7 +343,7 @@ mod tests {
 
     #[test]
     fn a_caller_whose_uid_differs_from_the_process_is_refused() {
-        let attestor = UnixAttestor::new([&Selector::SupplementaryGid(0)]);
+        let attestor = UnixAttestor::new([&Selector::SupplementaryGid(0)], Vec::new());
         let caller = Caller {
             uid: me().uid.wrapping_add(1),
             ..me()
@@ -343,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_vanished_or_missing_pid_is_refused_when_proc_is_needed() {
-        let attestor = UnixAttestor::new([&Selector::Path("/bin/x".into())]);
+        let attestor = UnixAttestor::new([&Selector::Path("/bin/x".into())], Vec::new());
         let error = attestor
             .attest_blocking(Caller { pid: None, ..me() })
             .unwrap_err()

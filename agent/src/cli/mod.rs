@@ -279,7 +279,9 @@ fn init_tracing() {
         EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("warn,enclaveid=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if std::env::var(ENV_LOG_FORMAT).is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
