@@ -1,7 +1,7 @@
 //! Nitro attestation for EnclaveID: producing attestation documents and verifying them.
 //!
 //! - [`Attestor`]: produces a document binding a public key, user data and a nonce.
-//!   [`NsmAttestor`] (feature `nsm`) asks the Nitro Secure Module through `/dev/nsm`;
+//!   `NsmAttestor` (feature `nsm`) asks the Nitro Secure Module through `/dev/nsm`;
 //!   [`FakeAttestor`] emits documents in exactly the AWS format (COSE_Sign1, ES384, the
 //!   same payload map) signed under a P-384 root generated at run time, for development
 //!   and tests anywhere.
@@ -29,7 +29,7 @@
 //!
 //! | feature | what it adds |
 //! | --- | --- |
-//! | `nsm` | [`NsmAttestor`], through AWS's `aws-nitro-enclaves-nsm-api` |
+//! | `nsm` | `NsmAttestor`, through AWS's `aws-nitro-enclaves-nsm-api` |
 
 #![forbid(unsafe_code)]
 

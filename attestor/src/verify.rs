@@ -23,7 +23,7 @@ use crate::Error;
 use crate::document::{CoseSign1, Payload};
 
 /// The AWS Nitro Enclaves root certificate G1 (`CN=aws.nitro-enclaves`), PEM, as AWS
-/// publishes it (https://aws-nitro-enclaves.amazonaws.com/AWS_NitroEnclaves_Root-G1.zip).
+/// publishes it (<https://aws-nitro-enclaves.amazonaws.com/AWS_NitroEnclaves_Root-G1.zip>).
 pub const AWS_NITRO_ROOT_G1_PEM: &str = include_str!("aws-nitro-root-g1.pem");
 
 /// SHA-256 of the DER of [`AWS_NITRO_ROOT_G1_PEM`], as AWS publishes it.
