@@ -19,6 +19,7 @@
 pub mod authority;
 pub mod config;
 pub mod keys;
+pub mod kms;
 pub mod rotation;
 pub mod selector;
 pub mod server;
@@ -55,6 +56,9 @@ pub enum Error {
     /// The enclave could not attest itself, or its own document was refused.
     #[error("enclave attestation: {0}")]
     Attestation(#[from] enclaveid_attestor::Error),
+    /// A KMS `CiphertextForRecipient` is malformed, or does not decrypt with our key.
+    #[error("CiphertextForRecipient: {0}")]
+    Cms(String),
     /// An SVID could not be minted.
     #[error("{0}")]
     Mint(String),

@@ -1,0 +1,8 @@
+//! The `kms` upstream: certificate material released by AWS KMS only to the attested
+//! enclave (KMS `Decrypt` with a `Recipient`).
+//!
+//! **In progress.** So far: [`cms`], reading and decrypting the `CiphertextForRecipient`
+//! KMS answers with. The upstream itself (key-material object, host channel, KMS call,
+//! chain checks, re-sync) is not built yet and `upstream.kind = "kms"` is refused.
+
+pub mod cms;
