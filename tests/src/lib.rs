@@ -8,6 +8,8 @@
     reason = "test support: a failed set-up must fail the test loudly"
 )]
 
+pub mod fake_kms;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
