@@ -1,8 +1,12 @@
 //! A fake AWS KMS for tests: what cannot run here (KMS releasing a key to an attested
 //! enclave), faked faithfully.
 //!
-//! **In progress.** So far: [`cms`], which answers in the CMS format real KMS uses for
-//! `CiphertextForRecipient`. The HTTP server speaking the AWS JSON 1.1 protocol
-//! (`TrentService.Decrypt` / `Encrypt`), attestation checks and key policies come next.
+//! - [`cms`]: answers in the CMS format real KMS uses for `CiphertextForRecipient`.
+//! - [`server`]: the AWS JSON 1.1 protocol (`TrentService.Encrypt` / `Decrypt`), key
+//!   policies with `kms:RecipientAttestation` conditions, attestation documents verified
+//!   with the attestor crate.
+//!
+//! **In progress**: the agent's `kms` upstream that talks to it is not built yet.
 
 pub mod cms;
+pub mod server;
