@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use enclaveid_workload_api::{Snapshot, WorkloadApi};
+use enclaveid_workload_api::{LenientAuthority, Snapshot, WorkloadApi};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
 
@@ -114,6 +115,8 @@ pub async fn serve(
     tokio::spawn(report_health(health, snapshots.clone()));
 
     let api = WorkloadApi::new(snapshots, attestor).into_server();
+    let incoming =
+        UnixListenerStream::new(listener).map(|accepted| accepted.map(LenientAuthority::new));
     let (drain_tx, mut drain_rx) = watch::channel(false);
     let server = tonic::transport::Server::builder()
         // Every Workload API message is small (an SVID is a few KiB); small windows keep
@@ -124,7 +127,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .add_service(health_service)
         .add_service(api)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+        // Clients that send the socket path as `:authority` (gRPC C-core, grpc-java) are
+        // let in; see `LenientAuthority`.
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             let _ = drain_tx.send(true);
         });

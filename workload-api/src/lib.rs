@@ -41,6 +41,10 @@
 
 #![forbid(unsafe_code)]
 
+mod authority;
+
+pub use authority::LenientAuthority;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;

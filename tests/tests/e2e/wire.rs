@@ -198,3 +198,62 @@ fn callers_under_other_uids_get_only_their_own_identity() {
     assert!(!stranger.status.success());
     assert!(stderr.contains("no identity issued"), "{stderr}");
 }
+
+/// gRPC C-core clients (py-spiffe) send the percent-encoded socket path as `:authority`,
+/// grpc-java clients (java-spiffe) the raw path; both must be served. Driven here with
+/// hand-made HTTP/2 frames, as those clients send them.
+#[test]
+fn clients_that_send_the_socket_path_as_authority_are_served() {
+    use std::io::{Read as _, Write as _};
+
+    let agent = AgentProcess::start(&config_for_me());
+    let path = agent.socket().display().to_string();
+    let percent_encoded = path.trim_start_matches('/').replace('/', "%2F");
+    for authority in [percent_encoded.as_str(), path.as_str()] {
+        let mut stream = std::os::unix::net::UnixStream::connect(agent.socket()).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let frame = |kind: u8, flags: u8, stream_id: u32, payload: &[u8]| {
+            let len = payload.len();
+            let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+            out.extend_from_slice(&stream_id.to_be_bytes());
+            out.extend_from_slice(payload);
+            out
+        };
+        let block = loona_hpack::Encoder::new().encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":path", b"/SpiffeWorkloadAPI/FetchX509SVID"),
+            (b":authority", authority.as_bytes()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            (b"workload.spiffe.io", b"true"),
+        ]);
+        let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        request.extend(frame(0x4, 0, 0, &[]));
+        request.extend(frame(0x1, 0x4, 1, &block));
+        request.extend(frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0]));
+        stream.write_all(&request).unwrap();
+
+        // Read frames until a DATA frame on stream 1 (an SVID) or a reset.
+        let mut got_svid = false;
+        while !got_svid {
+            let mut header = [0u8; 9];
+            stream.read_exact(&mut header).unwrap();
+            let len =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0; len];
+            stream.read_exact(&mut payload).unwrap();
+            let stream_id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+            match (header[3], stream_id) {
+                (0x3, 1) => panic!("RST_STREAM for authority {authority:?}"),
+                (0x0, 1) => got_svid = len > 100,
+                (0x4, 0) if header[4] & 1 == 0 => {
+                    stream.write_all(&frame(0x4, 0x1, 0, &[])).unwrap()
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! Lets gRPC clients that put the socket path in `:authority` talk to this server.
+//!
+//! Over a Unix socket there is no host, and clients disagree on what to send as the
+//! HTTP/2 `:authority`: grpc-go sends `localhost`, but gRPC C-core (py-spiffe, Ruby,
+//! PHP, C++) sends the percent-encoded socket path (`tmp%2Fagent.sock`) and grpc-java
+//! (java-spiffe) the raw path (`/tmp/agent.sock`). `h2`, under tonic, refuses both as
+//! malformed (RST_STREAM PROTOCOL_ERROR, <https://github.com/hyperium/h2/pull/487>),
+//! which would lock those SPIFFE clients out of the Workload API.
+//!
+//! [`LenientAuthority`] sits between the socket and `h2` and rewrites, in the
+//! client-to-server byte stream, every request header block: it decodes the HPACK block
+//! (with the connection's dynamic table, as the client encoded it), replaces an
+//! `:authority` that is not a valid URI authority with `localhost`, and re-encodes the
+//! block as literals without indexing, so that `h2`'s decoder never needs a dynamic
+//! table entry it did not see. Every other frame passes through unchanged. The server
+//! uses no `:authority` for anything, so nothing is lost.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use prost::bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEADER: usize = 9;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+/// The largest frame payload translated: the HTTP/2 default `SETTINGS_MAX_FRAME_SIZE`,
+/// which this server does not raise. A larger frame is passed on for `h2` to refuse.
+const MAX_FRAME: usize = 16_384;
+/// Header blocks (HEADERS plus CONTINUATION) larger than this close the connection.
+const MAX_HEADER_BLOCK: usize = 64 * 1024;
+
+/// A stream whose client-to-server HTTP/2 header blocks get a valid `:authority`.
+pub struct LenientAuthority<S> {
+    inner: S,
+    /// Raw bytes from the client not yet translated.
+    raw: BytesMut,
+    /// Translated bytes for the server.
+    ready: BytesMut,
+    state: State,
+    decoder: loona_hpack::Decoder<'static>,
+    /// A header block being collected: (stream ID, END_STREAM, fragments so far).
+    block: Option<(u32, bool, Vec<u8>)>,
+    eof: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the connection preface.
+    Preface,
+    /// Translating frames.
+    Frames,
+    /// Not HTTP/2 as expected: bytes pass through and `h2` decides.
+    PassThrough,
+}
+
+impl<S> LenientAuthority<S> {
+    /// Wraps a freshly accepted connection.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            raw: BytesMut::new(),
+            ready: BytesMut::new(),
+            state: State::Preface,
+            decoder: loona_hpack::Decoder::new(),
+            block: None,
+            eof: false,
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Moves what can be translated from `raw` to `ready`.
+    fn translate(&mut self) -> io::Result<()> {
+        loop {
+            match self.state {
+                State::PassThrough => {
+                    let all = self.raw.split();
+                    self.ready.extend_from_slice(&all);
+                    return Ok(());
+                }
+                State::Preface => {
+                    let n = self.raw.len().min(PREFACE.len());
+                    if self.raw[..n] != PREFACE[..n] {
+                        self.state = State::PassThrough;
+                        continue;
+                    }
+                    if n < PREFACE.len() {
+                        return Ok(());
+                    }
+                    let preface = self.raw.split_to(PREFACE.len());
+                    self.ready.extend_from_slice(&preface);
+                    self.state = State::Frames;
+                }
+                State::Frames => {
+                    if self.raw.len() < FRAME_HEADER {
+                        return Ok(());
+                    }
+                    let len = usize::from(self.raw[0]) << 16
+                        | usize::from(self.raw[1]) << 8
+                        | usize::from(self.raw[2]);
+                    let kind = self.raw[3];
+                    if len > MAX_FRAME {
+                        self.state = State::PassThrough;
+                        continue;
+                    }
+                    if self.raw.len() < FRAME_HEADER + len {
+                        return Ok(());
+                    }
+                    let frame = self.raw.split_to(FRAME_HEADER + len);
+                    match (kind, &self.block) {
+                        (HEADERS, None) => self.headers(&frame)?,
+                        (CONTINUATION, Some(_)) => self.continuation(&frame)?,
+                        // A frame inside a header block is a protocol error `h2` reports;
+                        // pass everything on from here.
+                        (_, Some(_)) | (CONTINUATION, None) => {
+                            self.ready.extend_from_slice(&frame);
+                            self.state = State::PassThrough;
+                        }
+                        _ => self.ready.extend_from_slice(&frame),
+                    }
+                }
+            }
+        }
+    }
+
+    fn headers(&mut self, frame: &[u8]) -> io::Result<()> {
+        let flags = frame[4];
+        let stream_id = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
+        let mut payload = &frame[FRAME_HEADER..];
+        let mut pad = 0;
+        if flags & PADDED != 0 {
+            let (&n, rest) = payload
+                .split_first()
+                .ok_or_else(|| invalid("HEADERS frame too short"))?;
+            pad = usize::from(n);
+            payload = rest;
+        }
+        if flags & PRIORITY != 0 {
+            payload = payload
+                .get(5..)
+                .ok_or_else(|| invalid("HEADERS frame too short"))?;
+        }
+        let fragment = payload
+            .get(
+                ..payload
+                    .len()
+                    .checked_sub(pad)
+                    .ok_or_else(|| invalid("HEADERS padding too long"))?,
+            )
+            .unwrap_or_default();
+        self.block = Some((stream_id, flags & END_STREAM != 0, fragment.to_vec()));
+        if flags & END_HEADERS != 0 {
+            self.finish_block()?;
+        }
+        Ok(())
+    }
+
+    fn continuation(&mut self, frame: &[u8]) -> io::Result<()> {
+        let flags = frame[4];
+        if let Some((_, _, block)) = &mut self.block {
+            block.extend_from_slice(&frame[FRAME_HEADER..]);
+            if block.len() > MAX_HEADER_BLOCK {
+                return Err(invalid("header block too large"));
+            }
+        }
+        if flags & END_HEADERS != 0 {
+            self.finish_block()?;
+        }
+        Ok(())
+    }
+
+    fn finish_block(&mut self) -> io::Result<()> {
+        let Some((stream_id, end_stream, block)) = self.block.take() else {
+            return Ok(());
+        };
+        let headers = self
+            .decoder
+            .decode(&block)
+            .map_err(|e| invalid(&format!("undecodable header block: {e}")))?;
+        let mut encoded = Vec::with_capacity(block.len() + 64);
+        for (name, value) in &headers {
+            let value: &[u8] = if name == b":authority"
+                && http::uri::Authority::try_from(value.as_slice()).is_err()
+            {
+                b"localhost"
+            } else {
+                value
+            };
+            // Literal header field without indexing, new name (RFC 7541, 6.2.2).
+            encoded.push(0x00);
+            encode_string(name, &mut encoded);
+            encode_string(value, &mut encoded);
+        }
+        // HEADERS, then CONTINUATION frames for what does not fit in one.
+        let mut chunks = encoded.chunks(MAX_FRAME).peekable();
+        let mut first = true;
+        loop {
+            let chunk = chunks.next().unwrap_or_default();
+            let last = chunks.peek().is_none();
+            let (kind, mut flags) = if first {
+                (HEADERS, 0)
+            } else {
+                (CONTINUATION, 0)
+            };
+            if first && end_stream {
+                flags |= END_STREAM;
+            }
+            if last {
+                flags |= END_HEADERS;
+            }
+            let len = chunk.len();
+            self.ready.extend_from_slice(&[
+                (len >> 16) as u8,
+                (len >> 8) as u8,
+                len as u8,
+                kind,
+                flags,
+            ]);
+            self.ready.extend_from_slice(&stream_id.to_be_bytes());
+            self.ready.extend_from_slice(chunk);
+            first = false;
+            if last {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// An HPACK string literal, not Huffman-coded (RFC 7541, 5.2).
+fn encode_string(bytes: &[u8], out: &mut Vec<u8>) {
+    encode_integer(bytes.len(), 7, 0x00, out);
+    out.extend_from_slice(bytes);
+}
+
+/// An HPACK integer with an `prefix`-bit prefix (RFC 7541, 5.1).
+fn encode_integer(mut value: usize, prefix: u8, high_bits: u8, out: &mut Vec<u8>) {
+    let max = (1usize << prefix) - 1;
+    if value < max {
+        out.push(high_bits | value as u8);
+        return;
+    }
+    out.push(high_bits | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+fn invalid(message: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.to_owned())
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for LenientAuthority<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                // What could not be translated (a partial frame) goes on as it is.
+                if !this.raw.is_empty() {
+                    let rest = this.raw.split();
+                    this.ready.extend_from_slice(&rest);
+                    continue;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8 * 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.eof = true;
+            } else {
+                this.raw.extend_from_slice(read.filled());
+                this.translate()?;
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for LenientAuthority<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for LenientAuthority<S>
+{
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_encode_as_rfc7541_says() {
+        // RFC 7541, C.1.1 and C.1.2.
+        let mut out = Vec::new();
+        encode_integer(10, 5, 0, &mut out);
+        assert_eq!(out, [0x0a]);
+        out.clear();
+        encode_integer(1337, 5, 0, &mut out);
+        assert_eq!(out, [0x1f, 0x9a, 0x0a]);
+    }
+
+    fn translate_all(input: &[u8]) -> Vec<u8> {
+        let mut stream = LenientAuthority::new(());
+        stream.raw.extend_from_slice(input);
+        stream.translate().unwrap();
+        stream.ready.to_vec()
+    }
+
+    fn headers_frame(block: &[u8], flags: u8) -> Vec<u8> {
+        let len = block.len();
+        let mut frame = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            HEADERS,
+            flags,
+            0,
+            0,
+            0,
+            1,
+        ];
+        frame.extend_from_slice(block);
+        frame
+    }
+
+    #[test]
+    fn a_socket_path_authority_becomes_localhost_and_the_rest_is_kept() {
+        let mut encoder = loona_hpack::Encoder::new();
+        let request = [
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":path", b"/SpiffeWorkloadAPI/FetchX509SVID"),
+            (b":authority", b"tmp%2Fagent.sock"),
+            (b"workload.spiffe.io", b"true"),
+        ];
+        let block = encoder.encode(request.iter().copied());
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&headers_frame(&block, END_HEADERS));
+        // A second request on the same connection, using the client's dynamic table.
+        let second = encoder.encode([
+            (&b":authority"[..], &b"/tmp/agent.sock"[..]),
+            (b"workload.spiffe.io", b"true"),
+        ]);
+        input.extend_from_slice(&headers_frame(&second, END_HEADERS | END_STREAM));
+        let settings = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+        input.extend_from_slice(&settings);
+
+        let output = translate_all(&input);
+        assert!(output.starts_with(PREFACE));
+        let mut decoder = loona_hpack::Decoder::new();
+        let mut rest = &output[PREFACE.len()..];
+        let mut blocks = Vec::new();
+        while rest.len() >= FRAME_HEADER {
+            let len = usize::from(rest[2]) | usize::from(rest[1]) << 8;
+            if rest[3] == HEADERS {
+                blocks.push((
+                    rest[4],
+                    decoder
+                        .decode(&rest[FRAME_HEADER..FRAME_HEADER + len])
+                        .unwrap(),
+                ));
+            } else {
+                assert_eq!(
+                    &rest[..FRAME_HEADER + len],
+                    settings,
+                    "other frames pass unchanged"
+                );
+            }
+            rest = &rest[FRAME_HEADER + len..];
+        }
+        assert_eq!(blocks.len(), 2);
+        let (flags, first) = &blocks[0];
+        assert_eq!(*flags, END_HEADERS);
+        assert!(first.contains(&(b":authority".to_vec(), b"localhost".to_vec())));
+        assert!(first.contains(&(
+            b":path".to_vec(),
+            b"/SpiffeWorkloadAPI/FetchX509SVID".to_vec()
+        )));
+        assert!(first.contains(&(b"workload.spiffe.io".to_vec(), b"true".to_vec())));
+        let (flags, second) = &blocks[1];
+        assert_eq!(*flags, END_HEADERS | END_STREAM);
+        assert_eq!(second[0], (b":authority".to_vec(), b"localhost".to_vec()));
+    }
+
+    #[test]
+    fn a_valid_authority_and_non_http2_bytes_are_left_alone() {
+        let mut encoder = loona_hpack::Encoder::new();
+        let block = encoder.encode([(&b":authority"[..], &b"localhost:80"[..])]);
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&headers_frame(&block, END_HEADERS));
+        let output = translate_all(&input);
+        let mut decoder = loona_hpack::Decoder::new();
+        let headers = decoder
+            .decode(&output[PREFACE.len() + FRAME_HEADER..])
+            .unwrap();
+        assert_eq!(
+            headers,
+            [(b":authority".to_vec(), b"localhost:80".to_vec())]
+        );
+
+        let garbage = b"GET / HTTP/1.1\r\n\r\n\x00\xff";
+        assert_eq!(translate_all(garbage), garbage);
+    }
+}
