@@ -103,7 +103,10 @@ impl Agent {
             Upstream::Dev(None) => Authority::generate_dev(&config.trust_domain)?,
             Upstream::Dev(Some(files)) => Authority::load(files, &config.trust_domain)?,
         };
-        let node_selectors = attest_enclave(&config.attestor)?;
+        let mut node_selectors = attest_enclave(&config.attestor)?;
+        // Only node selectors some entry names can change a match; every caller's stream
+        // carries its selectors, so the others would only cost memory.
+        node_selectors.retain(|s| config.entries.iter().any(|e| e.selectors.contains(s)));
         tracing::info!(
             trust_domain = %config.trust_domain,
             entries = config.entries.len(),

@@ -115,6 +115,8 @@ async fn run(settings: Settings) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let agent_rss = rss_kib(agent.pid());
     let floor_rss = rss_kib(floor_pid);
+    let agent_anon = anon_kib(agent.pid());
+    let floor_anon = anon_kib(floor_pid);
 
     let floor_fanout = {
         let rotated = floor_streams.wait_for_change();
@@ -168,6 +170,13 @@ async fn run(settings: Settings) {
         agent_rss,
         floor_rss,
         agent_rss as f64 / floor_rss as f64
+    );
+    println!(
+        "| anonymous RSS (heap) with {} streams open | {} KiB | {} KiB | {:.2}x |",
+        settings.streams,
+        agent_anon,
+        floor_anon,
+        agent_anon as f64 / floor_anon as f64
     );
     let agent_growth = agent_rss.saturating_sub(agent_idle_rss);
     let floor_growth = floor_rss.saturating_sub(floor_idle_rss);
@@ -285,10 +294,19 @@ async fn first_message_latency(
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Anonymous resident memory: the heap and stacks, without the binary's pages.
+fn anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }

@@ -39,7 +39,9 @@ const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// A stream whose client-to-server HTTP/2 header blocks get a valid `:authority`.
 pub struct LenientAuthority<S> {
     inner: S,
-    /// Raw bytes from the client not yet translated.
+    /// Raw bytes from the client not yet translated. Both buffers are released whenever
+    /// they empty: most connections are idle streams, and a few KiB held by each of a
+    /// thousand of them would show in the agent's memory.
     raw: BytesMut,
     /// Translated bytes for the server.
     ready: BytesMut,
@@ -47,6 +49,10 @@ pub struct LenientAuthority<S> {
     decoder: loona_hpack::Decoder<'static>,
     /// A header block being collected: (stream ID, END_STREAM, fragments so far).
     block: Option<(u32, bool, Vec<u8>)>,
+    /// Payload bytes of a frame passed through in place that are still to come.
+    skip: usize,
+    /// Header blocks are being re-encoded (the first one's authority was invalid).
+    translating: bool,
     eof: bool,
 }
 
@@ -70,6 +76,8 @@ impl<S> LenientAuthority<S> {
             state: State::Preface,
             decoder: loona_hpack::Decoder::new(),
             block: None,
+            skip: 0,
+            translating: false,
             eof: false,
         }
     }
@@ -77,6 +85,35 @@ impl<S> LenientAuthority<S> {
     /// The wrapped stream.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// Walks frames read straight into the caller's buffer (`bytes`, which starts where
+    /// the last read ended). Returns where to start holding bytes back: the first header
+    /// block, or a frame header cut short by the read. Everything before stays in place:
+    /// most traffic (DATA, WINDOW_UPDATE, PING) is never copied.
+    fn scan(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut pos = 0;
+        while pos < bytes.len() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len() - pos);
+                pos += n;
+                self.skip -= n;
+                continue;
+            }
+            if bytes.len() - pos < FRAME_HEADER {
+                return Some(pos);
+            }
+            let len = usize::from(bytes[pos]) << 16
+                | usize::from(bytes[pos + 1]) << 8
+                | usize::from(bytes[pos + 2]);
+            let kind = bytes[pos + 3];
+            if kind == HEADERS || kind == CONTINUATION || len > MAX_FRAME {
+                return Some(pos);
+            }
+            self.skip = len;
+            pos += FRAME_HEADER;
+        }
+        None
     }
 
     /// Moves what can be translated from `raw` to `ready`.
@@ -187,6 +224,22 @@ impl<S> LenientAuthority<S> {
             .decoder
             .decode(&block)
             .map_err(|e| invalid(&format!("undecodable header block: {e}")))?;
+        // A client keeps one authority per connection. If its first request's is valid
+        // (grpc-go, tonic: `localhost`), its blocks go on untouched from here on, with no
+        // decoding; the tables of client and server never diverge.
+        let authority_valid = headers
+            .iter()
+            .find(|(name, _)| name == b":authority")
+            .is_none_or(|(_, value)| http::uri::Authority::try_from(value.as_slice()).is_ok());
+        if authority_valid && !self.translating {
+            self.emit_block(stream_id, end_stream, &block);
+            // `translate` passes on the rest of `raw` in this state; the decoder's table
+            // is no longer needed.
+            self.state = State::PassThrough;
+            self.decoder = loona_hpack::Decoder::new();
+            return Ok(());
+        }
+        self.translating = true;
         let mut encoded = Vec::with_capacity(block.len() + 64);
         for (name, value) in &headers {
             let value: &[u8] = if name == b":authority"
@@ -201,7 +254,12 @@ impl<S> LenientAuthority<S> {
             encode_string(name, &mut encoded);
             encode_string(value, &mut encoded);
         }
-        // HEADERS, then CONTINUATION frames for what does not fit in one.
+        self.emit_block(stream_id, end_stream, &encoded);
+        Ok(())
+    }
+
+    /// Frames a header block: HEADERS, then CONTINUATION frames for what does not fit.
+    fn emit_block(&mut self, stream_id: u32, end_stream: bool, encoded: &[u8]) {
         let mut chunks = encoded.chunks(MAX_FRAME).peekable();
         let mut first = true;
         loop {
@@ -230,7 +288,7 @@ impl<S> LenientAuthority<S> {
             self.ready.extend_from_slice(chunk);
             first = false;
             if last {
-                return Ok(());
+                return;
             }
         }
     }
@@ -274,6 +332,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for LenientAuthority<S> {
                 let n = this.ready.len().min(buf.remaining());
                 buf.put_slice(&this.ready[..n]);
                 this.ready.advance(n);
+                if this.ready.is_empty() {
+                    this.ready = BytesMut::new();
+                }
+                if this.raw.is_empty() {
+                    this.raw = BytesMut::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.eof {
@@ -284,6 +348,30 @@ impl<S: AsyncRead + Unpin> AsyncRead for LenientAuthority<S> {
                     continue;
                 }
                 return Poll::Ready(Ok(()));
+            }
+            if this.raw.is_empty() && this.state != State::Preface {
+                // At a frame boundary with nothing held: read in place.
+                let start = buf.filled().len();
+                ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                let end = buf.filled().len();
+                if end == start {
+                    this.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                if this.state == State::PassThrough {
+                    return Poll::Ready(Ok(()));
+                }
+                let Some(at) = this.scan(&buf.filled()[start..end]) else {
+                    return Poll::Ready(Ok(()));
+                };
+                let held = start + at;
+                this.raw.extend_from_slice(&buf.filled()[held..end]);
+                buf.set_filled(held);
+                this.translate()?;
+                if held > start {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
             }
             let mut chunk = [0u8; 8 * 1024];
             let mut read = ReadBuf::new(&mut chunk);
@@ -436,20 +524,62 @@ mod tests {
         assert_eq!(second[0], (b":authority".to_vec(), b"localhost".to_vec()));
     }
 
+    /// Through `poll_read`, with the input cut into pieces of every size: the same
+    /// bytes come out as from a single translation.
+    #[tokio::test]
+    async fn reading_in_pieces_gives_the_same_bytes() {
+        use tokio::io::AsyncReadExt as _;
+        let mut encoder = loona_hpack::Encoder::new();
+        let block = encoder.encode([
+            (&b":path"[..], &b"/SpiffeWorkloadAPI/FetchX509SVID"[..]),
+            (b":authority", b"a%2Fb.sock"),
+        ]);
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        input.extend_from_slice(&headers_frame(&block, END_HEADERS));
+        input.extend_from_slice(&[0, 0, 5, 0x0, 0x1, 0, 0, 0, 1, 0, 0, 0, 0, 0]);
+        input.extend_from_slice(&[0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0, 1, 0, 0]);
+        let expected = translate_all(&input);
+        assert_ne!(expected, input, "the authority was rewritten");
+        for piece in 1..=input.len() {
+            let mut builder = tokio_test_io(&input, piece);
+            let mut stream = LenientAuthority::new(&mut builder);
+            let mut output = Vec::new();
+            stream.read_to_end(&mut output).await.unwrap();
+            assert_eq!(output, expected, "pieces of {piece}");
+        }
+    }
+
+    /// A reader that hands out `input` `piece` bytes at a time.
+    fn tokio_test_io(input: &[u8], piece: usize) -> impl AsyncRead + Unpin {
+        struct Pieces(Vec<u8>, usize);
+        impl AsyncRead for Pieces {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                let n = self.1.min(self.0.len()).min(buf.remaining());
+                let chunk: Vec<u8> = self.0.drain(..n).collect();
+                buf.put_slice(&chunk);
+                Poll::Ready(Ok(()))
+            }
+        }
+        Pieces(input.to_vec(), piece)
+    }
+
     #[test]
     fn a_valid_authority_and_non_http2_bytes_are_left_alone() {
         let mut encoder = loona_hpack::Encoder::new();
         let block = encoder.encode([(&b":authority"[..], &b"localhost:80"[..])]);
         let mut input = PREFACE.to_vec();
         input.extend_from_slice(&headers_frame(&block, END_HEADERS));
-        let output = translate_all(&input);
-        let mut decoder = loona_hpack::Decoder::new();
-        let headers = decoder
-            .decode(&output[PREFACE.len() + FRAME_HEADER..])
-            .unwrap();
+        let second = encoder.encode([(&b":authority"[..], &b"localhost:80"[..])]);
+        input.extend_from_slice(&headers_frame(&second, END_HEADERS));
         assert_eq!(
-            headers,
-            [(b":authority".to_vec(), b"localhost:80".to_vec())]
+            translate_all(&input),
+            input,
+            "a valid authority leaves the connection untouched"
         );
 
         let garbage = b"GET / HTTP/1.1\r\n\r\n\x00\xff";
