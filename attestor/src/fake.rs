@@ -133,18 +133,8 @@ impl FakeAttestor {
         let leaf_key = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).map_err(fake)?;
         let spki = leaf_key.public_key().as_der().map_err(fake)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CountryName, "US");
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Amazon");
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, "AWS");
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("{}.fake-instance.nitro-enclaves", self.module_id),
-        );
+        params.distinguished_name =
+            aws_like_name(&format!("{}.fake-instance.nitro-enclaves", self.module_id));
         params.not_before = OffsetDateTime::from(now - Duration::from_secs(3));
         params.not_after = OffsetDateTime::from(now + LEAF_VALIDITY);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -207,15 +197,7 @@ fn ca_params(
     path_len: Option<u8>,
 ) -> CertificateParams {
     let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CountryName, "US");
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "Amazon");
-    params
-        .distinguished_name
-        .push(DnType::OrganizationalUnitName, "AWS");
-    params.distinguished_name.push(DnType::CommonName, name);
+    params.distinguished_name = aws_like_name(name);
     params.is_ca = IsCa::Ca(path_len.map_or(
         BasicConstraints::Unconstrained,
         BasicConstraints::Constrained,
@@ -228,6 +210,16 @@ fn ca_params(
     params.not_before = OffsetDateTime::from(now - Duration::from_secs(60));
     params.not_after = OffsetDateTime::from(now + lifetime);
     params
+}
+
+/// A subject shaped like AWS's Nitro certificates': `C=US, O=Amazon, OU=AWS, CN=…`.
+fn aws_like_name(common_name: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CountryName, "US");
+    name.push(DnType::OrganizationName, "Amazon");
+    name.push(DnType::OrganizationalUnitName, "AWS");
+    name.push(DnType::CommonName, common_name);
+    name
 }
 
 /// A stable, non-zero 48-byte PCR value for index `i` (SHA-384 of a label).
