@@ -56,6 +56,9 @@ pub enum Error {
     /// The enclave could not attest itself, or its own document was refused.
     #[error("enclave attestation: {0}")]
     Attestation(#[from] enclaveid_attestor::Error),
+    /// A key-material object is malformed.
+    #[error("key material: {0}")]
+    KeyMaterial(String),
     /// A KMS `CiphertextForRecipient` is malformed, or does not decrypt with our key.
     #[error("CiphertextForRecipient: {0}")]
     Cms(String),

@@ -2,7 +2,9 @@
 //! enclave (KMS `Decrypt` with a `Recipient`).
 //!
 //! **In progress.** So far: [`cms`], reading and decrypting the `CiphertextForRecipient`
-//! KMS answers with. The upstream itself (key-material object, host channel, KMS call,
-//! chain checks, re-sync) is not built yet and `upstream.kind = "kms"` is refused.
+//! KMS answers with, and [`material`], the key-material object ACM for Nitro Enclaves
+//! writes. The upstream itself (host channel, KMS call, chain checks, re-sync) is not
+//! built yet and `upstream.kind = "kms"` is refused.
 
 pub mod cms;
+pub mod material;
