@@ -12,6 +12,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use enclaveid_attestor::hex;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyUsagePurpose, SanType, SerialNumber,
@@ -218,7 +219,8 @@ impl Authority {
             }))
             .collect::<Result<_, _>>()?;
         let serial = random_serial();
-        let serial_hex = hex(serial.as_ref().iter().skip_while(|b| **b == 0).copied());
+        let serial_hex =
+            hex(&serial.as_ref()[serial.as_ref().iter().take_while(|b| **b == 0).count()..]);
         params.serial_number = Some(serial);
         params.not_before = OffsetDateTime::from(not_before);
         params.not_after = OffsetDateTime::from(not_after);
@@ -287,10 +289,6 @@ fn random_serial() -> SerialNumber {
 fn truncate_to_seconds(t: SystemTime) -> SystemTime {
     let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs())
-}
-
-fn hex(bytes: impl IntoIterator<Item = u8>) -> String {
-    bytes.into_iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// All `CERTIFICATE` blocks of a PEM file, in order; at least one.
@@ -370,7 +368,7 @@ mod tests {
         );
 
         assert!(cert.raw_serial()[0] & 0x80 == 0, "serial is positive");
-        assert_eq!(hex(cert.serial.to_bytes_be()), minted.serial);
+        assert_eq!(hex(&cert.serial.to_bytes_be()), minted.serial);
         assert!(cert.serial.bits() > 96, "serial carries 128 random bits");
         let not_before = cert.validity().not_before.timestamp();
         let not_after = cert.validity().not_after.timestamp();

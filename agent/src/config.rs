@@ -326,9 +326,11 @@ fn parse_attestor(raw: RawAttestor, invalid: &Invalid<'_>) -> Result<AttestorCon
                     .ok()
                     .filter(|i| *i < 16)
                     .ok_or_else(|| invalid(&key, value, &"PCR indices are 0 to 15"))?;
-                let bytes = parse_hex(value).filter(|b| b.len() == 48).ok_or_else(|| {
-                    invalid(&key, value, &"accepted: 96 hex digits (a SHA-384 PCR)")
-                })?;
+                let bytes = enclaveid_attestor::parse_hex(value)
+                    .filter(|b| b.len() == 48)
+                    .ok_or_else(|| {
+                        invalid(&key, value, &"accepted: 96 hex digits (a SHA-384 PCR)")
+                    })?;
                 fake.pcrs.insert(i, bytes);
             }
             AttestorKind::Fake(fake)
@@ -360,16 +362,6 @@ fn parse_attestor(raw: RawAttestor, invalid: &Invalid<'_>) -> Result<AttestorCon
         kind,
         allow_debug: raw.allow_debug,
     })
-}
-
-fn parse_hex(value: &str) -> Option<Vec<u8>> {
-    if !value.len().is_multiple_of(2) || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..value.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&value[i..i + 2], 16).ok())
-        .collect()
 }
 
 fn parse_ttl(value: &str) -> Result<Duration, String> {

@@ -203,11 +203,7 @@ impl UnixAttestor {
             }
             hasher.update(&buf[..n]);
         }
-        let digest: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = enclaveid_attestor::hex(&hasher.finalize());
         if let Ok(mut cache) = hashes.lock() {
             if cache.len() >= HASH_CACHE_ENTRIES {
                 cache.clear();
@@ -320,10 +316,7 @@ mod tests {
         assert!(list.contains(&path.to_string().as_str()), "{list:?}");
 
         let bytes = std::fs::read(&exe).unwrap();
-        let expected: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let expected = enclaveid_attestor::hex(&Sha256::digest(&bytes));
         assert!(
             list.contains(&format!("unix:sha256:{expected}").as_str()),
             "{list:?}"

@@ -209,14 +209,8 @@ fn write(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 
 fn parse_hex(value: &str) -> anyhow::Result<Vec<u8>> {
     let value = value.trim();
-    anyhow::ensure!(
-        value.len().is_multiple_of(2) && value.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{value:?} is not hex (accepted: an even number of 0-9, a-f)"
-    );
-    (0..value.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&value[i..i + 2], 16).context("hex"))
-        .collect()
+    enclaveid_attestor::parse_hex(value)
+        .with_context(|| format!("{value:?} is not hex (accepted: an even number of 0-9, a-f)"))
 }
 
 fn to_json(document: &VerifiedDocument) -> serde_json::Value {
