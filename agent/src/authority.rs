@@ -136,9 +136,6 @@ impl Authority {
                 files.key_path, files.cert_path
             )));
         }
-        let validity = parsed.validity();
-        let not_before = SystemTime::from(validity.not_before.to_datetime());
-        let not_after = SystemTime::from(validity.not_after.to_datetime());
         let self_signed = parsed.subject() == parsed.issuer();
         let bundle = match &files.bundle_path {
             Some(path) => {
@@ -157,14 +154,41 @@ impl Authority {
         } else {
             certs.clone()
         };
-        let issuer = Issuer::from_ca_cert_der(ca, key)
-            .map_err(|e| Error::Certificate(format!("upstream.cert_path: {e}")))?;
+        Self::from_ca(ca.clone(), key, chain, bundle, trust_domain)
+            .map_err(|e| Error::Certificate(format!("upstream.cert_path: {e}")))
+    }
+
+    /// A CA from its certificate and key. `chain` is what follows an SVID: the CA's own
+    /// certificate (unless it is a root) and the intermediates above it. No SVID outlives
+    /// the earliest notAfter of the CA and `chain`.
+    pub fn from_ca(
+        ca: CertificateDer<'static>,
+        key: SigningKey,
+        chain: Vec<CertificateDer<'static>>,
+        bundle: Vec<CertificateDer<'static>>,
+        trust_domain: &TrustDomain,
+    ) -> Result<Self, Error> {
+        let mut not_before = SystemTime::UNIX_EPOCH;
+        let mut not_after = None::<SystemTime>;
+        for cert in std::iter::once(&ca).chain(&chain) {
+            let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+                .map_err(|e| Error::Certificate(e.to_string()))?;
+            let validity = parsed.validity();
+            let start = SystemTime::from(validity.not_before.to_datetime());
+            let end = SystemTime::from(validity.not_after.to_datetime());
+            if cert == &ca {
+                not_before = start;
+            }
+            not_after = Some(not_after.map_or(end, |t| t.min(end)));
+        }
+        let issuer =
+            Issuer::from_ca_cert_der(&ca, key).map_err(|e| Error::Certificate(e.to_string()))?;
         Ok(Self {
             issuer,
             chain,
             bundle,
             not_before,
-            not_after,
+            not_after: not_after.unwrap_or(not_before),
             trust_domain: trust_domain.clone(),
         })
     }

@@ -6,13 +6,20 @@
 //! socket_path = "/run/enclaveid/agent.sock"   # default
 //! svid_ttl = "1h"                             # default; humantime, at least 5s
 //! [upstream]
-//! kind = "dev"          # the only kind so far; "kms" comes with the KMS upstream
-//! # cert_path / key_path: load the dev CA instead of generating one at start
-//! # bundle_path: trust bundle when cert_path is not a self-signed root
+//! kind = "dev"          # or "kms"
+//! # dev: cert_path / key_path load the dev CA instead of generating one at start;
+//! #      bundle_path is the trust bundle when cert_path is not a self-signed root
+//! # kms: trust_bundle_path = "/etc/enclaveid/pca-root.pem"  (required)
+//! #      region = "eu-west-1"                               (required)
+//! #      host = "vsock://3:8090"                            (default)
+//! #      kms_endpoint = "https://kms.REGION.amazonaws.com"  (default)
+//! #      resync_interval = "10m"                            (default)
+//! #      require_crl = true                                 (default)
 //! [attestor]
 //! kind = "fake"         # "nsm" inside an enclave (a build with `--features nsm`)
 //! # allow_debug = false   accept this enclave's own debug-mode attestation
-//! # fake only: debug = false, module_id = "i-…-enc…", pcrs = { 0 = "HEX" }
+//! # fake only: debug = false, module_id = "i-…-enc…", pcrs = { 0 = "HEX" },
+//! #            root_cert_path / root_key_path: sign with this fake root
 //! [[entry]]
 //! spiffe_id = "spiffe://example.org/gateway"
 //! selectors = ["unix:uid:1000"]   # all must match
@@ -55,12 +62,36 @@ pub struct Config {
     pub entries: Vec<Entry>,
 }
 
+/// The default address of `enclaveid host`, seen from the enclave.
+pub const DEFAULT_HOST: &str = "vsock://3:8090";
+/// How often the `kms` upstream re-fetches its material by default.
+pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(600);
+
 /// The source of the CA that signs SVIDs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Upstream {
     /// An embedded development CA: generated at start, or loaded from files.
     Dev(Option<CaFiles>),
+    /// Private CA material released by KMS to this attested enclave.
+    Kms(KmsConfig),
+}
+
+/// The `kms` upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KmsConfig {
+    /// Where `enclaveid host` listens.
+    pub host: crate::transport::Address,
+    /// The Private CA root(s), PEM, built into the enclave image.
+    pub trust_bundle_path: PathBuf,
+    /// The AWS region (SigV4 scope and default endpoint).
+    pub region: String,
+    /// The KMS endpoint; reached through the host's tunnel.
+    pub kms_endpoint: crate::kms::remote::KmsEndpoint,
+    /// How often the material is re-fetched.
+    pub resync_interval: Duration,
+    /// Refuse material when the host offers no CRL.
+    pub require_crl: bool,
 }
 
 /// A CA loaded from PEM files.
@@ -128,6 +159,12 @@ struct RawUpstream {
     cert_path: Option<PathBuf>,
     key_path: Option<PathBuf>,
     bundle_path: Option<PathBuf>,
+    host: Option<String>,
+    trust_bundle_path: Option<PathBuf>,
+    region: Option<String>,
+    kms_endpoint: Option<String>,
+    resync_interval: Option<String>,
+    require_crl: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +178,8 @@ struct RawAttestor {
     module_id: Option<String>,
     #[serde(default)]
     pcrs: BTreeMap<String, String>,
+    root_cert_path: Option<PathBuf>,
+    root_key_path: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -177,7 +216,33 @@ impl Config {
             Some(value) => parse_ttl(value).map_err(|why| invalid("svid_ttl", value, &why))?,
             None => DEFAULT_SVID_TTL,
         };
+        let up = &raw.upstream;
+        let kms_keys = [
+            ("host", up.host.is_some()),
+            ("trust_bundle_path", up.trust_bundle_path.is_some()),
+            ("region", up.region.is_some()),
+            ("kms_endpoint", up.kms_endpoint.is_some()),
+            ("resync_interval", up.resync_interval.is_some()),
+            ("require_crl", up.require_crl.is_some()),
+        ];
+        let dev_keys = [
+            ("cert_path", up.cert_path.is_some()),
+            ("key_path", up.key_path.is_some()),
+            ("bundle_path", up.bundle_path.is_some()),
+        ];
+        let misplaced = match up.kind.as_str() {
+            "dev" => kms_keys.iter().find(|(_, set)| *set),
+            "kms" => dev_keys.iter().find(|(_, set)| *set),
+            _ => None,
+        };
+        if let Some((key, _)) = misplaced {
+            return Err(Error::Config(format!(
+                "{origin}: upstream.{key} does not apply to upstream.kind = {:?}",
+                up.kind
+            )));
+        }
         let upstream = match raw.upstream.kind.as_str() {
+            "kms" => Upstream::Kms(parse_kms(raw.upstream, &invalid)?),
             "dev" => Upstream::Dev(match (raw.upstream.cert_path, raw.upstream.key_path) {
                 (None, None) if raw.upstream.bundle_path.is_none() => None,
                 (Some(cert_path), Some(key_path)) => Some(CaFiles {
@@ -195,7 +260,7 @@ impl Config {
                 return Err(invalid(
                     "upstream.kind",
                     &other,
-                    &"accepted: \"dev\" (\"kms\" is not implemented yet)",
+                    &"accepted: \"dev\", \"kms\"",
                 ));
             }
         };
@@ -309,6 +374,61 @@ impl Config {
 
 type Invalid<'a> = dyn Fn(&str, &dyn std::fmt::Debug, &dyn std::fmt::Display) -> Error + 'a;
 
+fn parse_kms(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<KmsConfig, Error> {
+    let region = raw.region.ok_or_else(|| {
+        invalid(
+            "upstream.region",
+            &"",
+            &"required for kind = \"kms\"; accepted: an AWS region such as \"eu-west-1\"",
+        )
+    })?;
+    if region.is_empty()
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(invalid(
+            "upstream.region",
+            &region,
+            &"accepted: an AWS region such as \"eu-west-1\"",
+        ));
+    }
+    let trust_bundle_path = raw.trust_bundle_path.ok_or_else(|| {
+        invalid(
+            "upstream.trust_bundle_path",
+            &"",
+            &"required for kind = \"kms\": the Private CA root (PEM) the material must chain to",
+        )
+    })?;
+    let host = match &raw.host {
+        Some(host) => host
+            .parse()
+            .map_err(|e| invalid("upstream.host", host, &e))?,
+        None => DEFAULT_HOST
+            .parse()
+            .map_err(|e| invalid("upstream.host", &DEFAULT_HOST, &e))?,
+    };
+    let kms_endpoint = match &raw.kms_endpoint {
+        Some(url) => crate::kms::remote::KmsEndpoint::parse(url)
+            .map_err(|e| invalid("upstream.kms_endpoint", url, &e))?,
+        None => crate::kms::remote::KmsEndpoint::for_region(&region),
+    };
+    let resync_interval = match &raw.resync_interval {
+        Some(value) => {
+            parse_ttl(value).map_err(|why| invalid("upstream.resync_interval", value, &why))?
+        }
+        None => DEFAULT_RESYNC_INTERVAL,
+    };
+    Ok(KmsConfig {
+        host,
+        trust_bundle_path,
+        region,
+        kms_endpoint,
+        resync_interval,
+        require_crl: raw.require_crl.unwrap_or(true),
+    })
+}
+
 fn parse_attestor(raw: RawAttestor, invalid: &Invalid<'_>) -> Result<AttestorConfig, Error> {
     let kind = match raw.kind.as_str() {
         "fake" => {
@@ -318,6 +438,31 @@ fn parse_attestor(raw: RawAttestor, invalid: &Invalid<'_>) -> Result<AttestorCon
             };
             if let Some(module_id) = raw.module_id {
                 fake.module_id = module_id;
+            }
+            match (&raw.root_cert_path, &raw.root_key_path) {
+                (None, None) => {}
+                (Some(cert), Some(key)) => {
+                    let read = |name: &str, path: &PathBuf| {
+                        std::fs::read_to_string(path).map_err(|e| {
+                            invalid(
+                                &format!("attestor.{name}"),
+                                path,
+                                &format!("cannot be read: {e}"),
+                            )
+                        })
+                    };
+                    fake.root = Some(enclaveid_attestor::FakeRoot {
+                        cert_pem: read("root_cert_path", cert)?,
+                        key_pem: read("root_key_path", key)?,
+                    });
+                }
+                _ => {
+                    return Err(invalid(
+                        "attestor.root_cert_path",
+                        &raw.root_cert_path,
+                        &"root_cert_path and root_key_path go together",
+                    ));
+                }
             }
             for (index, value) in &raw.pcrs {
                 let key = format!("attestor.pcrs.{index}");
@@ -335,11 +480,17 @@ fn parse_attestor(raw: RawAttestor, invalid: &Invalid<'_>) -> Result<AttestorCon
             }
             AttestorKind::Fake(fake)
         }
-        "nsm" if raw.debug.is_some() || raw.module_id.is_some() || !raw.pcrs.is_empty() => {
+        "nsm"
+            if raw.debug.is_some()
+                || raw.module_id.is_some()
+                || !raw.pcrs.is_empty()
+                || raw.root_cert_path.is_some()
+                || raw.root_key_path.is_some() =>
+        {
             return Err(invalid(
                 "attestor.kind",
                 &raw.kind,
-                &"debug, module_id and pcrs describe the fake attestor; NSM reports the real ones",
+                &"debug, module_id, pcrs and the root paths describe the fake attestor; NSM reports the real ones",
             ));
         }
         "nsm" if cfg!(feature = "nsm") => AttestorKind::Nsm,
@@ -534,6 +685,51 @@ selectors = ["unix:uid:1001"]
                 "trust_domain = \"example.org",
                 &["agent.toml: line 2"],
             ),
+            (
+                "kind = \"dev\"",
+                "kind = \"kms\"\ntrust_bundle_path = \"/r.pem\"",
+                &["upstream.region", "required for kind = \"kms\""],
+            ),
+            (
+                "kind = \"dev\"",
+                "kind = \"kms\"\nregion = \"eu-west-1\"",
+                &["upstream.trust_bundle_path", "Private CA root"],
+            ),
+            (
+                "kind = \"dev\"",
+                "kind = \"kms\"\nregion = \"EU West\"\ntrust_bundle_path = \"/r.pem\"",
+                &["upstream.region", "EU West", "accepted: an AWS region"],
+            ),
+            (
+                "kind = \"dev\"",
+                "kind = \"kms\"\nregion = \"eu-west-1\"\ntrust_bundle_path = \"/r.pem\"\nhost = \"vsock://3\"",
+                &["upstream.host", "vsock://3", "accepted: vsock://CID:PORT"],
+            ),
+            (
+                "kind = \"dev\"",
+                "kind = \"kms\"\nregion = \"eu-west-1\"\ntrust_bundle_path = \"/r.pem\"\nkms_endpoint = \"kms.eu-west-1.amazonaws.com\"",
+                &["upstream.kms_endpoint", "accepted: https://HOST"],
+            ),
+            (
+                "kind = \"dev\"",
+                "kind = \"kms\"\nregion = \"eu-west-1\"\ntrust_bundle_path = \"/r.pem\"\nresync_interval = \"1s\"",
+                &["upstream.resync_interval", "minimum of 5s"],
+            ),
+            (
+                "kind = \"dev\"",
+                "kind = \"kms\"\nregion = \"eu-west-1\"\ntrust_bundle_path = \"/r.pem\"\ncert_path = \"/c.pem\"",
+                &["upstream.cert_path does not apply to upstream.kind = \"kms\""],
+            ),
+            (
+                "kind = \"dev\"",
+                "kind = \"dev\"\nregion = \"eu-west-1\"",
+                &["upstream.region does not apply to upstream.kind = \"dev\""],
+            ),
+            (
+                "kind = \"fake\"",
+                "kind = \"fake\"\nroot_cert_path = \"/r.pem\"",
+                &["attestor.root_cert_path", "go together"],
+            ),
         ];
         for (from, to, wants) in cases {
             assert!(GOOD.contains(from), "case does not apply: {from}");
@@ -547,6 +743,26 @@ selectors = ["unix:uid:1001"]
                 assert!(error.contains(want), "{to}: missing {want:?} in {error}");
             }
         }
+    }
+
+    #[test]
+    fn a_kms_upstream_gets_aws_defaults() {
+        let text = GOOD.replacen(
+            "kind = \"dev\"",
+            "kind = \"kms\"\nregion = \"eu-west-1\"\ntrust_bundle_path = \"/etc/enclaveid/pca-root.pem\"",
+            1,
+        );
+        let config = Config::from_toml(&text, "agent.toml").unwrap();
+        let Upstream::Kms(kms) = config.upstream else {
+            panic!("not kms");
+        };
+        assert_eq!(kms.host.to_string(), "vsock://3:8090");
+        assert_eq!(
+            kms.kms_endpoint.to_string(),
+            "https://kms.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(kms.resync_interval, Duration::from_secs(600));
+        assert!(kms.require_crl, "revocation is checked unless turned off");
     }
 
     #[test]

@@ -52,28 +52,63 @@ impl SigningKey {
             return Self::from_ecdsa(pair, &rcgen::PKCS_ECDSA_P384_SHA384);
         }
         match RsaKeyPair::from_pkcs8(der) {
-            Ok(pair) if pair.public_modulus_len() * 8 >= 2048 => {
-                let public_key = pair.public_key().as_ref().to_vec();
-                let spki = pair
-                    .public_key()
-                    .as_der()
-                    .map_err(|_| Error::Crypto("encoding an RSA public key failed".into()))?
-                    .as_ref()
-                    .to_vec();
-                Ok(Self {
-                    inner: Inner::Rsa(pair),
-                    public_key,
-                    spki,
-                })
-            }
-            Ok(pair) => Err(Error::Key(format!(
-                "{what}: RSA key of {} bits is too small; accepted: ECDSA P-256, ECDSA P-384, RSA of 2048 bits or more",
-                pair.public_modulus_len() * 8
-            ))),
+            Ok(pair) => Self::from_rsa(pair, what),
             Err(_) => Err(Error::Key(format!(
                 "{what}: not an unencrypted PKCS#8 private key of an accepted type (ECDSA P-256, ECDSA P-384, RSA of 2048 bits or more)"
             ))),
         }
+    }
+
+    /// Parses a PEM private key, as KMS releases it to the enclave: `PRIVATE KEY`
+    /// (PKCS#8), `EC PRIVATE KEY` (SEC1, P-256 or P-384) or `RSA PRIVATE KEY` (PKCS#1).
+    pub fn from_pem(pem_bytes: &[u8], what: &str) -> Result<Self, Error> {
+        let block = pem::parse(pem_bytes).map_err(|_| {
+            Error::Key(format!(
+                "{what}: not a PEM private key (accepted: PRIVATE KEY, EC PRIVATE KEY, RSA PRIVATE KEY)"
+            ))
+        })?;
+        let tag = block.tag().to_owned();
+        let der = Zeroizing::new(block.into_contents());
+        match tag.as_str() {
+            "PRIVATE KEY" => Self::from_pkcs8_der(&der, what),
+            "EC PRIVATE KEY" => {
+                if let Ok(pair) =
+                    EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_ASN1_SIGNING, &der)
+                {
+                    return Self::from_ecdsa(pair, &rcgen::PKCS_ECDSA_P256_SHA256);
+                }
+                EcdsaKeyPair::from_private_key_der(&ECDSA_P384_SHA384_ASN1_SIGNING, &der)
+                    .map_err(|_| Error::Key(format!("{what}: not a P-256 or P-384 SEC1 key")))
+                    .and_then(|pair| Self::from_ecdsa(pair, &rcgen::PKCS_ECDSA_P384_SHA384))
+            }
+            "RSA PRIVATE KEY" => RsaKeyPair::from_der(&der)
+                .map_err(|_| Error::Key(format!("{what}: not a PKCS#1 RSA key")))
+                .and_then(|pair| Self::from_rsa(pair, what)),
+            other => Err(Error::Key(format!(
+                "{what}: a PEM {other:?} block; accepted: PRIVATE KEY, EC PRIVATE KEY, RSA PRIVATE KEY"
+            ))),
+        }
+    }
+
+    fn from_rsa(pair: RsaKeyPair, what: &str) -> Result<Self, Error> {
+        if pair.public_modulus_len() * 8 < 2048 {
+            return Err(Error::Key(format!(
+                "{what}: RSA key of {} bits is too small; accepted: ECDSA P-256, ECDSA P-384, RSA of 2048 bits or more",
+                pair.public_modulus_len() * 8
+            )));
+        }
+        let public_key = pair.public_key().as_ref().to_vec();
+        let spki = pair
+            .public_key()
+            .as_der()
+            .map_err(|_| Error::Crypto("encoding an RSA public key failed".into()))?
+            .as_ref()
+            .to_vec();
+        Ok(Self {
+            inner: Inner::Rsa(pair),
+            public_key,
+            spki,
+        })
     }
 
     fn from_ecdsa(
@@ -177,6 +212,39 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("upstream.key_path"), "{message}");
         assert!(message.contains("ECDSA P-256"), "{message}");
+    }
+
+    #[test]
+    fn pem_keys_in_every_form_kms_may_release_parse() {
+        let key = SigningKey::generate_p256().unwrap();
+        let pkcs8 = pem::encode(&pem::Pem::new(
+            "PRIVATE KEY",
+            key.to_pkcs8_der().unwrap().to_vec(),
+        ));
+        let again = SigningKey::from_pem(pkcs8.as_bytes(), "released key").unwrap();
+        assert_eq!(
+            again.subject_public_key_info(),
+            key.subject_public_key_info()
+        );
+        for (bad, expected) in [
+            (&b"hello"[..], "not a PEM private key"),
+            (
+                b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "\"CERTIFICATE\" block",
+            ),
+            (
+                b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+                "SEC1",
+            ),
+        ] {
+            let error = SigningKey::from_pem(bad, "released key")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("released key") && error.contains(expected),
+                "{error}"
+            );
+        }
     }
 
     #[test]

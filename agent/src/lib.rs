@@ -18,20 +18,25 @@
 
 pub mod authority;
 pub mod config;
+pub mod host;
 pub mod keys;
 pub mod kms;
 pub mod rotation;
 pub mod selector;
 pub mod server;
+pub mod transport;
 pub mod workload_attestor;
 
 use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
+use enclaveid_attestor::{AttestationRequest, Policy, VerifiedDocument, Verifier, VerifyAt};
+
 use crate::authority::Authority;
 use crate::config::{AttestorConfig, AttestorKind, Config, Upstream};
-use crate::rotation::Rotator;
+use crate::kms::upstream::KmsUpstream;
+use crate::rotation::{Rotator, Signer};
 use crate::selector::Selector;
 use crate::server::BoundSocket;
 use crate::workload_attestor::UnixAttestor;
@@ -62,6 +67,12 @@ pub enum Error {
     /// A KMS `CiphertextForRecipient` is malformed, or does not decrypt with our key.
     #[error("CiphertextForRecipient: {0}")]
     Cms(String),
+    /// The host (parent instance) did not deliver, or delivered something malformed.
+    #[error("{0}")]
+    Host(String),
+    /// KMS refused or failed the call; the message carries AWS's error code and text.
+    #[error("{0}")]
+    Kms(String),
     /// An SVID could not be minted.
     #[error("{0}")]
     Mint(String),
@@ -96,31 +107,81 @@ pub struct Agent {
     snapshots: tokio::sync::watch::Receiver<std::sync::Arc<enclaveid_workload_api::Snapshot>>,
     attestor: UnixAttestor,
     socket: BoundSocket,
+    upstream: Option<KmsUpstream>,
+    problems: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Agent {
     /// Prepares everything that can fail on bad input before the socket is bound, then
     /// binds it. Must run inside a tokio runtime.
     pub fn start(config: Config) -> Result<Self, Error> {
-        let authority = match &config.upstream {
-            Upstream::Dev(None) => Authority::generate_dev(&config.trust_domain)?,
-            Upstream::Dev(Some(files)) => Authority::load(files, &config.trust_domain)?,
-        };
-        let mut node_selectors = attest_enclave(&config.attestor)?;
+        let enclave = Enclave::open(&config.attestor)?;
+        let (document, verified) = enclave.attest(None)?;
+        drop(document);
+        let mut node_selectors = node_selectors(&verified);
         // Only node selectors some entry names can change a match; every caller's stream
         // carries its selectors, so the others would only cost memory.
         node_selectors.retain(|s| config.entries.iter().any(|e| e.selectors.contains(s)));
-        tracing::info!(
-            trust_domain = %config.trust_domain,
-            entries = config.entries.len(),
-            ca_not_after = %humantime::format_rfc3339(authority.not_after()),
-            "upstream CA ready"
-        );
         let attestor = UnixAttestor::new(
             config.entries.iter().flat_map(|e| &e.selectors),
             node_selectors,
         );
-        let (mut rotator, snapshots) = Rotator::new(authority, &config.entries);
+        let (problem_tx, problems) = tokio::sync::watch::channel(None);
+        let (rotator, snapshots, upstream) = match &config.upstream {
+            Upstream::Dev(files) => {
+                let authority = match files {
+                    None => Authority::generate_dev(&config.trust_domain)?,
+                    Some(files) => Authority::load(files, &config.trust_domain)?,
+                };
+                tracing::info!(
+                    trust_domain = %config.trust_domain,
+                    entries = config.entries.len(),
+                    ca_not_after = %humantime::format_rfc3339(authority.not_after()),
+                    "upstream CA ready"
+                );
+                let bundle = authority.bundle_der();
+                let (rotator, snapshots) = Rotator::new(
+                    &config.trust_domain,
+                    bundle,
+                    Some(Signer::Ca(authority)),
+                    &config.entries,
+                );
+                (rotator, snapshots, None)
+            }
+            Upstream::Kms(kms) => {
+                let roots = authority::parse_pem_certs(
+                    &std::fs::read(&kms.trust_bundle_path).map_err(|e| {
+                        Error::Config(format!(
+                            "upstream.trust_bundle_path = {:?} cannot be read: {e}",
+                            kms.trust_bundle_path
+                        ))
+                    })?,
+                    "upstream.trust_bundle_path",
+                )?;
+                let bundle = roots.iter().flat_map(|c| c.iter().copied()).collect();
+                let (rotator, snapshots) =
+                    Rotator::new(&config.trust_domain, bundle, None, &config.entries);
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let upstream = KmsUpstream::new(
+                    kms.clone(),
+                    roots,
+                    enclave,
+                    config.trust_domain.clone(),
+                    config.entries.iter().map(|e| e.spiffe_id.clone()).collect(),
+                    tx,
+                    problem_tx,
+                );
+                tracing::info!(
+                    trust_domain = %config.trust_domain,
+                    entries = config.entries.len(),
+                    host = %kms.host,
+                    kms = %kms.kms_endpoint,
+                    "upstream: key material released by KMS to this enclave"
+                );
+                (rotator.with_updates(rx), snapshots, Some(upstream))
+            }
+        };
+        let mut rotator = rotator;
         rotator.rotate_due();
         let socket = BoundSocket::bind(&config.socket_path)?;
         tracing::info!(socket = %socket.path().display(), "serving the SPIFFE Workload API");
@@ -129,6 +190,8 @@ impl Agent {
             snapshots,
             attestor,
             socket,
+            upstream,
+            problems,
         })
     }
 
@@ -145,6 +208,9 @@ impl Agent {
     ) -> Result<(), Error> {
         let stop = CancellationToken::new();
         let rotation = tokio::spawn(self.rotator.run(stop.clone().cancelled_owned()));
+        if let Some(upstream) = self.upstream {
+            tokio::spawn(upstream.run(stop.clone().cancelled_owned()));
+        }
         let trigger = stop.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -154,6 +220,7 @@ impl Agent {
         let served = server::serve(
             self.socket,
             self.snapshots,
+            self.problems,
             self.attestor,
             stop.clone().cancelled_owned(),
         )
@@ -164,50 +231,76 @@ impl Agent {
     }
 }
 
-/// Attests this enclave with the configured attestor and verifies its own document (the
-/// AWS root for NSM, the fake's own root for the fake), returning the node selectors
-/// (`nitro:pcr0..8`, `nitro:module_id`) that entries may require.
-fn attest_enclave(config: &AttestorConfig) -> Result<Vec<Selector>, Error> {
-    use enclaveid_attestor::{AttestationRequest, Attestor as _, Policy, Verifier, VerifyAt};
+/// The enclave's attestor, and the verifier its own documents are checked with (the AWS
+/// root for NSM, the fake's own root for the fake) before anything relies on them.
+pub struct Enclave {
+    attestor: Box<dyn enclaveid_attestor::Attestor>,
+    verifier: Verifier,
+    allow_debug: bool,
+}
 
-    let nonce: [u8; 32] = rand::random();
-    let request = AttestationRequest {
-        nonce: Some(nonce.to_vec()),
-        ..AttestationRequest::default()
-    };
-    let (document, verifier) = match &config.kind {
-        AttestorKind::Fake(fake) => {
-            tracing::warn!(
-                "attestor kind = \"fake\": documents are signed by a root made at start and prove nothing"
-            );
-            let attestor = enclaveid_attestor::FakeAttestor::new(fake.clone())?;
-            (
-                attestor.attest(&request)?,
-                Verifier::with_root_der(attestor.root_der()),
-            )
-        }
-        #[cfg(feature = "nsm")]
-        AttestorKind::Nsm => (
-            enclaveid_attestor::NsmAttestor::open()?.attest(&request)?,
-            Verifier::aws(),
-        ),
-        #[cfg(not(feature = "nsm"))]
-        AttestorKind::Nsm => {
-            return Err(Error::Config(
-                "attestor kind = \"nsm\" needs a build with `--features nsm`".into(),
-            ));
-        }
-    };
-    let policy = Policy {
-        allow_debug: config.allow_debug,
-        nonce: request.nonce.clone(),
-        ..Policy::default()
-    };
-    let verified = verifier.verify(
-        &document,
-        &policy,
-        VerifyAt::Time(std::time::SystemTime::now()),
-    )?;
+// === impl Enclave ===
+
+impl Enclave {
+    /// Opens the configured attestor.
+    pub fn open(config: &AttestorConfig) -> Result<Self, Error> {
+        let (attestor, verifier): (Box<dyn enclaveid_attestor::Attestor>, _) = match &config.kind {
+            AttestorKind::Fake(fake) => {
+                tracing::warn!(
+                    "attestor kind = \"fake\": documents are signed by a fake root and prove nothing"
+                );
+                let attestor = enclaveid_attestor::FakeAttestor::new(fake.clone())?;
+                let verifier = Verifier::with_root_der(attestor.root_der());
+                (Box::new(attestor), verifier)
+            }
+            #[cfg(feature = "nsm")]
+            AttestorKind::Nsm => (
+                Box::new(enclaveid_attestor::NsmAttestor::open()?),
+                Verifier::aws(),
+            ),
+            #[cfg(not(feature = "nsm"))]
+            AttestorKind::Nsm => {
+                return Err(Error::Config(
+                    "attestor kind = \"nsm\" needs a build with `--features nsm`".into(),
+                ));
+            }
+        };
+        Ok(Self {
+            attestor,
+            verifier,
+            allow_debug: config.allow_debug,
+        })
+    }
+
+    /// A fresh document binding `public_key` and a random nonce, verified as a relying
+    /// party would verify it.
+    pub fn attest(
+        &self,
+        public_key: Option<Vec<u8>>,
+    ) -> Result<(Vec<u8>, VerifiedDocument), Error> {
+        let nonce: [u8; 32] = rand::random();
+        let request = AttestationRequest {
+            nonce: Some(nonce.to_vec()),
+            public_key,
+            ..AttestationRequest::default()
+        };
+        let document = self.attestor.attest(&request)?;
+        let policy = Policy {
+            allow_debug: self.allow_debug,
+            nonce: request.nonce.clone(),
+            ..Policy::default()
+        };
+        let verified = self.verifier.verify(
+            &document,
+            &policy,
+            VerifyAt::Time(std::time::SystemTime::now()),
+        )?;
+        Ok((document, verified))
+    }
+}
+
+/// The node selectors (`nitro:pcr0..8`, `nitro:module_id`) of the enclave's document.
+fn node_selectors(verified: &VerifiedDocument) -> Vec<Selector> {
     let mut selectors: Vec<Selector> = verified
         .pcrs
         .iter()
@@ -221,7 +314,7 @@ fn attest_enclave(config: &AttestorConfig) -> Result<Vec<Selector>, Error> {
         debug_mode = verified.debug_mode,
         "enclave attested"
     );
-    Ok(selectors)
+    selectors
 }
 
 /// The `--dev` socket: `$XDG_RUNTIME_DIR/enclaveid/agent.sock`, or

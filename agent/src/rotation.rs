@@ -5,6 +5,9 @@
 //! that many agents started together do not all hit their CA at once (SPIRE's
 //! `rotationutil` uses the same half-life rule). An SVID that could not be replaced is
 //! withdrawn when it expires: the agent never serves an expired SVID.
+//!
+//! The [`Signer`] can change while the agent runs (the `kms` upstream re-syncs its
+//! material): a new CA re-mints every SVID at once; leaf material is served as it is.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,8 +15,10 @@ use std::time::{Duration, SystemTime};
 
 use enclaveid_workload_api::{Identity, Selectors, Snapshot, Svid};
 use prost::bytes::Bytes;
-use tokio::sync::watch;
+use spiffe::{SpiffeId, TrustDomain};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use zeroize::Zeroizing;
 
 use crate::authority::Authority;
 use crate::config::Entry;
@@ -22,12 +27,38 @@ use crate::config::Entry;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
+/// How long a slot that has nothing to do sleeps.
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// What SVIDs come from.
+pub enum Signer {
+    /// A CA: SVIDs are minted under it.
+    Ca(Authority),
+    /// One X.509-SVID made elsewhere, served to the entries with its SPIFFE ID.
+    Leaf(LeafSvid),
+}
+
+/// An X.509-SVID issued by the Private CA itself.
+pub struct LeafSvid {
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// The DER chain, leaf first, concatenated.
+    pub chain_der: Vec<u8>,
+    /// The PKCS#8 DER key.
+    pub key_der: Zeroizing<Vec<u8>>,
+    /// The earliest notAfter of the chain.
+    pub not_after: SystemTime,
+    /// The serial, for logs.
+    pub serial: String,
+}
+
 /// Keeps one SVID per entry current and publishes every change.
 pub struct Rotator {
-    authority: Authority,
+    signer: Option<Signer>,
     entries: Vec<Slot>,
     bundles: BTreeMap<String, Bytes>,
     snapshots: watch::Sender<Arc<Snapshot>>,
+    updates: Option<mpsc::Receiver<Signer>>,
 }
 
 struct Slot {
@@ -41,13 +72,16 @@ struct Slot {
 // === impl Rotator ===
 
 impl Rotator {
-    /// A rotator for `entries`, signing with `authority`. Nothing is minted until
-    /// [`Rotator::rotate_due`] or [`Rotator::run`].
-    pub fn new(authority: Authority, entries: &[Entry]) -> (Self, watch::Receiver<Arc<Snapshot>>) {
-        let bundles = BTreeMap::from([(
-            authority.trust_domain().id_string(),
-            Bytes::from(authority.bundle_der()),
-        )]);
+    /// A rotator for `entries` of `trust_domain`, whose bundle is `bundle_der`, signing
+    /// with `signer` (none yet: SVIDs come with the first [`Rotator::set_signer`]).
+    /// Nothing is minted until [`Rotator::rotate_due`] or [`Rotator::run`].
+    pub fn new(
+        trust_domain: &TrustDomain,
+        bundle_der: Vec<u8>,
+        signer: Option<Signer>,
+        entries: &[Entry],
+    ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
+        let bundles = BTreeMap::from([(trust_domain.id_string(), Bytes::from(bundle_der))]);
         let now = Instant::now();
         let entries = entries
             .iter()
@@ -61,13 +95,53 @@ impl Rotator {
             .collect();
         let (snapshots, rx) = watch::channel(Arc::new(Snapshot::default()));
         let mut rotator = Self {
-            authority,
+            signer: None,
             entries,
             bundles,
             snapshots,
+            updates: None,
         };
+        if let Some(signer) = signer {
+            rotator.set_signer(signer);
+        }
         rotator.publish();
         (rotator, rx)
+    }
+
+    /// Signers sent on `updates` replace the current one while [`Rotator::run`] runs.
+    pub fn with_updates(mut self, updates: mpsc::Receiver<Signer>) -> Self {
+        self.updates = Some(updates);
+        self
+    }
+
+    /// Replaces the signer: a CA re-mints every SVID at the next pass; a leaf is
+    /// served at once to the entries with its SPIFFE ID, and no other.
+    pub fn set_signer(&mut self, signer: Signer) {
+        let now = Instant::now();
+        match &signer {
+            Signer::Ca(_) => {
+                for slot in &mut self.entries {
+                    slot.rotate_at = now;
+                    slot.failures = 0;
+                }
+            }
+            Signer::Leaf(leaf) => {
+                for slot in &mut self.entries {
+                    slot.rotate_at = now + IDLE;
+                    slot.svid = (slot.entry.spiffe_id == leaf.spiffe_id).then(|| {
+                        Svid::new(leaf.chain_der.clone(), leaf.key_der.clone(), leaf.not_after)
+                    });
+                }
+                tracing::info!(
+                    spiffe_id = %leaf.spiffe_id,
+                    serial = %leaf.serial,
+                    not_after = %humantime::format_rfc3339(leaf.not_after),
+                    "serving the Private CA's X.509-SVID"
+                );
+                self.publish();
+            }
+        }
+        self.signer = Some(signer);
     }
 
     /// Mints what is due, withdraws what expired, publishes if anything changed, and
@@ -89,7 +163,11 @@ impl Rotator {
             if slot.rotate_at > now {
                 continue;
             }
-            match self.authority.mint(&slot.entry, wall) {
+            let Some(Signer::Ca(authority)) = &self.signer else {
+                slot.rotate_at = now + IDLE;
+                continue;
+            };
+            match authority.mint(&slot.entry, wall) {
                 Ok(minted) => {
                     let lifetime = minted
                         .not_after
@@ -130,10 +208,21 @@ impl Rotator {
     /// channel, which ends every open Workload API stream.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut updates = self.updates.take();
         loop {
             let next = self.rotate_due();
+            let update = async {
+                match updates.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep_until(next) => {}
+                signer = update => match signer {
+                    Some(signer) => self.set_signer(signer),
+                    None => updates = None,
+                },
                 () = &mut shutdown => return,
             }
         }
@@ -225,8 +314,11 @@ mod tests {
             ttl: Duration::from_secs(600),
             hint: String::new(),
         };
+        let authority = Authority::generate_dev(&td).unwrap();
         let (mut rotator, rx) = Rotator::new(
-            Authority::generate_dev(&td).unwrap(),
+            &td,
+            authority.bundle_der(),
+            Some(Signer::Ca(authority)),
             &[entry("a", 1), entry("b", 2)],
         );
         assert!(

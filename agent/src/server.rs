@@ -104,6 +104,7 @@ impl Drop for BoundSocket {
 pub async fn serve(
     mut socket: BoundSocket,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    problems: watch::Receiver<Option<String>>,
     attestor: UnixAttestor,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
@@ -112,7 +113,17 @@ pub async fn serve(
         .take()
         .ok_or_else(|| Error::Socket("socket already served".into()))?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(report_health(health, snapshots.clone()));
+    let (status_tx, status) = watch::channel(String::new());
+    tokio::spawn(report_health(
+        health,
+        snapshots.clone(),
+        problems,
+        status_tx,
+    ));
+    let health_service = WithStatus {
+        inner: health_service,
+        status,
+    };
 
     let api = WorkloadApi::new(snapshots, attestor).into_server();
     let incoming =
@@ -150,28 +161,105 @@ pub async fn serve(
     result.map_err(|e| Error::Socket(format!("serving the Workload API: {e}")))
 }
 
-/// Health is SERVING while every registration entry has a current SVID.
+/// The response header of `grpc.health.v1.Health` that says why the agent is degraded
+/// or not serving (the health protocol itself has no room for a reason).
+pub const STATUS_HEADER: &str = "enclaveid-status";
+
+/// Health is SERVING while every registration entry has a current SVID. A problem the
+/// upstream reports goes into [`STATUS_HEADER`]: "degraded: …" while SERVING.
 async fn report_health(
     health: tonic_health::server::HealthReporter,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut problems: watch::Receiver<Option<String>>,
+    status: watch::Sender<String>,
 ) {
     loop {
-        let status = {
+        let serving = {
             let snapshot = snapshots.borrow_and_update();
-            if snapshot.identities.iter().all(|i| i.svid.is_some()) && !snapshot.bundles.is_empty()
-            {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            }
+            snapshot.identities.iter().all(|i| i.svid.is_some()) && !snapshot.bundles.is_empty()
         };
-        health.set_service_status("", status).await;
-        if snapshots.changed().await.is_err() {
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            return;
+        let problem = problems.borrow_and_update().clone();
+        let text = match (&problem, serving) {
+            (None, true) => String::new(),
+            (None, false) => "not serving: not every entry has a current X.509-SVID".into(),
+            (Some(problem), true) => format!("degraded: {problem}"),
+            (Some(problem), false) => format!("not serving: {problem}"),
+        };
+        status.send_replace(header_safe(&text));
+        let serving_status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status("", serving_status).await;
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() {
+                health.set_service_status("", ServingStatus::NotServing).await;
+                return;
+            },
+            changed = problems.changed() => if changed.is_err() {
+                // The upstream is gone (shutdown); keep following the snapshots.
+                problems = watch::channel(problem).1;
+            },
         }
+    }
+}
+
+/// Printable ASCII, at most 1000 bytes: what an HTTP/2 header value may carry.
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(1000)
+        .collect()
+}
+
+/// A service that adds [`STATUS_HEADER`] to every answer of the one it wraps.
+#[derive(Clone)]
+struct WithStatus<S> {
+    inner: S,
+    status: watch::Receiver<String>,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for WithStatus<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> tonic::codegen::Service<http::Request<B>> for WithStatus<S>
+where
+    S: tonic::codegen::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let status = self.status.borrow().clone();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            if !status.is_empty()
+                && let Ok(value) = http::HeaderValue::from_str(&status)
+            {
+                response.headers_mut().insert(STATUS_HEADER, value);
+            }
+            Ok(response)
+        })
     }
 }
 

@@ -4,7 +4,8 @@
 //! `r || s` ES384 signature), same payload map in NSM's key order, 16 PCRs of 48 bytes,
 //! and a chain shaped like AWS's: a P-384 root, three intermediates (as AWS's regional,
 //! zonal and instance CAs) and a fresh leaf per document, valid three hours, as AWS's are.
-//! The root is generated at run time and exported so tests and `enclaveid attest verify
+//! The root is generated at run time (or loaded from a [`FakeRoot`], so that a fake KMS
+//! in another process can pin it) and exported so tests and `enclaveid attest verify
 //! --root` can pin it. Nothing here is secret: it is for development only.
 
 use std::collections::BTreeMap;
@@ -35,6 +36,25 @@ pub struct FakeConfig {
     pub pcrs: BTreeMap<u8, Vec<u8>>,
     /// Debug mode: every PCR is zero, as NSM reports for `--debug-mode` enclaves.
     pub debug: bool,
+    /// The root to sign with; `None` generates one.
+    pub root: Option<FakeRoot>,
+}
+
+/// A fake attestation root: a self-signed P-384 CA certificate and its key, both PEM.
+/// Not a secret (it proves nothing); it is carried so that every process of a test pins
+/// the same root.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FakeRoot {
+    /// The root certificate.
+    pub cert_pem: String,
+    /// Its PKCS#8 P-384 key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for FakeRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeRoot").finish_non_exhaustive()
+    }
 }
 
 impl Default for FakeConfig {
@@ -43,6 +63,7 @@ impl Default for FakeConfig {
             module_id: "i-0fa4e0000000000000-enc0fa4e000000000000".into(),
             pcrs: BTreeMap::new(),
             debug: false,
+            root: None,
         }
     }
 }
@@ -51,6 +72,7 @@ impl Default for FakeConfig {
 pub struct FakeAttestor {
     root_der: Vec<u8>,
     root_pem: String,
+    root_key_pem: String,
     /// DER certificates, root first, then the intermediates; the last issues leaves.
     cabundle: Vec<Vec<u8>>,
     issuer: Issuer<'static, KeyPair>,
@@ -61,20 +83,34 @@ pub struct FakeAttestor {
 // === impl FakeAttestor ===
 
 impl FakeAttestor {
-    /// Generates the root and intermediates.
+    /// Generates the intermediates, and the root unless the config carries one.
     pub fn new(config: FakeConfig) -> Result<Self, Error> {
         let now = SystemTime::now();
-        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(fake)?;
-        let root_params = ca_params(
-            "fake.nitro-enclaves",
-            now,
-            Duration::from_secs(30 * 365 * 24 * 3600),
-            None,
-        );
-        let root = root_params.self_signed(&root_key).map_err(fake)?;
-        let mut issuer = Issuer::new(root_params, root_key);
-        let root_der = root.der().to_vec();
-        let root_pem = root.pem();
+        let (mut issuer, root_der, root_pem, root_key_pem) = match &config.root {
+            Some(root) => {
+                let key = KeyPair::from_pem(&root.key_pem)
+                    .map_err(|e| fake(format!("fake root key: {e}")))?;
+                let key_pem = key.serialize_pem();
+                let (_, pem) = x509_parser::pem::parse_x509_pem(root.cert_pem.as_bytes())
+                    .map_err(|e| fake(format!("fake root certificate: {e}")))?;
+                let issuer = Issuer::from_ca_cert_pem(&root.cert_pem, key)
+                    .map_err(|e| fake(format!("fake root certificate: {e}")))?;
+                (issuer, pem.contents, root.cert_pem.clone(), key_pem)
+            }
+            None => {
+                let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(fake)?;
+                let key_pem = root_key.serialize_pem();
+                let root_params = ca_params(
+                    "fake.nitro-enclaves",
+                    now,
+                    Duration::from_secs(30 * 365 * 24 * 3600),
+                    None,
+                );
+                let root = root_params.self_signed(&root_key).map_err(fake)?;
+                let (der, pem) = (root.der().to_vec(), root.pem());
+                (Issuer::new(root_params, root_key), der, pem, key_pem)
+            }
+        };
         let mut cabundle = vec![root_der.clone()];
         for (i, name) in [
             "fake-region.nitro-enclaves",
@@ -105,6 +141,7 @@ impl FakeAttestor {
         Ok(Self {
             root_der,
             root_pem,
+            root_key_pem,
             cabundle,
             issuer,
             pcrs,
@@ -120,6 +157,15 @@ impl FakeAttestor {
     /// The root as PEM.
     pub fn root_pem(&self) -> &str {
         &self.root_pem
+    }
+
+    /// The root and its key, for [`FakeConfig::root`] of another fake that must chain to
+    /// the same root.
+    pub fn root(&self) -> FakeRoot {
+        FakeRoot {
+            cert_pem: self.root_pem.clone(),
+            key_pem: self.root_key_pem.clone(),
+        }
     }
 
     /// A document made at `now`.

@@ -44,7 +44,7 @@ use std::time::{Duration, SystemTime};
 pub use document::{
     MAX_DOCUMENT_BYTES, MAX_NONCE_BYTES, MAX_PUBLIC_KEY_BYTES, MAX_USER_DATA_BYTES, Payload,
 };
-pub use fake::{FakeAttestor, FakeConfig};
+pub use fake::{FakeAttestor, FakeConfig, FakeRoot};
 #[cfg(feature = "nsm")]
 pub use nsm::{NSM_DEVICE, NsmAttestor};
 pub use verify::{

@@ -9,6 +9,9 @@
 )]
 
 pub mod fake_kms;
+pub mod kms_world;
+pub mod moto;
+pub mod pca;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

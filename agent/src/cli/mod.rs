@@ -3,6 +3,8 @@
 mod api;
 mod attest;
 mod health;
+#[cfg(feature = "aws")]
+mod host;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +48,10 @@ enum Command {
     /// Nitro attestation documents: verify one, or make a fake one for development.
     #[command(subcommand)]
     Attest(AttestCommand),
+    /// On the parent instance: serve an enclave's `kms` upstream (key material, AWS
+    /// credentials, a KMS tunnel, the CRL).
+    #[cfg(feature = "aws")]
+    Host(Box<host::HostArgs>),
 }
 
 #[derive(Subcommand)]
@@ -143,6 +149,8 @@ pub(crate) fn main() -> ExitCode {
             }
             Command::Attest(AttestCommand::Verify(args)) => attest::verify(*args),
             Command::Attest(AttestCommand::Fake(args)) => attest::fake(*args),
+            #[cfg(feature = "aws")]
+            Command::Host(args) => host::run(*args, shutdown_signal()).await,
         }
     });
     match result {

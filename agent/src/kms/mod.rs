@@ -1,10 +1,12 @@
 //! The `kms` upstream: certificate material released by AWS KMS only to the attested
-//! enclave (KMS `Decrypt` with a `Recipient`).
+//! enclave (KMS `Decrypt` with a `Recipient`), as ACM for Nitro Enclaves does.
 //!
-//! **In progress.** So far: [`cms`], reading and decrypting the `CiphertextForRecipient`
-//! KMS answers with, and [`material`], the key-material object ACM for Nitro Enclaves
-//! writes. The upstream itself (host channel, KMS call, chain checks, re-sync) is not
-//! built yet and `upstream.kind = "kms"` is refused.
+//! [`material`] is the key-material object; [`remote`] the calls to the host and, through
+//! its tunnel, to KMS; [`cms`] reads and decrypts the `CiphertextForRecipient`; [`verify`]
+//! checks the certificate before anything of it is served; [`upstream`] is the sync loop.
 
 pub mod cms;
 pub mod material;
+pub mod remote;
+pub mod upstream;
+pub mod verify;

@@ -5,8 +5,6 @@
 //! - [`server`]: the AWS JSON 1.1 protocol (`TrentService.Encrypt` / `Decrypt`), key
 //!   policies with `kms:RecipientAttestation` conditions, attestation documents verified
 //!   with the attestor crate.
-//!
-//! **In progress**: the agent's `kms` upstream that talks to it is not built yet.
 
 pub mod cms;
 pub mod server;

@@ -75,6 +75,17 @@ impl FakeKms {
         arn
     }
 
+    /// What an operator's `Encrypt` of `plaintext` under `key_id` returns: the
+    /// `CiphertextBlob`.
+    pub fn encrypt_to_blob(&self, key_id: &str, plaintext: &[u8]) -> Vec<u8> {
+        let output = self
+            .encrypt(&json!({"KeyId": key_id, "Plaintext": BASE64.encode(plaintext)}))
+            .expect("Encrypt under a key of this fake");
+        BASE64
+            .decode(output["CiphertextBlob"].as_str().expect("CiphertextBlob"))
+            .expect("base64")
+    }
+
     /// Serves on `listener` until the task is dropped.
     pub async fn serve(self, listener: tokio::net::TcpListener) {
         loop {

@@ -1,0 +1,366 @@
+//! The `kms` upstream's sync loop: fetch the material through the host, have KMS release
+//! its key to this enclave's attestation, check everything, hand a [`Signer`] to the
+//! rotator, and do it again on a period and before the material ages out.
+//!
+//! One sync, in order: a fresh RSA-2048 recipient key; an attestation document binding
+//! its public key; the key-material object, credentials, and a tunnel from the host; KMS
+//! `Decrypt` with the `Recipient`; the CMS answer decrypted with the recipient key (which
+//! is then dropped); the CRL; the chain, validity, revocation and key checks.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use spiffe::{SpiffeId, TrustDomain};
+use tokio::sync::{mpsc, watch};
+
+use crate::authority::Authority;
+use crate::config::KmsConfig;
+use crate::keys::SigningKey;
+use crate::kms::cms::{EnvelopedData, RecipientKey};
+use crate::kms::material::KeyMaterial;
+use crate::kms::remote::{self, HostClient};
+use crate::kms::verify::{self, Role};
+use crate::rotation::{LeafSvid, Signer};
+use crate::{Enclave, Error};
+
+/// After a failed sync, the first retry waits this long, doubling (±20 %) up to the
+/// resync interval and at most [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// The `kms` upstream.
+pub struct KmsUpstream {
+    config: KmsConfig,
+    host: HostClient,
+    roots: Vec<CertificateDer<'static>>,
+    enclave: Enclave,
+    trust_domain: TrustDomain,
+    entry_ids: Vec<SpiffeId>,
+    signers: mpsc::Sender<Signer>,
+    problems: watch::Sender<Option<String>>,
+}
+
+/// What one sync produced, and how long each step took.
+pub struct Synced {
+    /// The signer to hand to the rotator.
+    pub signer: Signer,
+    /// The certificate's serial.
+    pub serial: String,
+    /// The certificate's notBefore.
+    pub not_before: SystemTime,
+    /// The earliest notAfter of its chain.
+    pub not_after: SystemTime,
+    /// Step durations.
+    pub timings: Timings,
+}
+
+/// How long each step of a sync took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    /// Recipient key generation and the attestation document.
+    pub attestation: Duration,
+    /// Key material, credentials and CRL from the host.
+    pub host: Duration,
+    /// KMS Decrypt, tunnel included.
+    pub kms: Duration,
+    /// CMS parse and RSA-OAEP + AES-CBC decryption.
+    pub cms: Duration,
+    /// Chain, CRL and key checks.
+    pub verify: Duration,
+}
+
+// === impl KmsUpstream ===
+
+impl KmsUpstream {
+    /// An upstream that sends each new signer on `signers` and reports what goes wrong
+    /// (or `None` when all is well) on `problems`.
+    pub fn new(
+        config: KmsConfig,
+        roots: Vec<CertificateDer<'static>>,
+        enclave: Enclave,
+        trust_domain: TrustDomain,
+        entry_ids: Vec<SpiffeId>,
+        signers: mpsc::Sender<Signer>,
+        problems: watch::Sender<Option<String>>,
+    ) -> Self {
+        problems.send_replace(Some("no key material yet".into()));
+        Self {
+            host: HostClient::new(config.host.clone()),
+            config,
+            roots,
+            enclave,
+            trust_domain,
+            entry_ids,
+            signers,
+            problems,
+        }
+    }
+
+    /// Syncs until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut current: Option<(String, SystemTime, SystemTime)> = None;
+        let mut failures = 0u32;
+        loop {
+            let started = Instant::now();
+            let delay = match self.sync().await {
+                Ok(synced) => {
+                    failures = 0;
+                    let t = synced.timings;
+                    let fresh = current
+                        .as_ref()
+                        .is_none_or(|(serial, ..)| *serial != synced.serial);
+                    tracing::info!(
+                        serial = %synced.serial,
+                        not_after = %humantime::format_rfc3339_seconds(synced.not_after),
+                        new = fresh,
+                        total_us = started.elapsed().as_micros() as u64,
+                        attestation_us = t.attestation.as_micros() as u64,
+                        host_us = t.host.as_micros() as u64,
+                        kms_us = t.kms.as_micros() as u64,
+                        cms_us = t.cms.as_micros() as u64,
+                        verify_us = t.verify.as_micros() as u64,
+                        "key material released by KMS and checked"
+                    );
+                    current = Some((synced.serial.clone(), synced.not_before, synced.not_after));
+                    if fresh && self.signers.send(synced.signer).await.is_err() {
+                        return;
+                    }
+                    let (delay, problem) = next_sync(
+                        SystemTime::now(),
+                        synced.not_before,
+                        synced.not_after,
+                        self.config.resync_interval,
+                    );
+                    self.problems.send_replace(problem);
+                    delay
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let delay = retry_delay(failures, self.config.resync_interval);
+                    let still_valid = current
+                        .as_ref()
+                        .is_some_and(|(_, _, not_after)| *not_after > SystemTime::now());
+                    tracing::error!(%error, retry_in = ?delay, serving_current = still_valid, "key material sync failed");
+                    self.problems.send_replace(Some(if still_valid {
+                        format!("key material sync failing (serving the current material until it expires): {error}")
+                    } else {
+                        format!("no valid key material: {error}")
+                    }));
+                    delay
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// One sync.
+    pub async fn sync(&self) -> Result<Synced, Error> {
+        let mut timings = Timings::default();
+        let step = Instant::now();
+        let recipient = tokio::task::spawn_blocking(RecipientKey::generate)
+            .await
+            .map_err(|e| Error::Crypto(e.to_string()))??;
+        let (document, verified) = self
+            .enclave
+            .attest(Some(recipient.subject_public_key_info().to_vec()))?;
+        timings.attestation = step.elapsed();
+
+        let step = Instant::now();
+        let (material, credentials, crl) = tokio::try_join!(
+            self.host.key_material(),
+            self.host.credentials(),
+            self.host.crl()
+        )?;
+        let material = KeyMaterial::from_json(&material)?;
+        let certs = material.certificates()?;
+        let blob = material.ciphertext_blob()?;
+        if crl.is_none() && self.config.require_crl {
+            return Err(Error::Host(format!(
+                "the host at {} offers no CRL and upstream.require_crl is true; give `enclaveid host` --crl, or set require_crl = false for a Private CA without a CRL",
+                self.config.host
+            )));
+        }
+        timings.host = step.elapsed();
+
+        let step = Instant::now();
+        let tunnel = self
+            .host
+            .tunnel(&self.config.kms_endpoint.authority())
+            .await?;
+        let cms = remote::decrypt_for_recipient(
+            tunnel,
+            &self.config.kms_endpoint,
+            &self.config.region,
+            &credentials,
+            remote::decrypt_request_body(&blob, &document),
+        )
+        .await
+        .map_err(|error| match error {
+            // KMS does not say which condition failed: show what this enclave measures,
+            // to compare with the key policy.
+            Error::Kms(message) if message.contains("AccessDeniedException") => {
+                Error::Kms(format!("{message}; this enclave's measurements, to compare with the key policy's kms:RecipientAttestation conditions: {}", measurements(&verified.pcrs)))
+            }
+            other => other,
+        })?;
+        timings.kms = step.elapsed();
+
+        let step = Instant::now();
+        let plaintext = EnvelopedData::parse(&cms)?.decrypt(&recipient)?;
+        drop(recipient);
+        let key = SigningKey::from_pem(&plaintext, "the private key KMS released")?;
+        drop(plaintext);
+        timings.cms = step.elapsed();
+
+        let step = Instant::now();
+        let checked = verify::check(
+            &certs,
+            &key,
+            &self.roots,
+            crl.as_deref(),
+            &self.trust_domain,
+            SystemTime::now(),
+        )?;
+        let signer = match &checked.role {
+            Role::Ca => {
+                let mut path = checked.path.clone();
+                let ca = path.remove(0);
+                let chain = std::iter::once(ca.clone()).chain(path).collect();
+                Signer::Ca(Authority::from_ca(
+                    ca,
+                    key,
+                    chain,
+                    self.roots.clone(),
+                    &self.trust_domain,
+                )?)
+            }
+            Role::Leaf(id) => {
+                if let Some(other) = self.entry_ids.iter().find(|e| *e != id) {
+                    return Err(Error::KeyMaterial(format!(
+                        "the certificate (serial {}) is the X.509-SVID of {id} only, but an entry is {other}; with leaf material every entry must name the certificate's SPIFFE ID (or provision CA material)",
+                        checked.serial
+                    )));
+                }
+                let (chain_der, key_der) = verify::leaf_svid_key(&checked, &key)?;
+                Signer::Leaf(LeafSvid {
+                    spiffe_id: id.clone(),
+                    chain_der,
+                    key_der,
+                    not_after: checked.not_after,
+                    serial: checked.serial.clone(),
+                })
+            }
+        };
+        timings.verify = step.elapsed();
+        Ok(Synced {
+            signer,
+            serial: checked.serial,
+            not_before: checked.not_before,
+            not_after: checked.not_after,
+            timings,
+        })
+    }
+}
+
+/// When to sync next after a success, and what to report: the resync interval, or sooner
+/// when 2/3 of the material's validity will have passed. Past that point a refetch that
+/// brings the same material reports it as a problem (nobody has renewed it).
+pub fn next_sync(
+    now: SystemTime,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    interval: Duration,
+) -> (Duration, Option<String>) {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let renew_at = not_before + lifetime * 2 / 3;
+    match renew_at.duration_since(now) {
+        Ok(until) => (until.min(interval).max(Duration::from_secs(1)), None),
+        Err(_) => (
+            interval,
+            Some(format!(
+                "the key material is past 2/3 of its validity and no newer one is available; it expires at {}",
+                humantime::format_rfc3339_seconds(not_after)
+            )),
+        ),
+    }
+}
+
+/// `ImageSha384 (PCR0) = …, PCR1 = …, PCR2 = …, PCR3 = …, PCR4 = …, PCR8 = …`.
+fn measurements(pcrs: &std::collections::BTreeMap<u8, Vec<u8>>) -> String {
+    [0u8, 1, 2, 3, 4, 8]
+        .iter()
+        .filter_map(|i| {
+            let value = enclaveid_attestor::hex(pcrs.get(i)?);
+            Some(if *i == 0 {
+                format!("ImageSha384 (PCR0) = {value}")
+            } else {
+                format!("PCR{i} = {value}")
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn retry_delay(failures: u32, interval: Duration) -> Duration {
+    let base = FIRST_RETRY
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(MAX_RETRY)
+        .min(interval);
+    base.mul_f64(rand::random_range(0.8..=1.2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resync_comes_at_the_interval_or_at_two_thirds_of_the_validity() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = Duration::from_secs(86_400);
+        let ten_min = Duration::from_secs(600);
+        // Young material: the interval.
+        assert_eq!(
+            next_sync(start, start, start + 3 * day, ten_min),
+            (ten_min, None)
+        );
+        // Close to 2/3: exactly then.
+        let (delay, problem) = next_sync(
+            start + 2 * day - Duration::from_secs(60),
+            start,
+            start + 3 * day,
+            ten_min,
+        );
+        assert_eq!(delay, Duration::from_secs(60));
+        assert_eq!(problem, None);
+        // Past 2/3 and still the same: keep trying at the interval, say so.
+        let (delay, problem) = next_sync(
+            start + 2 * day + Duration::from_secs(1),
+            start,
+            start + 3 * day,
+            ten_min,
+        );
+        assert_eq!(delay, ten_min);
+        assert!(problem.unwrap().contains("past 2/3"));
+    }
+
+    #[test]
+    fn retries_back_off_with_jitter_up_to_the_interval() {
+        let interval = Duration::from_secs(600);
+        for failures in 1..40 {
+            let delay = retry_delay(failures, interval);
+            let base = FIRST_RETRY
+                .saturating_mul(2u32.saturating_pow((failures - 1).min(16)))
+                .min(MAX_RETRY)
+                .min(interval);
+            assert!(
+                delay >= base.mul_f64(0.79) && delay <= base.mul_f64(1.21),
+                "{failures}: {delay:?}"
+            );
+        }
+        assert!(retry_delay(30, Duration::from_secs(5)) <= Duration::from_secs(6));
+    }
+}

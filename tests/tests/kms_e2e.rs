@@ -1,0 +1,482 @@
+//! End to end, the `kms` upstream: fake KMS + moto S3 + `enclaveid host` + `enclaveid run`
+//! with `upstream.kind = "kms"` and the fake attestor. A workload gets an SVID chaining to
+//! the test Private CA root; every failure ends in a clear error or a degraded state, never
+//! a served bad identity.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on unexpected errors"
+)]
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use enclaveid_tests::kms_world::{ADMITTED_PCR0, World};
+use enclaveid_tests::pca::{Profile, TestPca};
+use enclaveid_tests::{AgentProcess, enclaveid_bin, raw_client, with_header};
+use enclaveid_workload_api::proto::{X509svidRequest, X509svidResponse};
+use rcgen::SanType;
+
+const GATEWAY: &str = "spiffe://example.org/gateway";
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn ca_profile() -> Profile<'static> {
+    Profile::Ca {
+        trust_domain_uri: "spiffe://example.org",
+    }
+}
+
+/// The first FetchX509SVID message, or the call's error.
+async fn fetch(socket: &Path) -> Result<X509svidResponse, tonic::Status> {
+    let mut stream = raw_client(socket)
+        .await
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await?
+        .into_inner();
+    stream
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unknown("the stream ended"))
+}
+
+/// Polls until an SVID is served.
+async fn wait_for_svid(agent: &AgentProcess, within: Duration) -> X509svidResponse {
+    let deadline = Instant::now() + within;
+    loop {
+        match fetch(agent.socket()).await {
+            Ok(response) if !response.svids.is_empty() => return response,
+            other => assert!(
+                Instant::now() < deadline,
+                "no SVID within {within:?} ({:?}); agent log:\n{}",
+                other.map(|_| "empty"),
+                agent.stderr_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls until the agent's log contains `text`.
+async fn wait_for_log(agent: &AgentProcess, text: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let log = agent.stderr_text();
+        if log.contains(text) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{text:?} not logged within {within:?}; agent log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `enclaveid healthcheck`: (exit success, what it printed).
+fn healthcheck(agent: &AgentProcess) -> (bool, String) {
+    let output = std::process::Command::new(enclaveid_bin())
+        .args(["healthcheck", "--socket"])
+        .arg(agent.socket())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The material is refused: the log says `why`, no SVID is served, health says why.
+async fn assert_refused(world: &World, agent: &AgentProcess, why: &str) {
+    let log = wait_for_log(agent, "key material sync failed", Duration::from_secs(30)).await;
+    assert!(
+        log.contains(why),
+        "{why:?} not in the agent log:\n{log}\nhost log:\n{}",
+        world.host_log()
+    );
+    let status = fetch(agent.socket()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let (healthy, said) = healthcheck(agent);
+    assert!(!healthy, "{said}");
+    assert!(
+        said.contains("no valid key material") && said.contains(why),
+        "{said}"
+    );
+}
+
+fn gateway_config(world: &World, pcr0: u8, extra_attestor: &str) -> String {
+    world.agent_config(pcr0, &[(GATEWAY, "1h")], extra_attestor)
+}
+
+/// Checks that the SVID chains to `root_pem` with webpki, as a TLS peer would.
+fn assert_chains_to(response: &X509svidResponse, root_pem: &str) {
+    let svid = &response.svids[0];
+    let certs: Vec<Vec<u8>> = {
+        let mut rest = &svid.x509_svid[..];
+        let mut certs = Vec::new();
+        while !rest.is_empty() {
+            let (after, _) = x509_parser::parse_x509_certificate(rest).unwrap();
+            certs.push(rest[..rest.len() - after.len()].to_vec());
+            rest = after;
+        }
+        certs
+    };
+    let root = pem::parse(root_pem).unwrap().into_contents();
+    let root = rustls_pki_types::CertificateDer::from(root);
+    let anchors = [webpki::anchor_from_trusted_cert(&root).unwrap().to_owned()];
+    let leaf = rustls_pki_types::CertificateDer::from(certs[0].clone());
+    let intermediates: Vec<_> = certs[1..]
+        .iter()
+        .map(|c| rustls_pki_types::CertificateDer::from(c.clone()))
+        .collect();
+    webpki::EndEntityCert::try_from(&leaf)
+        .unwrap()
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .expect("the SVID chains to the Private CA root");
+    assert_eq!(svid.bundle, *root, "the bundle is the Private CA root");
+}
+
+fn second_cert_serial(response: &X509svidResponse) -> Vec<u8> {
+    let (rest, _) = x509_parser::parse_x509_certificate(&response.svids[0].x509_svid).unwrap();
+    let (_, ca) = x509_parser::parse_x509_certificate(rest).unwrap();
+    ca.serial.to_bytes_be()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_e2e_a_workload_gets_an_svid_chaining_to_the_private_ca_root() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+
+    let response = wait_for_svid(&agent, Duration::from_secs(30)).await;
+    assert_eq!(response.svids[0].spiffe_id, GATEWAY);
+    assert_chains_to(&response, &world.pca.root_pem);
+    assert_eq!(
+        second_cert_serial(&response),
+        ca.serial,
+        "the SVID carries the released CA certificate"
+    );
+    let (healthy, said) = healthcheck(&agent);
+    assert!(healthy && said.contains("healthy"), "{said}");
+
+    let log = agent.stderr_text();
+    assert!(
+        log.contains("key material released by KMS and checked"),
+        "{log}"
+    );
+    assert!(!log.contains("PRIVATE KEY"), "no key in the agent's logs");
+    let host_log = world.host_log();
+    assert!(host_log.contains("tunnel open"), "{host_log}");
+    assert!(
+        !host_log.contains("PRIVATE KEY"),
+        "no key in the host's logs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_leaf_material_with_a_spiffe_uri_is_served_as_the_svid() {
+    let mut world = World::new().await;
+    let leaf = world.pca.issue_for(
+        Profile::Leaf(vec![SanType::URI(GATEWAY.try_into().unwrap())]),
+        DAY,
+    );
+    world
+        .publish(world.material(&leaf), world.pca.crl(&[]))
+        .await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+
+    let response = wait_for_svid(&agent, Duration::from_secs(30)).await;
+    assert_eq!(response.svids[0].spiffe_id, GATEWAY);
+    assert_chains_to(&response, &world.pca.root_pem);
+    let served = pem::encode(&pem::Pem::new(
+        "CERTIFICATE",
+        response.svids[0].x509_svid.clone(),
+    ));
+    assert_eq!(
+        pem::parse(served).unwrap().contents(),
+        pem::parse(&leaf.cert_pem).unwrap().contents(),
+        "the Private CA's own certificate is the SVID"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_refuses_pcrs_the_key_policy_does_not_allow_and_names_them() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, 0xb2, ""));
+    assert_refused(&world, &agent, "AccessDeniedException").await;
+    let log = agent.stderr_text();
+    assert!(
+        log.contains(&format!(
+            "this enclave's measurements, to compare with the key policy's kms:RecipientAttestation conditions: ImageSha384 (PCR0) = {}",
+            enclaveid_attestor::hex(&[0xb2; 48])
+        )),
+        "the enclave's PCR0 is shown next to the refusal: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_refuses_a_debug_mode_enclave() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    world.start_host();
+    // The agent is told to accept its own debug-mode document; KMS still refuses it.
+    let agent = AgentProcess::start(&gateway_config(
+        &world,
+        ADMITTED_PCR0,
+        "debug = true\nallow_debug = true",
+    ));
+    assert_refused(&world, &agent, "AccessDeniedException").await;
+    assert!(
+        agent
+            .stderr_text()
+            .contains(&enclaveid_attestor::hex(&[0; 48]))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_refuses_a_tampered_ciphertext() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    let mut blob = world
+        .kms
+        .encrypt_to_blob(&world.key_arn, ca.key_pem.as_bytes());
+    let last = blob.len() - 1;
+    blob[last] ^= 0x01;
+    let material = enclaveid_agent::kms::material::KeyMaterial::new(
+        ca.cert_pem.clone(),
+        world.pca.root_pem.clone(),
+        &blob,
+    );
+    world.publish(material.to_json(), world.pca.crl(&[])).await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    assert_refused(&world, &agent, "InvalidCiphertextException").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_refuses_a_certificate_from_another_ca() {
+    let mut world = World::new().await;
+    let other = TestPca::new("Some other CA");
+    let ca = other.issue_for(ca_profile(), DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    assert_refused(&world, &agent, "does not chain to the Private CA root").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_refuses_a_revoked_certificate() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    world
+        .publish(world.material(&ca), world.pca.crl(&[&ca.serial]))
+        .await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    assert_refused(&world, &agent, "is revoked since").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_refuses_an_expired_certificate() {
+    let mut world = World::new().await;
+    let now = SystemTime::now();
+    let ca = world.pca.issue(ca_profile(), now - 2 * DAY, now - DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    assert_refused(&world, &agent, "expired at").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_refuses_a_key_that_is_not_the_certificates() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    let other = world.pca.issue_for(ca_profile(), DAY);
+    world
+        .publish(
+            world.material_with_key(&ca, other.key_pem.as_bytes()),
+            world.pca.crl(&[]),
+        )
+        .await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    assert_refused(&world, &agent, "does not belong to the certificate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_refuses_a_dns_only_leaf_as_acm_issues_and_says_why() {
+    let mut world = World::new().await;
+    let leaf = world.pca.issue_for(
+        Profile::Leaf(vec![SanType::DnsName(
+            "gateway.example.com".try_into().unwrap(),
+        )]),
+        DAY,
+    );
+    world
+        .publish(world.material(&leaf), world.pca.crl(&[]))
+        .await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    assert_refused(&world, &agent, "ACM puts only DNS names").await;
+    let log = agent.stderr_text();
+    assert!(
+        log.contains("gateway.example.com") && log.contains("Private CA route"),
+        "{log}"
+    );
+}
+
+/// A hostile host: answers each connection with `answer`, whatever was asked.
+async fn hostile_host(socket: &Path, answer: Vec<u8>) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::UnixListener::bind(socket).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut request = [0u8; 9];
+                let _ = stream.read_exact(&mut request).await;
+                let _ = stream.write_all(&answer).await;
+                // Then hang, as a host that never finishes would.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_survives_a_host_answering_garbage_or_100_mib() {
+    let world = World::new().await;
+    for (answer, why) in [
+        (
+            [&[0u8][..], &(100u32 << 20).to_be_bytes()].concat(),
+            "104857600 bytes announced; the limit is",
+        ),
+        (b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), "status byte 72"),
+    ] {
+        let _ = std::fs::remove_file(world.host_socket());
+        let host = hostile_host(&world.host_socket(), answer).await;
+        let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+        assert_refused(&world, &agent, why).await;
+        // Still up and answering.
+        let (_, said) = healthcheck(&agent);
+        assert!(said.contains("not serving"), "{said}");
+        host.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_host_down_keeps_serving_until_expiry_then_nothing() {
+    let mut world = World::new().await;
+    let now = SystemTime::now();
+    // The CA expires soon: SVIDs never outlive it.
+    let ca = world.pca.issue(
+        ca_profile(),
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(25),
+    );
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let first = wait_for_svid(&agent, Duration::from_secs(20)).await;
+    world.stop_host();
+
+    wait_for_log(&agent, "key material sync failed", Duration::from_secs(20)).await;
+    let still = fetch(agent.socket())
+        .await
+        .expect("the cached SVID is still served");
+    assert_eq!(still.svids[0].spiffe_id, first.svids[0].spiffe_id);
+    let (healthy, said) = healthcheck(&agent);
+    assert!(healthy && said.contains("degraded"), "{said}");
+
+    // After the CA's notAfter nothing is served.
+    let expiry = now + Duration::from_secs(27);
+    if let Ok(wait) = expiry.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match fetch(agent.socket()).await {
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+                break;
+            }
+            Ok(response) => {
+                assert!(Instant::now() < deadline, "still served after expiry");
+                for svid in &response.svids {
+                    let (_, cert) = x509_parser::parse_x509_certificate(&svid.x509_svid).unwrap();
+                    assert!(cert.validity().is_valid(), "an expired SVID was served");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (healthy, said) = healthcheck(&agent);
+    assert!(!healthy && said.contains("not serving"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_down_then_back_recovers_without_restart() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    world.start_host();
+    world.stop_kms().await;
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    assert_refused(&world, &agent, "Connection refused").await;
+
+    world.start_kms().await;
+    let response = wait_for_svid(&agent, Duration::from_secs(30)).await;
+    assert_chains_to(&response, &world.pca.root_pem);
+    let (healthy, said) = healthcheck(&agent);
+    assert!(healthy && said.contains("healthy"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_resync_picks_up_a_new_certificate_without_restart() {
+    let mut world = World::new().await;
+    let first_ca = world.pca.issue_for(ca_profile(), DAY);
+    world
+        .publish(world.material(&first_ca), world.pca.crl(&[]))
+        .await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let first = wait_for_svid(&agent, Duration::from_secs(30)).await;
+    assert_eq!(second_cert_serial(&first), first_ca.serial);
+
+    let second_ca = world.pca.issue_for(ca_profile(), DAY);
+    world
+        .publish(world.material(&second_ca), world.pca.crl(&[]))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = fetch(agent.socket()).await.unwrap();
+        if second_cert_serial(&response) == second_ca.serial {
+            assert_chains_to(&response, &world.pca.root_pem);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new CA was not picked up:\n{}",
+            agent.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
