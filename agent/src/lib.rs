@@ -73,6 +73,14 @@ pub enum Error {
     /// KMS refused or failed the call; the message carries AWS's error code and text.
     #[error("{0}")]
     Kms(String),
+    /// The material's certificate is on its issuer's CRL.
+    #[error("key material: {message}")]
+    Revoked {
+        /// The revoked certificate's serial, hex.
+        serial: String,
+        /// What the CRL says.
+        message: String,
+    },
     /// An SVID could not be minted.
     #[error("{0}")]
     Mint(String),

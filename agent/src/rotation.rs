@@ -58,7 +58,7 @@ pub struct Rotator {
     entries: Vec<Slot>,
     bundles: BTreeMap<String, Bytes>,
     snapshots: watch::Sender<Arc<Snapshot>>,
-    updates: Option<mpsc::Receiver<Signer>>,
+    updates: Option<mpsc::Receiver<Option<Signer>>>,
 }
 
 struct Slot {
@@ -108,10 +108,22 @@ impl Rotator {
         (rotator, rx)
     }
 
-    /// Signers sent on `updates` replace the current one while [`Rotator::run`] runs.
-    pub fn with_updates(mut self, updates: mpsc::Receiver<Signer>) -> Self {
+    /// Signers sent on `updates` replace the current one while [`Rotator::run`] runs;
+    /// `None` withdraws the signer and every SVID (the material was revoked).
+    pub fn with_updates(mut self, updates: mpsc::Receiver<Option<Signer>>) -> Self {
         self.updates = Some(updates);
         self
+    }
+
+    /// Withdraws the signer and every SVID it issued.
+    pub fn withdraw(&mut self) {
+        self.signer = None;
+        for slot in &mut self.entries {
+            slot.svid = None;
+            slot.rotate_at = Instant::now() + IDLE;
+        }
+        tracing::error!("every X.509-SVID withdrawn: the upstream material was revoked");
+        self.publish();
     }
 
     /// Replaces the signer: a CA re-mints every SVID at the next pass; a leaf is
@@ -219,8 +231,9 @@ impl Rotator {
             };
             tokio::select! {
                 () = tokio::time::sleep_until(next) => {}
-                signer = update => match signer {
-                    Some(signer) => self.set_signer(signer),
+                update = update => match update {
+                    Some(Some(signer)) => self.set_signer(signer),
+                    Some(None) => self.withdraw(),
                     None => updates = None,
                 },
                 () = &mut shutdown => return,

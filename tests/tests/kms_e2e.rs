@@ -108,6 +108,30 @@ fn gateway_config(world: &World, pcr0: u8, extra_attestor: &str) -> String {
     world.agent_config(pcr0, &[(GATEWAY, "1h")], extra_attestor)
 }
 
+/// A world whose S3 holds what `make` returns (material JSON, CRL), its host running, and
+/// an agent for an enclave with PCR0 `pcr0` (`extra_attestor` added to `[attestor]`).
+async fn start(
+    pcr0: u8,
+    extra_attestor: &str,
+    make: impl FnOnce(&World) -> (Vec<u8>, Vec<u8>),
+) -> (World, AgentProcess) {
+    let mut world = World::new().await;
+    let (material, crl) = make(&world);
+    world.publish(material, crl).await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, pcr0, extra_attestor));
+    (world, agent)
+}
+
+/// [`start`] with CA material for the trust domain, valid a day, and an empty CRL.
+async fn start_with_ca(pcr0: u8, extra_attestor: &str) -> (World, AgentProcess) {
+    start(pcr0, extra_attestor, |world| {
+        let ca = world.pca.issue_for(ca_profile(), DAY);
+        (world.material(&ca), world.pca.crl(&[]))
+    })
+    .await
+}
+
 /// Checks that the SVID chains to `root_pem` with webpki, as a TLS peer would.
 fn assert_chains_to(response: &X509svidResponse, root_pem: &str) {
     let svid = &response.svids[0];
@@ -152,18 +176,20 @@ fn second_cert_serial(response: &X509svidResponse) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_e2e_a_workload_gets_an_svid_chaining_to_the_private_ca_root() {
-    let mut world = World::new().await;
-    let ca = world.pca.issue_for(ca_profile(), DAY);
-    world.publish(world.material(&ca), world.pca.crl(&[])).await;
-    world.start_host();
-    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let mut serial = Vec::new();
+    let (world, agent) = start(ADMITTED_PCR0, "", |world| {
+        let ca = world.pca.issue_for(ca_profile(), DAY);
+        serial.clone_from(&ca.serial);
+        (world.material(&ca), world.pca.crl(&[]))
+    })
+    .await;
 
     let response = wait_for_svid(&agent, Duration::from_secs(30)).await;
     assert_eq!(response.svids[0].spiffe_id, GATEWAY);
     assert_chains_to(&response, &world.pca.root_pem);
     assert_eq!(
         second_cert_serial(&response),
-        ca.serial,
+        serial,
         "the SVID carries the released CA certificate"
     );
     let (healthy, said) = healthcheck(&agent);
@@ -185,38 +211,28 @@ async fn kms_e2e_a_workload_gets_an_svid_chaining_to_the_private_ca_root() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_leaf_material_with_a_spiffe_uri_is_served_as_the_svid() {
-    let mut world = World::new().await;
-    let leaf = world.pca.issue_for(
-        Profile::Leaf(vec![SanType::URI(GATEWAY.try_into().unwrap())]),
-        DAY,
-    );
-    world
-        .publish(world.material(&leaf), world.pca.crl(&[]))
-        .await;
-    world.start_host();
-    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let mut leaf_pem = String::new();
+    let (world, agent) = start(ADMITTED_PCR0, "", |world| {
+        let uri = SanType::URI(GATEWAY.try_into().unwrap());
+        let leaf = world.pca.issue_for(Profile::Leaf(vec![uri]), DAY);
+        leaf_pem.clone_from(&leaf.cert_pem);
+        (world.material(&leaf), world.pca.crl(&[]))
+    })
+    .await;
 
     let response = wait_for_svid(&agent, Duration::from_secs(30)).await;
     assert_eq!(response.svids[0].spiffe_id, GATEWAY);
     assert_chains_to(&response, &world.pca.root_pem);
-    let served = pem::encode(&pem::Pem::new(
-        "CERTIFICATE",
-        response.svids[0].x509_svid.clone(),
-    ));
     assert_eq!(
-        pem::parse(served).unwrap().contents(),
-        pem::parse(&leaf.cert_pem).unwrap().contents(),
-        "the Private CA's own certificate is the SVID"
+        response.svids[0].x509_svid,
+        pem::parse(&leaf_pem).unwrap().contents(),
+        "the Private CA's own certificate is the SVID (no intermediates, no root)"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_refuses_pcrs_the_key_policy_does_not_allow_and_names_them() {
-    let mut world = World::new().await;
-    let ca = world.pca.issue_for(ca_profile(), DAY);
-    world.publish(world.material(&ca), world.pca.crl(&[])).await;
-    world.start_host();
-    let agent = AgentProcess::start(&gateway_config(&world, 0xb2, ""));
+    let (world, agent) = start_with_ca(0xb2, "").await;
     assert_refused(&world, &agent, "AccessDeniedException").await;
     let log = agent.stderr_text();
     assert!(
@@ -230,16 +246,8 @@ async fn kms_refuses_pcrs_the_key_policy_does_not_allow_and_names_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_refuses_a_debug_mode_enclave() {
-    let mut world = World::new().await;
-    let ca = world.pca.issue_for(ca_profile(), DAY);
-    world.publish(world.material(&ca), world.pca.crl(&[])).await;
-    world.start_host();
     // The agent is told to accept its own debug-mode document; KMS still refuses it.
-    let agent = AgentProcess::start(&gateway_config(
-        &world,
-        ADMITTED_PCR0,
-        "debug = true\nallow_debug = true",
-    ));
+    let (world, agent) = start_with_ca(ADMITTED_PCR0, "debug = true\nallow_debug = true").await;
     assert_refused(&world, &agent, "AccessDeniedException").await;
     assert!(
         agent
@@ -250,88 +258,104 @@ async fn kms_refuses_a_debug_mode_enclave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_refuses_a_tampered_ciphertext() {
-    let mut world = World::new().await;
-    let ca = world.pca.issue_for(ca_profile(), DAY);
-    let mut blob = world
-        .kms
-        .encrypt_to_blob(&world.key_arn, ca.key_pem.as_bytes());
-    let last = blob.len() - 1;
-    blob[last] ^= 0x01;
-    let material = enclaveid_agent::kms::material::KeyMaterial::new(
-        ca.cert_pem.clone(),
-        world.pca.root_pem.clone(),
-        &blob,
-    );
-    world.publish(material.to_json(), world.pca.crl(&[])).await;
-    world.start_host();
-    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let (world, agent) = start(ADMITTED_PCR0, "", |world| {
+        let ca = world.pca.issue_for(ca_profile(), DAY);
+        let mut blob = world
+            .kms
+            .encrypt_to_blob(&world.key_arn, ca.key_pem.as_bytes());
+        let last = blob.len() - 1;
+        blob[last] ^= 0x01;
+        let material = enclaveid_agent::kms::material::KeyMaterial::new(
+            ca.cert_pem.clone(),
+            world.pca.root_pem.clone(),
+            &blob,
+        );
+        (material.to_json(), world.pca.crl(&[]))
+    })
+    .await;
     assert_refused(&world, &agent, "InvalidCiphertextException").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_refuses_a_certificate_from_another_ca() {
-    let mut world = World::new().await;
-    let other = TestPca::new("Some other CA");
-    let ca = other.issue_for(ca_profile(), DAY);
-    world.publish(world.material(&ca), world.pca.crl(&[])).await;
-    world.start_host();
-    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let (world, agent) = start(ADMITTED_PCR0, "", |world| {
+        let ca = TestPca::new("Some other CA").issue_for(ca_profile(), DAY);
+        (world.material(&ca), world.pca.crl(&[]))
+    })
+    .await;
     assert_refused(&world, &agent, "does not chain to the Private CA root").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_refuses_a_revoked_certificate() {
-    let mut world = World::new().await;
-    let ca = world.pca.issue_for(ca_profile(), DAY);
-    world
-        .publish(world.material(&ca), world.pca.crl(&[&ca.serial]))
-        .await;
-    world.start_host();
-    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let (world, agent) = start(ADMITTED_PCR0, "", |world| {
+        let ca = world.pca.issue_for(ca_profile(), DAY);
+        (world.material(&ca), world.pca.crl(&[&ca.serial]))
+    })
+    .await;
     assert_refused(&world, &agent, "is revoked since").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_revocation_of_the_served_material_withdraws_every_svid_at_once() {
+    let mut ca = None;
+    let (world, agent) = start(ADMITTED_PCR0, "", |world| {
+        let issued = world.pca.issue_for(ca_profile(), DAY);
+        let material = world.material(&issued);
+        ca = Some(issued);
+        (material, world.pca.crl(&[]))
+    })
+    .await;
+    wait_for_svid(&agent, Duration::from_secs(30)).await;
+
+    let ca = ca.unwrap();
+    world
+        .publish(world.material(&ca), world.pca.crl(&[&ca.serial]))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match fetch(agent.socket()).await {
+            Err(status) => break status,
+            Ok(_) => assert!(Instant::now() < deadline, "still served after revocation"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let (healthy, said) = healthcheck(&agent);
+    assert!(!healthy && said.contains("is revoked since"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_refuses_an_expired_certificate() {
-    let mut world = World::new().await;
-    let now = SystemTime::now();
-    let ca = world.pca.issue(ca_profile(), now - 2 * DAY, now - DAY);
-    world.publish(world.material(&ca), world.pca.crl(&[])).await;
-    world.start_host();
-    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let (world, agent) = start(ADMITTED_PCR0, "", |world| {
+        let now = SystemTime::now();
+        let ca = world.pca.issue(ca_profile(), now - 2 * DAY, now - DAY);
+        (world.material(&ca), world.pca.crl(&[]))
+    })
+    .await;
     assert_refused(&world, &agent, "expired at").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_refuses_a_key_that_is_not_the_certificates() {
-    let mut world = World::new().await;
-    let ca = world.pca.issue_for(ca_profile(), DAY);
-    let other = world.pca.issue_for(ca_profile(), DAY);
-    world
-        .publish(
-            world.material_with_key(&ca, other.key_pem.as_bytes()),
-            world.pca.crl(&[]),
-        )
-        .await;
-    world.start_host();
-    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let (world, agent) = start(ADMITTED_PCR0, "", |world| {
+        let ca = world.pca.issue_for(ca_profile(), DAY);
+        let other = world.pca.issue_for(ca_profile(), DAY);
+        let material = world.material_with_key(&ca, other.key_pem.as_bytes());
+        (material, world.pca.crl(&[]))
+    })
+    .await;
     assert_refused(&world, &agent, "does not belong to the certificate").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_refuses_a_dns_only_leaf_as_acm_issues_and_says_why() {
-    let mut world = World::new().await;
-    let leaf = world.pca.issue_for(
-        Profile::Leaf(vec![SanType::DnsName(
-            "gateway.example.com".try_into().unwrap(),
-        )]),
-        DAY,
-    );
-    world
-        .publish(world.material(&leaf), world.pca.crl(&[]))
-        .await;
-    world.start_host();
-    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let (world, agent) = start(ADMITTED_PCR0, "", |world| {
+        let dns = SanType::DnsName("gateway.example.com".try_into().unwrap());
+        let leaf = world.pca.issue_for(Profile::Leaf(vec![dns]), DAY);
+        (world.material(&leaf), world.pca.crl(&[]))
+    })
+    .await;
     assert_refused(&world, &agent, "ACM puts only DNS names").await;
     let log = agent.stderr_text();
     assert!(
@@ -384,17 +408,16 @@ async fn kms_survives_a_host_answering_garbage_or_100_mib() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_host_down_keeps_serving_until_expiry_then_nothing() {
-    let mut world = World::new().await;
     let now = SystemTime::now();
-    // The CA expires soon: SVIDs never outlive it.
-    let ca = world.pca.issue(
-        ca_profile(),
-        now - Duration::from_secs(60),
-        now + Duration::from_secs(25),
-    );
-    world.publish(world.material(&ca), world.pca.crl(&[])).await;
-    world.start_host();
-    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let (mut world, agent) = start(ADMITTED_PCR0, "", |world| {
+        // The CA expires soon: SVIDs never outlive it.
+        let soon = now + Duration::from_secs(25);
+        let ca = world
+            .pca
+            .issue(ca_profile(), now - Duration::from_secs(60), soon);
+        (world.material(&ca), world.pca.crl(&[]))
+    })
+    .await;
     let first = wait_for_svid(&agent, Duration::from_secs(20)).await;
     world.stop_host();
 
@@ -451,15 +474,15 @@ async fn kms_down_then_back_recovers_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_resync_picks_up_a_new_certificate_without_restart() {
-    let mut world = World::new().await;
-    let first_ca = world.pca.issue_for(ca_profile(), DAY);
-    world
-        .publish(world.material(&first_ca), world.pca.crl(&[]))
-        .await;
-    world.start_host();
-    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let mut first_serial = Vec::new();
+    let (world, agent) = start(ADMITTED_PCR0, "", |world| {
+        let ca = world.pca.issue_for(ca_profile(), DAY);
+        first_serial.clone_from(&ca.serial);
+        (world.material(&ca), world.pca.crl(&[]))
+    })
+    .await;
     let first = wait_for_svid(&agent, Duration::from_secs(30)).await;
-    assert_eq!(second_cert_serial(&first), first_ca.serial);
+    assert_eq!(second_cert_serial(&first), first_serial);
 
     let second_ca = world.pca.issue_for(ca_profile(), DAY);
     world

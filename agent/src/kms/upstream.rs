@@ -36,7 +36,7 @@ pub struct KmsUpstream {
     enclave: Enclave,
     trust_domain: TrustDomain,
     entry_ids: Vec<SpiffeId>,
-    signers: mpsc::Sender<Signer>,
+    signers: mpsc::Sender<Option<Signer>>,
     problems: watch::Sender<Option<String>>,
 }
 
@@ -80,7 +80,7 @@ impl KmsUpstream {
         enclave: Enclave,
         trust_domain: TrustDomain,
         entry_ids: Vec<SpiffeId>,
-        signers: mpsc::Sender<Signer>,
+        signers: mpsc::Sender<Option<Signer>>,
         problems: watch::Sender<Option<String>>,
     ) -> Self {
         problems.send_replace(Some("no key material yet".into()));
@@ -123,7 +123,7 @@ impl KmsUpstream {
                         "key material released by KMS and checked"
                     );
                     current = Some((synced.serial.clone(), synced.not_before, synced.not_after));
-                    if fresh && self.signers.send(synced.signer).await.is_err() {
+                    if fresh && self.signers.send(Some(synced.signer)).await.is_err() {
                         return;
                     }
                     let (delay, problem) = next_sync(
@@ -134,6 +134,22 @@ impl KmsUpstream {
                     );
                     self.problems.send_replace(problem);
                     delay
+                }
+                Err(Error::Revoked { serial, message })
+                    if current
+                        .as_ref()
+                        .is_some_and(|(current, ..)| *current == serial) =>
+                {
+                    // What is being served was revoked: stop at once, not at expiry.
+                    current = None;
+                    failures = failures.saturating_add(1);
+                    tracing::error!(%message, "the current key material is revoked");
+                    self.problems
+                        .send_replace(Some(format!("no valid key material: {message}")));
+                    if self.signers.send(None).await.is_err() {
+                        return;
+                    }
+                    retry_delay(failures, self.config.resync_interval)
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);

@@ -248,21 +248,10 @@ fn ca_role(cert: &X509Certificate<'_>, trust_domain: &TrustDomain) -> Result<Rol
 fn leaf_role(cert: &X509Certificate<'_>, trust_domain: &TrustDomain) -> Result<Role, String> {
     let uris = uri_sans(cert);
     if uris.is_empty() {
-        let dns: Vec<String> = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        GeneralName::DNSName(d) => Some((*d).to_owned()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let dns = sans(cert, |n| match n {
+            GeneralName::DNSName(d) => Some(*d),
+            _ => None,
+        });
         return Err(format!(
             "it names only DNS names ({}) and no spiffe:// URI. ACM puts only DNS names in the certificates it issues, so such a certificate is not an X.509-SVID. Issue the enclave's certificate (or a CA for it) from AWS Private CA with a SPIFFE URI SAN instead: see docs/aws.md, \"The Private CA route\"",
             if dns.is_empty() {
@@ -327,17 +316,31 @@ fn check_crl(
         .iter_revoked_certificates()
         .find(|r| r.raw_serial() == cert.raw_serial())
     {
-        return Err(Error::KeyMaterial(format!(
-            "the certificate {} (serial {}) is revoked since {}",
-            cert.subject(),
-            enclaveid_attestor::hex(&cert.serial.to_bytes_be()),
-            revoked.revocation_date
-        )));
+        let serial = enclaveid_attestor::hex(&cert.serial.to_bytes_be());
+        return Err(Error::Revoked {
+            message: format!(
+                "the certificate {} (serial {serial}) is revoked since {}",
+                cert.subject(),
+                revoked.revocation_date
+            ),
+            serial,
+        });
     }
     Ok(())
 }
 
 fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
+    sans(cert, |n| match n {
+        GeneralName::URI(u) => Some(*u),
+        _ => None,
+    })
+}
+
+/// The subject alternative names `pick` selects.
+fn sans<'a>(
+    cert: &X509Certificate<'a>,
+    pick: impl Fn(&GeneralName<'a>) -> Option<&'a str>,
+) -> Vec<String> {
     cert.subject_alternative_name()
         .ok()
         .flatten()
@@ -345,10 +348,7 @@ fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
             san.value
                 .general_names
                 .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some((*u).to_owned()),
-                    _ => None,
-                })
+                .filter_map(|n| pick(n).map(str::to_owned))
                 .collect()
         })
         .unwrap_or_default()
