@@ -21,6 +21,8 @@ pub mod config;
 pub mod host;
 pub mod keys;
 pub mod kms;
+#[cfg(feature = "aws")]
+pub mod provision;
 pub mod rotation;
 pub mod selector;
 pub mod server;
@@ -73,6 +75,9 @@ pub enum Error {
     /// KMS refused or failed the call; the message carries AWS's error code and text.
     #[error("{0}")]
     Kms(String),
+    /// `enclaveid provision` could not issue, encrypt or write the material.
+    #[error("{0}")]
+    Provision(String),
     /// The material's certificate is on its issuer's CRL.
     #[error("key material: {message}")]
     Revoked {

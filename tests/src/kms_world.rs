@@ -124,6 +124,11 @@ impl World {
     /// Starts `enclaveid host` on a Unix socket, serving the material and CRL from S3 and
     /// tunnelling to the fake KMS.
     pub fn start_host(&mut self) {
+        self.start_host_with(true);
+    }
+
+    /// Like [`World::start_host`], offering a CRL or not.
+    pub fn start_host_with(&mut self, crl: bool) {
         self.host = None;
         let socket = self.host_socket();
         let _ = std::fs::remove_file(&socket);
@@ -133,8 +138,7 @@ impl World {
             .arg(format!("unix://{}", socket.display()))
             .arg("--material")
             .arg(format!("s3://{BUCKET}/material.json"))
-            .arg("--crl")
-            .arg(format!("s3://{BUCKET}/crl/pca.crl"))
+            .args(crl.then(|| format!("--crl=s3://{BUCKET}/crl/pca.crl")))
             .arg("--kms-endpoint")
             .arg(format!("127.0.0.1:{}", self.kms_port))
             .args(["--region", "us-east-1", "--s3-endpoint"])
@@ -160,6 +164,21 @@ impl World {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.host = Some(host);
+    }
+
+    /// Replaces the Private CA root the agent trusts.
+    pub fn set_trust_bundle(&self, root_pem: &str) {
+        std::fs::write(self.dir.path().join("pca-root.pem"), root_pem).expect("write");
+    }
+
+    /// The fake KMS's endpoint URL.
+    pub fn kms_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.kms_port)
+    }
+
+    /// The test's temporary directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Kills `enclaveid host`.

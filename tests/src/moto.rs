@@ -103,6 +103,22 @@ impl Moto {
     }
 
     async fn put(&self, path: &str, body: Vec<u8>) {
+        let (status, answer) = self.send(hyper::Request::put(path), "s3", body).await;
+        assert!(
+            status.is_success(),
+            "PUT {path}: {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
+    /// Sends one request with a well-formed (unchecked) SigV4 `Authorization` header for
+    /// `service`: (status, body).
+    async fn send(
+        &self,
+        request: hyper::http::request::Builder,
+        service: &str,
+        body: Vec<u8>,
+    ) -> (hyper::StatusCode, Bytes) {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
             .expect("connect to moto");
@@ -111,15 +127,15 @@ impl Moto {
                 .await
                 .expect("HTTP handshake with moto");
         tokio::spawn(connection);
-        let request = hyper::Request::put(path)
+        let request = request
             .header("host", format!("127.0.0.1:{}", self.port))
             .header(
                 "authorization",
-                "AWS4-HMAC-SHA256 Credential=AKIAENCLAVEIDTEST/20261127/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00",
+                format!("AWS4-HMAC-SHA256 Credential=AKIAENCLAVEIDTEST/20261127/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=00"),
             )
             .body(Full::new(Bytes::from(body)))
             .expect("request");
-        let response = sender.send_request(request).await.expect("PUT to moto");
+        let response = sender.send_request(request).await.expect("request to moto");
         let status = response.status();
         let body = response
             .into_body()
@@ -127,11 +143,7 @@ impl Moto {
             .await
             .expect("body")
             .to_bytes();
-        assert!(
-            status.is_success(),
-            "PUT {path}: {status} {}",
-            String::from_utf8_lossy(&body)
-        );
+        (status, body)
     }
 }
 
@@ -139,5 +151,99 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A root Private CA in moto, ACTIVE.
+pub struct MotoPca {
+    /// Its ARN.
+    pub arn: String,
+    /// Its self-signed certificate, PEM.
+    pub root_pem: String,
+}
+
+impl Moto {
+    /// One ACM-PCA call (AWS JSON 1.1, `ACMPrivateCA.<operation>`); the answer's JSON.
+    pub async fn acm_pca(&self, operation: &str, body: serde_json::Value) -> serde_json::Value {
+        let request = hyper::Request::post("/")
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amz-target", format!("ACMPrivateCA.{operation}"));
+        let (status, answer) = self
+            .send(request, "acm-pca", body.to_string().into_bytes())
+            .await;
+        assert!(
+            status.is_success(),
+            "ACMPrivateCA.{operation}: {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+        if answer.is_empty() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&answer).expect("JSON answer")
+    }
+
+    /// Creates a root CA (RSA-2048), issues its certificate with the RootCACertificate/V1
+    /// template and imports it, as an operator does on AWS.
+    pub async fn create_root_pca(&self) -> MotoPca {
+        use base64::Engine as _;
+        let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+        let created = self
+            .acm_pca(
+                "CreateCertificateAuthority",
+                serde_json::json!({
+                    "CertificateAuthorityConfiguration": {
+                        "KeyAlgorithm": "RSA_2048",
+                        "SigningAlgorithm": "SHA256WITHRSA",
+                        "Subject": {"CommonName": "EnclaveID moto root", "Organization": "EnclaveID tests"}
+                    },
+                    "CertificateAuthorityType": "ROOT",
+                    "IdempotencyToken": "enclaveid"
+                }),
+            )
+            .await;
+        let arn = created["CertificateAuthorityArn"]
+            .as_str()
+            .expect("ARN")
+            .to_owned();
+        let csr = self
+            .acm_pca(
+                "GetCertificateAuthorityCsr",
+                serde_json::json!({"CertificateAuthorityArn": arn}),
+            )
+            .await;
+        let issued = self
+            .acm_pca(
+                "IssueCertificate",
+                serde_json::json!({
+                    "CertificateAuthorityArn": arn,
+                    "Csr": b64(csr["Csr"].as_str().expect("CSR")),
+                    "SigningAlgorithm": "SHA256WITHRSA",
+                    "TemplateArn": "arn:aws:acm-pca:::template/RootCACertificate/V1",
+                    "Validity": {"Value": 3650, "Type": "DAYS"}
+                }),
+            )
+            .await;
+        let certificate = self
+            .acm_pca(
+                "GetCertificate",
+                serde_json::json!({"CertificateAuthorityArn": arn, "CertificateArn": issued["CertificateArn"]}),
+            )
+            .await;
+        let root_pem = certificate["Certificate"]
+            .as_str()
+            .expect("certificate")
+            .to_owned();
+        self.acm_pca(
+            "ImportCertificateAuthorityCertificate",
+            serde_json::json!({"CertificateAuthorityArn": arn, "Certificate": b64(&root_pem)}),
+        )
+        .await;
+        MotoPca { arn, root_pem }
+    }
+
+    /// Whether `bucket/key` exists.
+    pub async fn object_exists(&self, bucket: &str, key: &str) -> bool {
+        let request = hyper::Request::get(format!("/{bucket}/{key}"));
+        self.send(request, "s3", Vec::new()).await.0.is_success()
     }
 }

@@ -5,6 +5,8 @@ mod attest;
 mod health;
 #[cfg(feature = "aws")]
 mod host;
+#[cfg(feature = "aws")]
+mod provision;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +54,11 @@ enum Command {
     /// credentials, a KMS tunnel, the CRL).
     #[cfg(feature = "aws")]
     Host(Box<host::HostArgs>),
+    /// The operator's side: issue material with AWS Private CA, encrypt its key with KMS,
+    /// write it to S3; print the KMS key policy; rotate; revoke.
+    #[cfg(feature = "aws")]
+    #[command(subcommand)]
+    Provision(provision::ProvisionCommand),
 }
 
 #[derive(Subcommand)]
@@ -151,6 +158,8 @@ pub(crate) fn main() -> ExitCode {
             Command::Attest(AttestCommand::Fake(args)) => attest::fake(*args),
             #[cfg(feature = "aws")]
             Command::Host(args) => host::run(*args, shutdown_signal()).await,
+            #[cfg(feature = "aws")]
+            Command::Provision(command) => provision::run(command).await,
         }
     });
     match result {

@@ -267,6 +267,11 @@ fn leaf_role(cert: &X509Certificate<'_>, trust_domain: &TrustDomain) -> Result<R
         ));
     };
     let id = SpiffeId::new(uri).map_err(|e| format!("URI SAN {uri:?}: {e}"))?;
+    if id.path().is_empty() {
+        return Err(format!(
+            "it is neither a CA (no basicConstraints cA) nor an X.509-SVID: {id} has no path, and a workload's SPIFFE ID needs one"
+        ));
+    }
     if !id.is_member_of(trust_domain) {
         return Err(format!("{id} is outside the trust domain {trust_domain}"));
     }

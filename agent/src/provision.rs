@@ -1,0 +1,734 @@
+//! `enclaveid provision`: the operator's side of the `kms` upstream. Private CA issues
+//! the certificate, KMS encrypts its key, and the key-material object the agent reads is
+//! written to S3 (or a file).
+//!
+//! Order matters for "nothing half-written": every check and every remote call that can
+//! fail runs before the object is written, and the object is written in one request (S3
+//! `PutObject`, or a 0600 temporary file renamed into place). The plaintext key exists
+//! only in memory (aws-lc-rs key, `Zeroizing` PEM); what leaves the process is the KMS
+//! ciphertext.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_acmpca::types::{
+    CertificateAuthorityStatus, KeyAlgorithm, RevocationReason, SigningAlgorithm, Validity,
+    ValidityPeriodType,
+};
+use rustls_pki_types::CertificateDer;
+use spiffe::{SpiffeId, TrustDomain};
+use zeroize::Zeroizing;
+
+use crate::Error;
+use crate::host::ObjectLocation;
+use crate::keys::SigningKey;
+use crate::kms::material::KeyMaterial;
+use crate::kms::verify;
+
+/// The AWS clients provisioning uses.
+pub struct Aws {
+    pca: aws_sdk_acmpca::Client,
+    kms: aws_sdk_kms::Client,
+    s3: aws_sdk_s3::Client,
+}
+
+/// What to issue.
+#[derive(Clone, Debug)]
+pub enum Subject {
+    /// A subordinate CA (pathLen 0) for a trust domain: the agent mints SVIDs under it.
+    Ca(TrustDomain),
+    /// An end-entity X.509-SVID for one SPIFFE ID.
+    Leaf(SpiffeId),
+}
+
+/// One issuance.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The Private CA (`arn:PARTITION:acm-pca:REGION:ACCOUNT:certificate-authority/ID`).
+    pub pca_arn: String,
+    /// CA or leaf.
+    pub subject: Subject,
+    /// The KMS key that encrypts the private key (its policy decides which enclave
+    /// image may have it released).
+    pub kms_key_id: String,
+    /// Where the key-material object goes.
+    pub out: ObjectLocation,
+    /// How long the certificate is valid.
+    pub validity: Duration,
+}
+
+/// What was issued and written.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// The certificate's ARN in Private CA.
+    pub certificate_arn: String,
+    /// Its serial, hex with colons (as `provision revoke` takes it).
+    pub serial: String,
+    /// Its notAfter.
+    pub not_after: SystemTime,
+}
+
+// === impl Aws ===
+
+impl Aws {
+    /// Clients from the AWS environment; `s3_endpoint` selects an S3-compatible server
+    /// (path-style). Private CA and KMS endpoints follow the SDK's own settings
+    /// (`AWS_ENDPOINT_URL_ACM_PCA`, `AWS_ENDPOINT_URL_KMS`).
+    pub async fn load(region: Option<String>, s3_endpoint: Option<String>) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = region {
+            loader = loader.region(aws_config::Region::new(region));
+        }
+        let sdk = loader.load().await;
+        let mut s3 = aws_sdk_s3::config::Builder::from(&sdk);
+        if let Some(endpoint) = s3_endpoint {
+            s3 = s3.endpoint_url(endpoint).force_path_style(true);
+        }
+        Self {
+            pca: aws_sdk_acmpca::Client::new(&sdk),
+            kms: aws_sdk_kms::Client::new(&sdk),
+            s3: aws_sdk_s3::Client::from_conf(s3.build()),
+        }
+    }
+
+    /// Issues a certificate for `request`, checks it as the agent will, encrypts its key
+    /// with KMS and writes the key-material object.
+    pub async fn issue(&self, request: &Request) -> Result<Issued, Error> {
+        let partition = pca_partition(&request.pca_arn)?;
+        let days = request.validity.as_secs().div_ceil(86_400).max(1);
+        let ca = self
+            .pca
+            .describe_certificate_authority()
+            .certificate_authority_arn(&request.pca_arn)
+            .send()
+            .await
+            .map_err(|e| {
+                aws(
+                    "Private CA DescribeCertificateAuthority",
+                    &request.pca_arn,
+                    e,
+                )
+            })?;
+        let ca = ca
+            .certificate_authority()
+            .ok_or_else(|| Error::Provision(format!("{}: no such Private CA", request.pca_arn)))?;
+        if ca.status() != Some(&CertificateAuthorityStatus::Active) {
+            return Err(Error::Provision(format!(
+                "{}: the Private CA is {:?}, not ACTIVE",
+                request.pca_arn,
+                ca.status()
+            )));
+        }
+        let signing_algorithm = match ca
+            .certificate_authority_configuration()
+            .map(|c| c.key_algorithm())
+        {
+            Some(KeyAlgorithm::EcPrime256v1) => SigningAlgorithm::Sha256Withecdsa,
+            Some(KeyAlgorithm::EcSecp384r1) => SigningAlgorithm::Sha384Withecdsa,
+            _ => SigningAlgorithm::Sha256Withrsa,
+        };
+
+        let key = SigningKey::generate_p256()?;
+        let (uri, template, common_name) = match &request.subject {
+            Subject::Ca(td) => (
+                td.id_string(),
+                "SubordinateCACertificate_PathLen0/V1",
+                format!("EnclaveID CA for {td}"),
+            ),
+            Subject::Leaf(id) => (id.to_string(), "EndEntityCertificate/V1", id.to_string()),
+        };
+        let csr = csr(&key, &uri, &common_name)?;
+        let template_arn = format!("arn:{partition}:acm-pca:::template/{template}");
+        let issued = self
+            .pca
+            .issue_certificate()
+            .certificate_authority_arn(&request.pca_arn)
+            .csr(aws_sdk_acmpca::primitives::Blob::new(csr.into_bytes()))
+            .signing_algorithm(signing_algorithm)
+            .template_arn(&template_arn)
+            .validity(
+                Validity::builder()
+                    .value(days as i64)
+                    .r#type(ValidityPeriodType::Days)
+                    .build()
+                    .map_err(|e| Error::Provision(e.to_string()))?,
+            )
+            .idempotency_token(enclaveid_attestor::hex(&rand::random::<[u8; 16]>()))
+            .send()
+            .await
+            .map_err(|e| aws("Private CA IssueCertificate", &request.pca_arn, e))?;
+        let certificate_arn = issued
+            .certificate_arn()
+            .ok_or_else(|| Error::Provision("IssueCertificate returned no ARN".into()))?
+            .to_owned();
+        let (cert_pem, chain_pem) = self
+            .wait_for_certificate(&request.pca_arn, &certificate_arn)
+            .await?;
+
+        // What is written must be what the agent accepts.
+        let mut certs =
+            crate::authority::parse_pem_certs(cert_pem.as_bytes(), "the issued certificate")?;
+        let chain = crate::authority::parse_pem_certs(chain_pem.as_bytes(), "the issued chain")?;
+        let roots: Vec<CertificateDer<'static>> = chain
+            .iter()
+            .filter(|c| is_self_signed(c))
+            .cloned()
+            .collect();
+        certs.extend(chain.iter().cloned());
+        let trust_domain = match &request.subject {
+            Subject::Ca(td) => td.clone(),
+            Subject::Leaf(id) => id.trust_domain().clone(),
+        };
+        let checked = verify::check(&certs, &key, &roots, None, &trust_domain, SystemTime::now())
+            .map_err(|e| {
+                Error::Provision(format!(
+                    "Private CA issued {certificate_arn} with template {template_arn}, but the agent would refuse it ({e}); nothing was written"
+                ))
+            })?;
+        let expected_role = match &request.subject {
+            Subject::Ca(_) => verify::Role::Ca,
+            Subject::Leaf(id) => verify::Role::Leaf(id.clone()),
+        };
+        if checked.role != expected_role {
+            return Err(Error::Provision(format!(
+                "Private CA issued {certificate_arn} as {:?}, not {expected_role:?}; nothing was written",
+                checked.role
+            )));
+        }
+
+        let key_pem = Zeroizing::new(pem::encode(&pem::Pem::new(
+            "PRIVATE KEY",
+            key.to_pkcs8_der()?.to_vec(),
+        )));
+        let encrypted = self
+            .kms
+            .encrypt()
+            .key_id(&request.kms_key_id)
+            .plaintext(aws_sdk_kms::primitives::Blob::new(
+                key_pem.as_bytes().to_vec(),
+            ))
+            .send()
+            .await
+            .map_err(|e| aws("KMS Encrypt", &request.kms_key_id, e))?;
+        drop(key_pem);
+        let blob = encrypted
+            .ciphertext_blob()
+            .ok_or_else(|| Error::Provision("KMS Encrypt returned no CiphertextBlob".into()))?;
+        let material = KeyMaterial::new(cert_pem, chain_pem, blob.as_ref()).to_json();
+        self.write(&request.out, material).await?;
+        Ok(Issued {
+            certificate_arn,
+            serial: colon_hex(&checked.serial),
+            not_after: checked.not_after,
+        })
+    }
+
+    async fn wait_for_certificate(
+        &self,
+        pca_arn: &str,
+        certificate_arn: &str,
+    ) -> Result<(String, String), Error> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match self
+                .pca
+                .get_certificate()
+                .certificate_authority_arn(pca_arn)
+                .certificate_arn(certificate_arn)
+                .send()
+                .await
+            {
+                Ok(got) => {
+                    let cert = got.certificate().unwrap_or_default().to_owned();
+                    let chain = got.certificate_chain().unwrap_or_default().to_owned();
+                    return Ok((cert, chain));
+                }
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_request_in_progress_exception())
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(aws("Private CA GetCertificate", certificate_arn, e)),
+            }
+        }
+    }
+
+    /// Writes the key-material object.
+    async fn write(&self, out: &ObjectLocation, material: Vec<u8>) -> Result<(), Error> {
+        match out {
+            ObjectLocation::S3 { bucket, key } => {
+                self.s3
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .content_type("application/json")
+                    .body(material.into())
+                    .send()
+                    .await
+                    .map_err(|e| aws("S3 PutObject", &out.to_string(), e))?;
+                Ok(())
+            }
+            ObjectLocation::File(path) => write_file_atomically(path, &material),
+        }
+    }
+
+    /// Revokes a certificate; Private CA lists it in its next CRL.
+    pub async fn revoke(
+        &self,
+        pca_arn: &str,
+        serial: &str,
+        reason: RevocationReason,
+    ) -> Result<(), Error> {
+        pca_partition(pca_arn)?;
+        let serial = parse_serial(serial)?;
+        self.pca
+            .revoke_certificate()
+            .certificate_authority_arn(pca_arn)
+            .certificate_serial(&serial)
+            .revocation_reason(reason)
+            .send()
+            .await
+            .map_err(|e| aws("Private CA RevokeCertificate", pca_arn, e))?;
+        Ok(())
+    }
+
+    /// Reads a key-material object (for `rotate`).
+    pub async fn read(&self, location: &ObjectLocation) -> Result<KeyMaterial, Error> {
+        let bytes = match location {
+            ObjectLocation::S3 { bucket, key } => self
+                .s3
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| aws("S3 GetObject", &location.to_string(), e))?
+                .body
+                .collect()
+                .await
+                .map_err(|e| Error::Provision(format!("{location}: {e}")))?
+                .into_bytes()
+                .to_vec(),
+            ObjectLocation::File(path) => std::fs::read(path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?,
+        };
+        KeyMaterial::from_json(&bytes)
+    }
+}
+
+/// Whether material valid from `not_before` to `not_after` is due for re-issue at `now`:
+/// past 2/3 of its validity, as the agent re-syncs.
+pub fn due(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> bool {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    now >= not_before + lifetime * 2 / 3
+}
+
+/// What the material's certificate is issued for, and its validity: for `rotate`.
+pub fn describe(material: &KeyMaterial) -> Result<(Subject, SystemTime, SystemTime), Error> {
+    let certs = material.certificates()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&certs[0])
+        .map_err(|e| Error::Provision(format!("the existing certificate: {e}")))?;
+    let uri = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                _ => None,
+            })
+        })
+        .ok_or_else(|| {
+            Error::Provision("the existing certificate has no spiffe:// URI SAN".into())
+        })?;
+    let subject = if cert.is_ca() {
+        Subject::Ca(
+            TrustDomain::new(uri.trim_start_matches("spiffe://"))
+                .map_err(|e| Error::Provision(format!("{uri}: {e}")))?,
+        )
+    } else {
+        Subject::Leaf(SpiffeId::new(&uri).map_err(|e| Error::Provision(format!("{uri}: {e}")))?)
+    };
+    let validity = cert.validity();
+    Ok((
+        subject,
+        SystemTime::from(validity.not_before.to_datetime()),
+        SystemTime::from(validity.not_after.to_datetime()),
+    ))
+}
+
+/// The enclave image's measurements a key policy pins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Measurements {
+    /// Accepted PCR values by index (hex, 96 digits); PCR0 is `ImageSha384`.
+    pub pcrs: std::collections::BTreeMap<u8, Vec<String>>,
+}
+
+impl Measurements {
+    /// Reads what `nitro-cli build-enclave` or `describe-eif` prints:
+    /// `{"Measurements": {"HashAlgorithm": …, "PCR0": "…", "PCR1": "…", "PCR2": "…", …}}`.
+    pub fn from_nitro_cli_json(json: &[u8], origin: &str) -> Result<Self, Error> {
+        let value: serde_json::Value = serde_json::from_slice(json)
+            .map_err(|e| Error::Config(format!("{origin}: not JSON: {e}")))?;
+        let table = value
+            .get("Measurements")
+            .and_then(serde_json::Value::as_object)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{origin}: no \"Measurements\" object, as `nitro-cli describe-eif` prints"
+                ))
+            })?;
+        let mut measurements = Self::default();
+        for (name, value) in table {
+            let Some(index) = name.strip_prefix("PCR").and_then(|i| i.parse::<u8>().ok()) else {
+                continue;
+            };
+            let hex = value.as_str().unwrap_or_default();
+            measurements.add(index, hex, &format!("{origin}: {name}"))?;
+        }
+        if !measurements.pcrs.contains_key(&0) {
+            return Err(Error::Config(format!(
+                "{origin}: no PCR0 in \"Measurements\""
+            )));
+        }
+        Ok(measurements)
+    }
+
+    /// Adds an accepted value of PCR `index`.
+    pub fn add(&mut self, index: u8, hex: &str, what: &str) -> Result<(), Error> {
+        let ok = index <= 8
+            && hex.len() == 96
+            && enclaveid_attestor::parse_hex(hex).is_some_and(|b| b.len() == 48);
+        if !ok {
+            return Err(Error::Config(format!(
+                "{what} = {hex:?}: accepted: PCR0 to PCR8, each 96 hex digits (SHA-384)"
+            )));
+        }
+        self.pcrs
+            .entry(index)
+            .or_default()
+            .push(hex.to_ascii_lowercase());
+        Ok(())
+    }
+}
+
+/// The KMS key policy: the account administers the key, `operator_role_arn` may
+/// `Encrypt`, `parent_role_arn` may `Decrypt` only with an attestation document whose
+/// measurements match, and an explicit `Deny` refuses `Decrypt` to anyone without them.
+pub fn key_policy(
+    parent_role_arn: &str,
+    operator_role_arn: Option<&str>,
+    measurements: &Measurements,
+) -> Result<serde_json::Value, Error> {
+    let account = parent_role_arn
+        .split(':')
+        .nth(4)
+        .filter(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()) && parent_role_arn.starts_with("arn:") && parent_role_arn.contains(":role/"))
+        .ok_or_else(|| Error::Config(format!(
+            "--role-arn {parent_role_arn:?} is not an IAM role ARN; accepted: arn:PARTITION:iam::ACCOUNT:role/NAME"
+        )))?;
+    let partition = parent_role_arn.split(':').nth(1).unwrap_or("aws");
+    if measurements.pcrs.is_empty() {
+        return Err(Error::Config(
+            "no measurements: give --pcr0 (or --eif-measurements)".into(),
+        ));
+    }
+    let key = |i: u8| {
+        if i == 0 {
+            "kms:RecipientAttestation:ImageSha384".to_owned()
+        } else {
+            format!("kms:RecipientAttestation:PCR{i}")
+        }
+    };
+    let conditions: serde_json::Map<String, serde_json::Value> = measurements
+        .pcrs
+        .iter()
+        .map(|(i, values)| (key(*i), serde_json::json!(values)))
+        .collect();
+    let operator = operator_role_arn.map_or_else(
+        || format!("arn:{partition}:iam::{account}:root"),
+        str::to_owned,
+    );
+    let mut statements = vec![
+        serde_json::json!({
+            "Sid": "Key administration by the account",
+            "Effect": "Allow",
+            "Principal": {"AWS": format!("arn:{partition}:iam::{account}:root")},
+            "Action": [
+                "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*",
+                "kms:Update*", "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*",
+                "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion",
+                "kms:CancelKeyDeletion"
+            ],
+            "Resource": "*"
+        }),
+        serde_json::json!({
+            "Sid": "The operator encrypts the material's key (enclaveid provision)",
+            "Effect": "Allow",
+            "Principal": {"AWS": operator},
+            "Action": ["kms:Encrypt", "kms:DescribeKey"],
+            "Resource": "*"
+        }),
+        serde_json::json!({
+            "Sid": "The parent instance's role may decrypt, for the attested image only",
+            "Effect": "Allow",
+            "Principal": {"AWS": parent_role_arn},
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+            "Condition": {"StringEqualsIgnoreCase": conditions}
+        }),
+    ];
+    // One Deny per condition key: a missing key makes a StringNotEquals… condition true,
+    // so no IAM policy can grant Decrypt without the attestation.
+    for (k, values) in &conditions {
+        statements.push(serde_json::json!({
+            "Sid": format!("Nobody decrypts without {k}"),
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+            "Condition": {"StringNotEqualsIgnoreCase": {k.clone(): values}}
+        }));
+    }
+    Ok(serde_json::json!({"Version": "2012-10-17", "Statement": statements}))
+}
+
+/// A PEM CSR for `key` with the URI SAN `uri` and the common name `cn`.
+fn csr(key: &SigningKey, uri: &str, cn: &str) -> Result<String, Error> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "EnclaveID");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.subject_alt_names =
+        vec![rcgen::SanType::URI(uri.to_owned().try_into().map_err(
+            |e| Error::Provision(format!("URI SAN {uri:?}: {e}")),
+        )?)];
+    params
+        .serialize_request(key)
+        .and_then(|csr| csr.pem())
+        .map_err(|e| Error::Provision(format!("building the CSR: {e}")))
+}
+
+/// The partition of a Private CA ARN, or an error naming what is accepted.
+pub fn pca_partition(arn: &str) -> Result<&str, Error> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    match parts.as_slice() {
+        ["arn", partition, "acm-pca", region, account, resource]
+            if !partition.is_empty()
+                && !region.is_empty()
+                && account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && resource
+                    .strip_prefix("certificate-authority/")
+                    .is_some_and(|id| !id.is_empty() && !id.contains('/')) =>
+        {
+            Ok(partition)
+        }
+        _ => Err(Error::Config(format!(
+            "--pca-arn {arn:?} is not a Private CA ARN; accepted: arn:PARTITION:acm-pca:REGION:ACCOUNT:certificate-authority/ID"
+        ))),
+    }
+}
+
+/// A serial as Private CA's RevokeCertificate takes it: lower-case hex pairs joined by
+/// colons. Accepts hex with or without colons.
+pub fn parse_serial(serial: &str) -> Result<String, Error> {
+    let mut digits: String = serial.chars().filter(|c| *c != ':').collect();
+    if digits.len() % 2 == 1 {
+        digits.insert(0, '0');
+    }
+    match enclaveid_attestor::parse_hex(&digits) {
+        Some(bytes) if !bytes.is_empty() && bytes.len() <= 20 => {
+            Ok(colon_hex(&enclaveid_attestor::hex(&bytes)))
+        }
+        _ => Err(Error::Config(format!(
+            "--serial {serial:?} is not a certificate serial; accepted: hex, with or without colons (as `openssl x509 -serial` or `provision` print it), at most 20 bytes"
+        ))),
+    }
+}
+
+fn colon_hex(hex: &str) -> String {
+    let padded = if hex.len() % 2 == 1 {
+        format!("0{hex}")
+    } else {
+        hex.to_owned()
+    };
+    padded
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).to_lowercase())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn is_self_signed(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert).is_ok_and(|(_, c)| c.subject() == c.issuer())
+}
+
+/// Writes `bytes` to `path` with mode 0600 through a temporary file in the same
+/// directory, renamed into place: never a partial file.
+pub fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write as _;
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut file = tempfile::Builder::new()
+        .prefix(".enclaveid-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.as_file().sync_all().map_err(io)?;
+    file.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+fn aws<E: std::error::Error + 'static>(what: &str, resource: &str, error: E) -> Error {
+    Error::Provision(format!(
+        "{what} ({resource}): {}",
+        aws_sdk_kms::error::DisplayErrorContext(&error)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kms_provision_refuses_malformed_pca_arns_and_serials() {
+        assert_eq!(
+            pca_partition("arn:aws:acm-pca:eu-west-1:111122223333:certificate-authority/0b1e")
+                .unwrap(),
+            "aws"
+        );
+        for bad in [
+            "arn:aws:acm:eu-west-1:111122223333:certificate/0b1e",
+            "arn:aws:acm-pca:eu-west-1:1111:certificate-authority/0b1e",
+            "arn:aws:acm-pca:eu-west-1:111122223333:certificate-authority/",
+            "0b1e",
+        ] {
+            let error = pca_partition(bad).unwrap_err().to_string();
+            assert!(error.contains("accepted: arn:PARTITION:acm-pca"), "{error}");
+        }
+        assert_eq!(parse_serial("0A1B:2c").unwrap(), "0a:1b:2c");
+        assert_eq!(parse_serial("abc").unwrap(), "0a:bc");
+        for bad in ["", "xyz", &"ab".repeat(21)] {
+            assert!(
+                parse_serial(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("accepted: hex")
+            );
+        }
+    }
+
+    #[test]
+    fn kms_provision_policy_pins_the_image_and_denies_decrypt_without_it() {
+        let pcr0 = "a1".repeat(48);
+        let pcr8 = "b2".repeat(48);
+        let json = format!(
+            r#"{{"Measurements": {{"HashAlgorithm": "Sha384 {{ ... }}", "PCR0": "{pcr0}", "PCR1": "{}", "PCR2": "{}", "PCR8": "{pcr8}"}}}}"#,
+            "c3".repeat(48),
+            "d4".repeat(48)
+        );
+        let mut measurements =
+            Measurements::from_nitro_cli_json(json.as_bytes(), "eif.json").unwrap();
+        measurements.pcrs.retain(|i, _| *i == 0 || *i == 8);
+        let policy =
+            key_policy("arn:aws:iam::111122223333:role/parent", None, &measurements).unwrap();
+        let statements = policy["Statement"].as_array().unwrap();
+        let allow = statements
+            .iter()
+            .find(|s| s["Action"] == "kms:Decrypt" && s["Effect"] == "Allow")
+            .unwrap();
+        assert_eq!(
+            allow["Principal"]["AWS"],
+            "arn:aws:iam::111122223333:role/parent"
+        );
+        assert_eq!(
+            allow["Condition"]["StringEqualsIgnoreCase"]["kms:RecipientAttestation:ImageSha384"],
+            serde_json::json!([pcr0])
+        );
+        assert_eq!(
+            allow["Condition"]["StringEqualsIgnoreCase"]["kms:RecipientAttestation:PCR8"],
+            serde_json::json!([pcr8])
+        );
+        let denies: Vec<_> = statements
+            .iter()
+            .filter(|s| s["Effect"] == "Deny")
+            .collect();
+        assert_eq!(denies.len(), 2, "one Deny per condition key");
+        assert!(
+            denies
+                .iter()
+                .all(|d| d["Principal"] == "*" && d["Action"] == "kms:Decrypt")
+        );
+        let operator = statements
+            .iter()
+            .find(|s| s["Action"][0] == "kms:Encrypt")
+            .unwrap();
+        assert_eq!(
+            operator["Principal"]["AWS"],
+            "arn:aws:iam::111122223333:root"
+        );
+        assert!(
+            !statements
+                .iter()
+                .any(|s| s["Effect"] == "Allow" && s["Action"] == "kms:*"),
+            "nothing grants kms:* (which would include Decrypt)"
+        );
+
+        for (json, expected) in [
+            ("{}", "no \"Measurements\""),
+            (r#"{"Measurements": {"PCR0": "abc"}}"#, "96 hex digits"),
+            (r#"{"Measurements": {"PCR1": "00"}}"#, "96 hex digits"),
+        ] {
+            let error = Measurements::from_nitro_cli_json(json.as_bytes(), "eif.json")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{json}: {error}");
+        }
+        let error = key_policy("arn:aws:iam::1:user/x", None, &measurements)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not an IAM role ARN"), "{error}");
+    }
+
+    #[test]
+    fn kms_provision_rotates_at_two_thirds_of_the_validity() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let end = start + Duration::from_secs(3000);
+        assert!(!due(start, end, start + Duration::from_secs(1999)));
+        assert!(due(start, end, start + Duration::from_secs(2000)));
+    }
+
+    #[test]
+    fn kms_provision_writes_files_whole_and_0600() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("material.json");
+        write_file_atomically(&path, b"{}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+    }
+}
