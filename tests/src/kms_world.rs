@@ -62,26 +62,27 @@ impl World {
         std::fs::write(dir.path().join("attest-root.key"), &root.key_pem).expect("write");
         let pca = TestPca::new("EnclaveID test Private CA root");
         std::fs::write(dir.path().join("pca-root.pem"), &pca.root_pem).expect("write");
-        let kms_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut world = Self {
+        // Bound once and kept: a port picked and released could be taken by a concurrent
+        // test's server in between.
+        let kms_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the KMS port");
+        let kms_port = kms_listener.local_addr().expect("address").port();
+        let kms_task = Some(tokio::spawn(kms.clone().serve(kms_listener)));
+        Self {
             pca,
             kms,
             key_arn,
             kms_port,
-            kms_task: None,
+            kms_task,
             moto,
             attestor_root: root,
             dir,
             host: None,
-        };
-        world.start_kms().await;
-        world
+        }
     }
 
-    /// Serves the fake KMS on its port (again).
+    /// Serves the fake KMS on its port again, after [`World::stop_kms`].
     pub async fn start_kms(&mut self) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.kms_port))
             .await

@@ -54,35 +54,57 @@ fn moto_server() -> &'static PathBuf {
 }
 
 impl Moto {
-    /// Starts moto on a free loopback port and waits until it answers.
+    /// Starts moto on a free loopback port and waits until it answers as moto (another
+    /// process may take the port between its choice and moto's bind: then again).
     pub fn start() -> Self {
         let server = moto_server();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let log = tempfile::NamedTempFile::new().expect("moto log");
-        let child = Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.reopen().expect("log"))
-            .stderr(log.reopen().expect("log"))
-            .spawn()
-            .expect("start moto_server");
-        let moto = Self {
-            child,
-            port,
-            _log: log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let log = tempfile::NamedTempFile::new().expect("moto log");
+            let child = Command::new(server)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(log.reopen().expect("log"))
+                .stderr(log.reopen().expect("log"))
+                .spawn()
+                .expect("start moto_server");
+            let mut moto = Self {
+                child,
+                port,
+                _log: log,
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if moto.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if moto.answers_as_moto() {
+                    return moto;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-        moto
+        panic!("moto did not start");
+    }
+
+    /// Whether our port answers an S3 ListBuckets as moto does.
+    fn answers_as_moto(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: AWS4-HMAC-SHA256 Credential=AKIAENCLAVEIDTEST/20261127/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        let mut answer = String::new();
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_to_string(&mut answer).is_ok()
+            && answer.contains("ListAllMyBucketsResult")
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -245,5 +267,95 @@ impl Moto {
     pub async fn object_exists(&self, bucket: &str, key: &str) -> bool {
         let request = hyper::Request::get(format!("/{bucket}/{key}"));
         self.send(request, "s3", Vec::new()).await.0.is_success()
+    }
+}
+
+/// What went through a [`Moto::recording_proxy`]: `(X-Amz-Target, JSON body)` per request.
+pub type Recorded = std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>;
+
+impl Moto {
+    /// A proxy in front of moto that records every AWS JSON request it forwards, so that
+    /// tests can assert what was sent where moto ignores it (templates, for one). Returns
+    /// its endpoint URL and the record; it serves until the runtime ends.
+    pub async fn recording_proxy(&self) -> (String, Recorded) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let recorded = Recorded::default();
+        let record = recorded.clone();
+        let port = self.port;
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let record = record.clone();
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                if let Some(target) = parts
+                                    .headers
+                                    .get("x-amz-target")
+                                    .and_then(|v| v.to_str().ok())
+                                {
+                                    let json = serde_json::from_slice(&body)
+                                        .unwrap_or(serde_json::Value::Null);
+                                    record
+                                        .lock()
+                                        .expect("record lock")
+                                        .push((target.to_owned(), json));
+                                }
+                                let upstream =
+                                    tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                                let (mut sender, connection) =
+                                    hyper::client::conn::http1::handshake(
+                                        hyper_util::rt::TokioIo::new(upstream),
+                                    )
+                                    .await
+                                    .map_err(std::io::Error::other)?;
+                                tokio::spawn(connection);
+                                let mut forward = hyper::Request::builder()
+                                    .method(parts.method)
+                                    .uri(parts.uri);
+                                for (name, value) in &parts.headers {
+                                    forward = forward.header(name, value);
+                                }
+                                let response = sender
+                                    .send_request(
+                                        forward
+                                            .body(Full::new(body))
+                                            .map_err(std::io::Error::other)?,
+                                    )
+                                    .await
+                                    .map_err(std::io::Error::other)?;
+                                let (parts, body) = response.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map_err(std::io::Error::other)?
+                                    .to_bytes();
+                                Ok::<_, std::io::Error>(hyper::Response::from_parts(
+                                    parts,
+                                    Full::new(body),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (endpoint, recorded)
     }
 }

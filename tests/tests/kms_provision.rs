@@ -21,12 +21,17 @@ use enclaveid_workload_api::proto::X509svidRequest;
 
 /// `enclaveid provision ARGS` with AWS pointed at moto and the fake KMS.
 fn provision(world: &World, args: &[&str]) -> Output {
+    provision_via(world, &world.moto.endpoint(), args)
+}
+
+/// Like [`provision`], with Private CA at `pca_endpoint`.
+fn provision_via(world: &World, pca_endpoint: &str, args: &[&str]) -> Output {
     Command::new(enclaveid_bin())
         .arg("provision")
         .args(args)
         .args(["--region", "us-east-1", "--s3-endpoint"])
         .arg(world.moto.endpoint())
-        .env("AWS_ENDPOINT_URL_ACM_PCA", world.moto.endpoint())
+        .env("AWS_ENDPOINT_URL_ACM_PCA", pca_endpoint)
         .env("AWS_ENDPOINT_URL_KMS", world.kms_url())
         .env("AWS_ACCESS_KEY_ID", "AKIAENCLAVEIDTEST")
         .env("AWS_SECRET_ACCESS_KEY", "enclaveid-test-secret")
@@ -107,6 +112,24 @@ async fn kms_provision_leaf_then_host_run_and_fetch_against_moto() {
     assert_eq!(leaf.issuer(), root.subject());
     leaf.verify_signature(Some(root.public_key()))
         .expect("the SVID is signed by moto's Private CA root");
+
+    // As an operator checks it by hand: `enclaveid api fetch x509 --write`.
+    let written = world.dir().join("svid");
+    let fetched = Command::new(enclaveid_bin())
+        .args(["api", "fetch", "x509", "--socket"])
+        .arg(agent.socket())
+        .arg("--write")
+        .arg(&written)
+        .output()
+        .unwrap();
+    assert!(fetched.status.success(), "{}", text(&fetched));
+    let svid_pem = std::fs::read(written.join("svid.0.pem")).unwrap();
+    assert_eq!(pem::parse(&svid_pem).unwrap().contents(), svid.x509_svid);
+    let bundle = std::fs::read(written.join("bundle.0.pem")).unwrap();
+    assert_eq!(
+        pem::parse(&bundle).unwrap().contents(),
+        pem::parse(&pca.root_pem).unwrap().contents()
+    );
 
     // Rotation: not due a minute in; forced, a new certificate for the same SPIFFE ID,
     // which the running agent picks up at its next sync.
@@ -282,6 +305,105 @@ async fn kms_provision_writes_nothing_when_a_step_fails() {
         .filter(|name| !name.starts_with("attest-root") && name != "pca-root.pem")
         .collect();
     assert!(left.is_empty(), "nothing written to disk: {left:?}");
+}
+
+/// moto applies no `SubordinateCACertificate_PathLen0/V1` template, so a CA cannot be
+/// provisioned end to end against it (provision refuses what moto issues; see
+/// `kms_provision_writes_nothing_when_a_step_fails`). What provision asks Private CA for
+/// is asserted here, field by field, as it went over the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_provision_ca_asks_private_ca_for_a_pathlen0_subordinate_with_the_trust_domain() {
+    let world = World::new().await;
+    let pca = world.moto.create_root_pca().await;
+    let (proxy, recorded) = world.moto.recording_proxy().await;
+    let out = format!("s3://{BUCKET}/material.json");
+    let output = provision_via(
+        &world,
+        &proxy,
+        &[
+            "ca",
+            "--pca-arn",
+            &pca.arn,
+            "--trust-domain",
+            "example.org",
+            "--kms-key-id",
+            &world.key_arn,
+            "--out",
+            &out,
+            "--validity",
+            "45d",
+        ],
+    );
+    assert!(
+        text(&output).contains("the agent would refuse it"),
+        "{}",
+        text(&output)
+    );
+
+    let recorded = recorded.lock().unwrap().clone();
+    let targets: Vec<&str> = recorded.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        targets[..2],
+        [
+            "ACMPrivateCA.DescribeCertificateAuthority",
+            "ACMPrivateCA.IssueCertificate"
+        ]
+    );
+    let issue = &recorded[1].1;
+    assert_eq!(issue["CertificateAuthorityArn"], pca.arn.as_str());
+    assert_eq!(
+        issue["TemplateArn"],
+        "arn:aws:acm-pca:::template/SubordinateCACertificate_PathLen0/V1"
+    );
+    assert_eq!(
+        issue["SigningAlgorithm"], "SHA256WITHRSA",
+        "moto's root is RSA-2048"
+    );
+    assert_eq!(
+        issue["Validity"],
+        serde_json::json!({"Value": 45, "Type": "DAYS"})
+    );
+    assert!(
+        issue["IdempotencyToken"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+    use base64::Engine as _;
+    let csr_pem = base64::engine::general_purpose::STANDARD
+        .decode(issue["Csr"].as_str().unwrap())
+        .unwrap();
+    let csr_der = pem::parse(&csr_pem).unwrap();
+    assert_eq!(csr_der.tag(), "CERTIFICATE REQUEST");
+    let (_, csr) =
+        <x509_parser::certification_request::X509CertificationRequest<'_> as x509_parser::prelude::FromDer<'_, _>>::from_der(csr_der.contents())
+            .unwrap();
+    csr.verify_signature()
+        .expect("the CSR is signed by its key");
+    let spki = &csr.certification_request_info.subject_pki;
+    assert_eq!(
+        spki.algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string()),
+        Some("1.2.840.10045.3.1.7".to_owned()),
+        "a P-256 key"
+    );
+    let uris: Vec<String> = csr
+        .requested_extensions()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| match e {
+            x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) => Some(san),
+            _ => None,
+        })
+        .flat_map(|san| san.general_names.iter())
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(uris, ["spiffe://example.org"]);
 }
 
 #[test]
