@@ -295,26 +295,9 @@ impl Aws {
 
     /// Reads a key-material object (for `rotate`).
     pub async fn read(&self, location: &ObjectLocation) -> Result<KeyMaterial, Error> {
-        let bytes = match location {
-            ObjectLocation::S3 { bucket, key } => self
-                .s3
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|e| aws("S3 GetObject", &location.to_string(), e))?
-                .body
-                .collect()
-                .await
-                .map_err(|e| Error::Provision(format!("{location}: {e}")))?
-                .into_bytes()
-                .to_vec(),
-            ObjectLocation::File(path) => std::fs::read(path).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?,
-        };
+        let bytes = crate::host::read_object(&self.s3, location)
+            .await
+            .map_err(Error::Provision)?;
         KeyMaterial::from_json(&bytes)
     }
 }

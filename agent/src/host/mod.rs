@@ -6,4 +6,6 @@ pub mod protocol;
 mod server;
 
 #[cfg(feature = "aws")]
+pub(crate) use server::read_object;
+#[cfg(feature = "aws")]
 pub use server::{Host, HostConfig, MaterialSource, ObjectLocation};

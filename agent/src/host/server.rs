@@ -248,45 +248,7 @@ impl Host {
     }
 
     async fn object(&self, location: &ObjectLocation) -> Result<Vec<u8>, String> {
-        match location {
-            ObjectLocation::File(path) => {
-                let bytes = tokio::fs::read(path)
-                    .await
-                    .map_err(|e| format!("{location}: {e}"))?;
-                if bytes.len() > MAX_OBJECT {
-                    return Err(format!("{location}: larger than {MAX_OBJECT} bytes"));
-                }
-                Ok(bytes)
-            }
-            ObjectLocation::S3 { bucket, key } => {
-                let object = self
-                    .s3
-                    .get_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        format!("{location}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))
-                    })?;
-                if object
-                    .content_length()
-                    .is_some_and(|len| len > MAX_OBJECT as i64)
-                {
-                    return Err(format!("{location}: larger than {MAX_OBJECT} bytes"));
-                }
-                let bytes = object
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| format!("{location}: reading the body: {e}"))?
-                    .into_bytes();
-                if bytes.len() > MAX_OBJECT {
-                    return Err(format!("{location}: larger than {MAX_OBJECT} bytes"));
-                }
-                Ok(bytes.to_vec())
-            }
-        }
+        read_object(&self.s3, location).await
     }
 
     async fn credentials(&self) -> Result<Vec<u8>, String> {
@@ -356,6 +318,47 @@ impl Host {
             Err(_) => tracing::warn!(%peer, %target, "tunnel closed after its lifetime"),
         }
     }
+}
+
+/// Reads an object (S3 or a file), refusing anything over 16 MiB.
+pub(crate) async fn read_object(
+    s3: &aws_sdk_s3::Client,
+    location: &ObjectLocation,
+) -> Result<Vec<u8>, String> {
+    let too_large = || format!("{location}: larger than {MAX_OBJECT} bytes");
+    let bytes = match location {
+        ObjectLocation::File(path) => tokio::fs::read(path)
+            .await
+            .map_err(|e| format!("{location}: {e}"))?,
+        ObjectLocation::S3 { bucket, key } => {
+            let object = s3
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| {
+                    format!("{location}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))
+                })?;
+            if object
+                .content_length()
+                .is_some_and(|len| len > MAX_OBJECT as i64)
+            {
+                return Err(too_large());
+            }
+            object
+                .body
+                .collect()
+                .await
+                .map_err(|e| format!("{location}: reading the body: {e}"))?
+                .into_bytes()
+                .to_vec()
+        }
+    };
+    if bytes.len() > MAX_OBJECT {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
