@@ -173,6 +173,9 @@ async fn report_health(
     mut problems: watch::Receiver<Option<String>>,
     status: watch::Sender<String>,
 ) {
+    // A closed channel still holds its last value; only its changes stop. (The `dev`
+    // upstream never reports: its sender is gone from the start.)
+    let mut upstream_open = true;
     loop {
         let serving = {
             let snapshot = snapshots.borrow_and_update();
@@ -197,10 +200,7 @@ async fn report_health(
                 health.set_service_status("", ServingStatus::NotServing).await;
                 return;
             },
-            changed = problems.changed() => if changed.is_err() {
-                // The upstream is gone (shutdown); keep following the snapshots.
-                problems = watch::channel(problem).1;
-            },
+            changed = problems.changed(), if upstream_open => upstream_open = changed.is_ok(),
         }
     }
 }
@@ -266,6 +266,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn health_waits_quietly_when_no_upstream_reports() {
+        // The `dev` upstream: the problem channel's sender is gone from the start.
+        let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let problems = watch::channel(None).1;
+        let (status_tx, mut status) = watch::channel(String::from("unset"));
+        let (health, _) = tonic_health::server::health_reporter();
+        let task = tokio::spawn(report_health(health, snapshots, problems, status_tx));
+        status.changed().await.unwrap();
+        assert!(status.borrow_and_update().starts_with("not serving"));
+        // Nothing changes: the reporter publishes nothing more (it used to spin, sending
+        // the same status over and over).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !status.has_changed().unwrap(),
+            "status re-sent without a change"
+        );
+        // A snapshot change is still followed.
+        snapshot_tx.send_replace(Arc::new(Snapshot::default()));
+        status.changed().await.unwrap();
+        task.abort();
+    }
 
     #[tokio::test]
     async fn binding_creates_the_directory_and_a_0777_socket_and_removes_it() {
