@@ -314,19 +314,9 @@ pub fn describe(material: &KeyMaterial) -> Result<(Subject, SystemTime, SystemTi
     let certs = material.certificates()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&certs[0])
         .map_err(|e| Error::Provision(format!("the existing certificate: {e}")))?;
-    let uri = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .and_then(|san| {
-            san.value.general_names.iter().find_map(|n| match n {
-                x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
-                _ => None,
-            })
-        })
-        .ok_or_else(|| {
-            Error::Provision("the existing certificate has no spiffe:// URI SAN".into())
-        })?;
+    let uri = verify::uri_sans(&cert).into_iter().next().ok_or_else(|| {
+        Error::Provision("the existing certificate has no spiffe:// URI SAN".into())
+    })?;
     let subject = if cert.is_ca() {
         Subject::Ca(
             TrustDomain::new(uri.trim_start_matches("spiffe://"))

@@ -230,6 +230,44 @@ pub async fn first_x509_response(socket: &Path) -> enclaveid_workload_api::proto
         .expect("a first message, not the end of the stream")
 }
 
+/// The first message of a `FetchX509SVID` stream on a new connection, or the call's
+/// error.
+pub async fn fetch_x509(
+    socket: &Path,
+) -> Result<enclaveid_workload_api::proto::X509svidResponse, tonic::Status> {
+    let mut stream = raw_client(socket)
+        .await
+        .fetch_x509svid(with_header(
+            enclaveid_workload_api::proto::X509svidRequest {},
+        ))
+        .await?
+        .into_inner();
+    stream
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unknown("the stream ended"))
+}
+
+/// Polls `agent` until it serves an X.509-SVID; fails the test after `within`.
+pub async fn wait_for_x509svid(
+    agent: &AgentProcess,
+    within: Duration,
+) -> enclaveid_workload_api::proto::X509svidResponse {
+    let deadline = Instant::now() + within;
+    loop {
+        match fetch_x509(agent.socket()).await {
+            Ok(response) if !response.svids.is_empty() => return response,
+            other => assert!(
+                Instant::now() < deadline,
+                "no SVID within {within:?} ({:?}); agent log:\n{}",
+                other.map(|_| "empty"),
+                agent.stderr_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `request` with the `workload.spiffe.io: true` header.
 pub fn with_header<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use enclaveid_tests::kms_world::{ADMITTED_PCR0, World};
 use enclaveid_tests::pca::{Profile, TestPca};
-use enclaveid_tests::{AgentProcess, enclaveid_bin, raw_client, with_header};
-use enclaveid_workload_api::proto::{X509svidRequest, X509svidResponse};
+use enclaveid_tests::{AgentProcess, enclaveid_bin, fetch_x509, wait_for_x509svid};
+use enclaveid_workload_api::proto::X509svidResponse;
 use rcgen::SanType;
 
 const GATEWAY: &str = "spiffe://example.org/gateway";
@@ -24,36 +24,6 @@ const DAY: Duration = Duration::from_secs(86_400);
 fn ca_profile() -> Profile<'static> {
     Profile::Ca {
         trust_domain_uri: "spiffe://example.org",
-    }
-}
-
-/// The first FetchX509SVID message, or the call's error.
-async fn fetch(socket: &Path) -> Result<X509svidResponse, tonic::Status> {
-    let mut stream = raw_client(socket)
-        .await
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await?
-        .into_inner();
-    stream
-        .message()
-        .await?
-        .ok_or_else(|| tonic::Status::unknown("the stream ended"))
-}
-
-/// Polls until an SVID is served.
-async fn wait_for_svid(agent: &AgentProcess, within: Duration) -> X509svidResponse {
-    let deadline = Instant::now() + within;
-    loop {
-        match fetch(agent.socket()).await {
-            Ok(response) if !response.svids.is_empty() => return response,
-            other => assert!(
-                Instant::now() < deadline,
-                "no SVID within {within:?} ({:?}); agent log:\n{}",
-                other.map(|_| "empty"),
-                agent.stderr_text()
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -94,7 +64,7 @@ async fn assert_refused(world: &World, agent: &AgentProcess, why: &str) {
         "{why:?} not in the agent log:\n{log}\nhost log:\n{}",
         world.host_log()
     );
-    let status = fetch(agent.socket()).await.unwrap_err();
+    let status = fetch_x509(agent.socket()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     let (healthy, said) = healthcheck(agent);
     assert!(!healthy, "{said}");
@@ -184,7 +154,7 @@ async fn kms_e2e_a_workload_gets_an_svid_chaining_to_the_private_ca_root() {
     })
     .await;
 
-    let response = wait_for_svid(&agent, Duration::from_secs(30)).await;
+    let response = wait_for_x509svid(&agent, Duration::from_secs(30)).await;
     assert_eq!(response.svids[0].spiffe_id, GATEWAY);
     assert_chains_to(&response, &world.pca.root_pem);
     assert_eq!(
@@ -220,7 +190,7 @@ async fn kms_leaf_material_with_a_spiffe_uri_is_served_as_the_svid() {
     })
     .await;
 
-    let response = wait_for_svid(&agent, Duration::from_secs(30)).await;
+    let response = wait_for_x509svid(&agent, Duration::from_secs(30)).await;
     assert_eq!(response.svids[0].spiffe_id, GATEWAY);
     assert_chains_to(&response, &world.pca.root_pem);
     assert_eq!(
@@ -306,7 +276,7 @@ async fn kms_revocation_of_the_served_material_withdraws_every_svid_at_once() {
         (material, world.pca.crl(&[]))
     })
     .await;
-    wait_for_svid(&agent, Duration::from_secs(30)).await;
+    wait_for_x509svid(&agent, Duration::from_secs(30)).await;
 
     let ca = ca.unwrap();
     world
@@ -314,7 +284,7 @@ async fn kms_revocation_of_the_served_material_withdraws_every_svid_at_once() {
         .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        match fetch(agent.socket()).await {
+        match fetch_x509(agent.socket()).await {
             Err(status) => break status,
             Ok(_) => assert!(Instant::now() < deadline, "still served after revocation"),
         }
@@ -418,11 +388,11 @@ async fn kms_host_down_keeps_serving_until_expiry_then_nothing() {
         (world.material(&ca), world.pca.crl(&[]))
     })
     .await;
-    let first = wait_for_svid(&agent, Duration::from_secs(20)).await;
+    let first = wait_for_x509svid(&agent, Duration::from_secs(20)).await;
     world.stop_host();
 
     wait_for_log(&agent, "key material sync failed", Duration::from_secs(20)).await;
-    let still = fetch(agent.socket())
+    let still = fetch_x509(agent.socket())
         .await
         .expect("the cached SVID is still served");
     assert_eq!(still.svids[0].spiffe_id, first.svids[0].spiffe_id);
@@ -436,7 +406,7 @@ async fn kms_host_down_keeps_serving_until_expiry_then_nothing() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match fetch(agent.socket()).await {
+        match fetch_x509(agent.socket()).await {
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
                 break;
@@ -466,7 +436,7 @@ async fn kms_down_then_back_recovers_without_restart() {
     assert_refused(&world, &agent, "Connection refused").await;
 
     world.start_kms().await;
-    let response = wait_for_svid(&agent, Duration::from_secs(30)).await;
+    let response = wait_for_x509svid(&agent, Duration::from_secs(30)).await;
     assert_chains_to(&response, &world.pca.root_pem);
     let (healthy, said) = healthcheck(&agent);
     assert!(healthy && said.contains("healthy"), "{said}");
@@ -481,7 +451,7 @@ async fn kms_resync_picks_up_a_new_certificate_without_restart() {
         (world.material(&ca), world.pca.crl(&[]))
     })
     .await;
-    let first = wait_for_svid(&agent, Duration::from_secs(30)).await;
+    let first = wait_for_x509svid(&agent, Duration::from_secs(30)).await;
     assert_eq!(second_cert_serial(&first), first_serial);
 
     let second_ca = world.pca.issue_for(ca_profile(), DAY);
@@ -490,7 +460,7 @@ async fn kms_resync_picks_up_a_new_certificate_without_restart() {
         .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let response = fetch(agent.socket()).await.unwrap();
+        let response = fetch_x509(agent.socket()).await.unwrap();
         if second_cert_serial(&response) == second_ca.serial {
             assert_chains_to(&response, &world.pca.root_pem);
             break;

@@ -16,8 +16,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use enclaveid_tests::kms_world::{ADMITTED_PCR0, BUCKET, World};
-use enclaveid_tests::{AgentProcess, enclaveid_bin, raw_client, with_header};
-use enclaveid_workload_api::proto::X509svidRequest;
+use enclaveid_tests::{AgentProcess, enclaveid_bin, fetch_x509, wait_for_x509svid};
 
 /// `enclaveid provision ARGS` with AWS pointed at moto and the fake KMS.
 fn provision(world: &World, args: &[&str]) -> Output {
@@ -83,22 +82,7 @@ async fn kms_provision_leaf_then_host_run_and_fetch_against_moto() {
             "resync_interval = \"5s\"\nrequire_crl = false",
         );
     let agent = AgentProcess::start(&config);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let response = loop {
-        let mut client = raw_client(agent.socket()).await;
-        if let Ok(stream) = client.fetch_x509svid(with_header(X509svidRequest {})).await
-            && let Ok(Some(message)) = stream.into_inner().message().await
-            && !message.svids.is_empty()
-        {
-            break message;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no SVID:\n{}",
-            agent.stderr_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let response = wait_for_x509svid(&agent, Duration::from_secs(30)).await;
     let svid = &response.svids[0];
     assert_eq!(svid.spiffe_id, "spiffe://example.org/gateway");
     let root = pem::parse(&pca.root_pem).unwrap();
@@ -162,16 +146,7 @@ async fn kms_provision_leaf_then_host_run_and_fetch_against_moto() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut client = raw_client(agent.socket()).await;
-        let message = client
-            .fetch_x509svid(with_header(X509svidRequest {}))
-            .await
-            .unwrap()
-            .into_inner()
-            .message()
-            .await
-            .unwrap()
-            .unwrap();
+        let message = fetch_x509(agent.socket()).await.unwrap();
         let (_, leaf) = x509_parser::parse_x509_certificate(&message.svids[0].x509_svid).unwrap();
         if enclaveid_attestor::hex(&leaf.serial.to_bytes_be()) == new_serial {
             assert_eq!(message.svids[0].spiffe_id, "spiffe://example.org/gateway");

@@ -200,12 +200,17 @@ impl KmsEndpoint {
         format!("{}:{}", self.host, self.port)
     }
 
+    /// The `Host` header: the host, with the port unless it is the scheme's default.
+    fn host_header(&self) -> String {
+        match (self.tls, self.port) {
+            (true, 443) | (false, 80) => self.host.clone(),
+            _ => self.authority(),
+        }
+    }
+
     fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        match (self.tls, self.port) {
-            (true, 443) | (false, 80) => format!("{scheme}://{}/", self.host),
-            _ => format!("{scheme}://{}:{}/", self.host, self.port),
-        }
+        format!("{scheme}://{}/", self.host_header())
     }
 }
 
@@ -248,7 +253,7 @@ pub async fn decrypt_for_recipient(
     let mut request = http::Request::builder()
         .method("POST")
         .uri(endpoint.url())
-        .header("host", endpoint_host_header(endpoint))
+        .header("host", endpoint.host_header())
         .header("content-type", "application/x-amz-json-1.1")
         .header("x-amz-target", "TrentService.Decrypt")
         .body(body)
@@ -301,13 +306,6 @@ pub async fn decrypt_for_recipient(
     BASE64
         .decode(cms)
         .map_err(|e| kms(format!("CiphertextForRecipient is not base64: {e}")))
-}
-
-fn endpoint_host_header(endpoint: &KmsEndpoint) -> String {
-    match (endpoint.tls, endpoint.port) {
-        (true, 443) | (false, 80) => endpoint.host.clone(),
-        _ => endpoint.authority(),
-    }
 }
 
 fn sign(

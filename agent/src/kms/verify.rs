@@ -143,12 +143,14 @@ pub fn check(
     };
 
     let at = ASN1Time::from_timestamp(unix(now)).map_err(|e| refused(e.to_string()))?;
+    let mut not_after = i64::MAX;
     for cert in path
         .iter()
         .map(|i| &parsed[*i])
         .chain(std::iter::once(anchor))
     {
         let validity = cert.validity();
+        not_after = not_after.min(validity.not_after.timestamp());
         if at < validity.not_before {
             return Err(refused(format!(
                 "{} is not valid before {}",
@@ -164,13 +166,6 @@ pub fn check(
             )));
         }
     }
-    let not_after = path
-        .iter()
-        .map(|i| &parsed[*i])
-        .chain(std::iter::once(anchor))
-        .map(|c| c.validity().not_after.timestamp())
-        .min()
-        .unwrap_or_default();
 
     if let Some(crl) = crl {
         let issuer = path.get(1).map_or(anchor, |i| &parsed[*i]);
@@ -334,7 +329,8 @@ fn check_crl(
     Ok(())
 }
 
-fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
+/// The certificate's URI SANs.
+pub(crate) fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
     sans(cert, |n| match n {
         GeneralName::URI(u) => Some(*u),
         _ => None,
