@@ -15,6 +15,8 @@
 //! #      kms_endpoint = "https://kms.REGION.amazonaws.com"  (default)
 //! #      resync_interval = "10m"                            (default)
 //! #      require_crl = true                                 (default)
+//! #      crl_export_path = "/run/enclaveid/crl.pem"         (optional) the CRL checked,
+//! #        written (0644, atomic) for workloads that check their peers' chains
 //! [attestor]
 //! kind = "fake"         # "nsm" inside an enclave (a build with `--features nsm`)
 //! # allow_debug = false   accept this enclave's own debug-mode attestation
@@ -92,6 +94,8 @@ pub struct KmsConfig {
     pub resync_interval: Duration,
     /// Refuse material when the host offers no CRL.
     pub require_crl: bool,
+    /// Where to write the CRL each sync checked (PEM), for workloads to check peers with.
+    pub crl_export_path: Option<PathBuf>,
 }
 
 /// A CA loaded from PEM files.
@@ -165,6 +169,7 @@ struct RawUpstream {
     kms_endpoint: Option<String>,
     resync_interval: Option<String>,
     require_crl: Option<bool>,
+    crl_export_path: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +229,7 @@ impl Config {
             ("kms_endpoint", up.kms_endpoint.is_some()),
             ("resync_interval", up.resync_interval.is_some()),
             ("require_crl", up.require_crl.is_some()),
+            ("crl_export_path", up.crl_export_path.is_some()),
         ];
         let dev_keys = [
             ("cert_path", up.cert_path.is_some()),
@@ -426,6 +432,16 @@ fn parse_kms(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<KmsConfig, Error
         kms_endpoint,
         resync_interval,
         require_crl: raw.require_crl.unwrap_or(true),
+        crl_export_path: match raw.crl_export_path {
+            Some(path) if !path.is_absolute() => {
+                return Err(invalid(
+                    "upstream.crl_export_path",
+                    &path.display(),
+                    &"accepted: an absolute path",
+                ));
+            }
+            path => path,
+        },
     })
 }
 

@@ -23,6 +23,7 @@ pub mod keys;
 pub mod kms;
 #[cfg(feature = "aws")]
 pub mod provision;
+pub mod revocation;
 pub mod rotation;
 pub mod selector;
 pub mod server;
@@ -78,8 +79,8 @@ pub enum Error {
     /// `enclaveid provision` could not issue, encrypt or write the material.
     #[error("{0}")]
     Provision(String),
-    /// The material's certificate is on its issuer's CRL.
-    #[error("key material: {message}")]
+    /// A certificate (the `kms` material's, or a peer's) is on its issuer's CRL.
+    #[error("revoked: {message}")]
     Revoked {
         /// The revoked certificate's serial, hex.
         serial: String,
@@ -207,6 +208,11 @@ impl Agent {
         })
     }
 
+    /// A handle that forces every SVID to be re-minted now (a rotation on demand).
+    pub fn renewer(&self) -> rotation::Renewer {
+        self.rotator.renewer()
+    }
+
     /// The socket path.
     pub fn socket_path(&self) -> &Path {
         self.socket.path()
@@ -327,6 +333,36 @@ fn node_selectors(verified: &VerifiedDocument) -> Vec<Selector> {
         "enclave attested"
     );
     selectors
+}
+
+/// Writes `bytes` to `path` with `mode` through a temporary file (created 0600) in the
+/// same directory, synced and renamed into place: never a partial file, and a key is
+/// never readable by others, not even before the rename.
+pub fn write_file_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut file = tempfile::Builder::new()
+        .prefix(".enclaveid-")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.as_file().sync_all().map_err(io)?;
+    if mode != 0o600 {
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io)?;
+    }
+    file.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 /// The `--dev` socket: `$XDG_RUNTIME_DIR/enclaveid/agent.sock`, or

@@ -269,7 +269,7 @@ impl Aws {
                     .map_err(|e| aws("S3 PutObject", &out.to_string(), e))?;
                 Ok(())
             }
-            ObjectLocation::File(path) => write_file_atomically(path, &material),
+            ObjectLocation::File(path) => crate::write_file_atomically(path, &material, 0o600),
         }
     }
 
@@ -545,29 +545,6 @@ fn is_self_signed(cert: &CertificateDer<'_>) -> bool {
     x509_parser::parse_x509_certificate(cert).is_ok_and(|(_, c)| c.subject() == c.issuer())
 }
 
-/// Writes `bytes` to `path` with mode 0600 through a temporary file in the same
-/// directory, renamed into place: never a partial file.
-pub fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write as _;
-    let io = |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let mut file = tempfile::Builder::new()
-        .prefix(".enclaveid-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .tempfile_in(dir)
-        .map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.as_file().sync_all().map_err(io)?;
-    file.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
-}
-
 fn aws<E: std::error::Error + 'static>(what: &str, resource: &str, error: E) -> Error {
     Error::Provision(format!(
         "{what} ({resource}): {}",
@@ -692,7 +669,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("material.json");
-        write_file_atomically(&path, b"{}").unwrap();
+        crate::write_file_atomically(&path, b"{}", 0o600).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"{}");
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,

@@ -59,6 +59,20 @@ pub struct Rotator {
     bundles: BTreeMap<String, Bytes>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     updates: Option<mpsc::Receiver<Option<Signer>>>,
+    renew: Arc<tokio::sync::Notify>,
+}
+
+/// Asks a running [`Rotator`] to re-mint every SVID now (see [`Renewer::renew_now`]).
+#[derive(Clone, Debug)]
+pub struct Renewer(Arc<tokio::sync::Notify>);
+
+impl Renewer {
+    /// Re-mints every SVID now, as if each had reached its rotation time: a forced
+    /// rotation (`SIGHUP` to `enclaveid run`). Leaf material (an SVID the Private CA
+    /// issued) cannot be re-minted here and is left as is.
+    pub fn renew_now(&self) {
+        self.0.notify_one();
+    }
 }
 
 struct Slot {
@@ -100,6 +114,7 @@ impl Rotator {
             bundles,
             snapshots,
             updates: None,
+            renew: Arc::default(),
         };
         if let Some(signer) = signer {
             rotator.set_signer(signer);
@@ -113,6 +128,25 @@ impl Rotator {
     pub fn with_updates(mut self, updates: mpsc::Receiver<Option<Signer>>) -> Self {
         self.updates = Some(updates);
         self
+    }
+
+    /// A handle that forces a rotation while [`Rotator::run`] runs.
+    pub fn renewer(&self) -> Renewer {
+        Renewer(self.renew.clone())
+    }
+
+    /// Makes every SVID due now (a CA signer re-mints them at the next pass).
+    pub fn renew_all(&mut self) {
+        if !matches!(self.signer, Some(Signer::Ca(_))) {
+            tracing::warn!("renewal asked, but there is no CA to re-mint SVIDs with");
+            return;
+        }
+        tracing::info!("renewing every X.509-SVID now");
+        let now = Instant::now();
+        for slot in &mut self.entries {
+            slot.rotate_at = now;
+            slot.failures = 0;
+        }
     }
 
     /// Withdraws the signer and every SVID it issued.
@@ -221,6 +255,7 @@ impl Rotator {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut updates = self.updates.take();
+        let renew = self.renew.clone();
         loop {
             let next = self.rotate_due();
             let update = async {
@@ -231,6 +266,7 @@ impl Rotator {
             };
             tokio::select! {
                 () = tokio::time::sleep_until(next) => {}
+                () = renew.notified() => self.renew_all(),
                 update = update => match update {
                     Some(Some(signer)) => self.set_signer(signer),
                     Some(None) => self.withdraw(),

@@ -147,7 +147,9 @@ pub async fn serve(
     tokio::pin!(server);
     let result = tokio::select! {
         result = &mut server => result,
-        _ = drain_rx.wait_for(|draining| *draining) => {
+        // `map(drop)`: the watch guard must not live across the await below (the future
+        // stays `Send`, so the agent can be served from a spawned task).
+        _ = async { drain_rx.wait_for(|draining| *draining).await.map(drop) } => {
             match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
                 Ok(result) => result,
                 Err(_) => {

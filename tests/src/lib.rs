@@ -8,10 +8,10 @@
     reason = "test support: a failed set-up must fail the test loudly"
 )]
 
-pub mod fake_kms;
+pub use enclaveid_fakes::kms as fake_kms;
+pub use enclaveid_fakes::pca;
 pub mod kms_world;
 pub mod moto;
-pub mod pca;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -163,17 +163,9 @@ fn pem_block(tag: &str, der: &[u8]) -> String {
 }
 
 fn write_atomic(dir: &Path, name: &str, data: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    // tempfile creates the file 0600, so a key is never readable by others, not even
-    // before the rename.
-    let mut file = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
-    file.write_all(data)?;
-    file.as_file().sync_all()?;
-    file.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    file.persist(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    Ok(enclaveid_agent::write_file_atomically(
+        &dir.join(name),
+        data,
+        mode,
+    )?)
 }

@@ -20,13 +20,9 @@ pub(crate) struct HostArgs {
     #[arg(long, value_name = "ADDRESS", default_value = "vsock://any:8090")]
     listen: String,
     /// The key-material object: s3://BUCKET/KEY (as `enclaveid provision` writes it) or
-    /// file:///PATH.
-    #[arg(
-        long,
-        value_name = "LOCATION",
-        required_unless_present = "acm_certificate_arn",
-        conflicts_with = "acm_certificate_arn"
-    )]
+    /// file:///PATH. Without it (and without --acm-certificate-arn) the host serves only
+    /// credentials and the KMS tunnel, for enclaves that decrypt their own secrets.
+    #[arg(long, value_name = "LOCATION", conflicts_with = "acm_certificate_arn")]
     material: Option<String>,
     /// Read the object ACM for Nitro Enclaves writes for this certificate instead:
     /// s3://PARTITION-ec2-enclave-certificate-REGION-prod/ROLE_ARN/CERTIFICATE_ARN.
@@ -67,16 +63,14 @@ pub(crate) async fn run(
             .map_err(|e| usage(format!("--{flag} {e}")))
     };
     let material = match (&args.material, args.acm_certificate_arn, args.role_arn) {
-        (Some(material), _, _) => MaterialSource::Object(location("material", material)?),
-        (None, Some(certificate_arn), Some(role_arn)) => MaterialSource::Acm {
+        (Some(material), _, _) => Some(MaterialSource::Object(location("material", material)?)),
+        (None, Some(certificate_arn), Some(role_arn)) => Some(MaterialSource::Acm {
             certificate_arn,
             role_arn,
-        },
+        }),
+        (None, None, None) => None,
         _ => {
-            return Err(usage(
-                "--material or --acm-certificate-arn with --role-arn is required".into(),
-            )
-            .into());
+            return Err(usage("--acm-certificate-arn and --role-arn go together".into()).into());
         }
     };
     let crl = args
@@ -105,6 +99,7 @@ pub(crate) async fn run(
         kms_endpoints,
         region: args.region,
         s3_endpoint: args.s3_endpoint,
+        credentials: None,
     };
     if config.kms_endpoints.is_empty() {
         // The region from the AWS environment names the endpoint.

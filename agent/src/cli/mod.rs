@@ -211,6 +211,18 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         )?;
         out.flush()?;
     }
+    // SIGHUP forces a rotation: every SVID is re-minted now.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            let renewer = agent.renewer();
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    renewer.renew_now();
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "cannot watch SIGHUP; forced rotation is off"),
+    }
     agent.serve(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

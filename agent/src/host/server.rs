@@ -50,8 +50,9 @@ pub enum MaterialSource {
 /// What `enclaveid host` serves.
 #[derive(Clone, Debug)]
 pub struct HostConfig {
-    /// The key-material object.
-    pub material: MaterialSource,
+    /// The key-material object; `None` for a host that serves only credentials and the KMS
+    /// tunnel (to enclaves that decrypt their own secrets, such as a model key).
+    pub material: Option<MaterialSource>,
     /// The Private CA's CRL, if it publishes one.
     pub crl: Option<ObjectLocation>,
     /// The only `HOST:PORT`s a tunnel may reach.
@@ -60,11 +61,13 @@ pub struct HostConfig {
     pub region: Option<String>,
     /// An S3 endpoint URL instead of AWS's (path-style addressing), for test servers.
     pub s3_endpoint: Option<String>,
+    /// Credentials to serve instead of the AWS environment's (the no-AWS demo).
+    pub credentials: Option<aws_credential_types::Credentials>,
 }
 
 /// A ready host: AWS configuration loaded.
 pub struct Host {
-    material: ObjectLocation,
+    material: Option<ObjectLocation>,
     crl: Option<ObjectLocation>,
     kms_endpoints: Vec<String>,
     s3: aws_sdk_s3::Client,
@@ -149,7 +152,11 @@ impl MaterialSource {
 impl Host {
     /// Loads the AWS configuration (region, credentials chain) from the environment.
     pub async fn new(config: HostConfig) -> Result<Self, Error> {
-        let material = config.material.location()?;
+        let material = config
+            .material
+            .as_ref()
+            .map(MaterialSource::location)
+            .transpose()?;
         if config.kms_endpoints.is_empty() {
             return Err(Error::Config(
                 "no KMS endpoint to tunnel to: set --kms-endpoint or --region".into(),
@@ -158,6 +165,9 @@ impl Host {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(region) = &config.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(credentials) = config.credentials {
+            loader = loader.credentials_provider(credentials);
         }
         let sdk = loader.load().await;
         let mut s3 = aws_sdk_s3::config::Builder::from(&sdk);
@@ -229,7 +239,10 @@ impl Host {
             return;
         }
         let answer = match op {
-            Op::KeyMaterial => self.object(&self.material).await,
+            Op::KeyMaterial => match &self.material {
+                Some(material) => self.object(material).await,
+                None => Err("this host serves no key material (started without --material): only credentials and the KMS tunnel".to_owned()),
+            },
             Op::Crl => match &self.crl {
                 Some(crl) => self.object(crl).await,
                 None => Ok(Vec::new()),

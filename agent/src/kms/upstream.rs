@@ -18,7 +18,8 @@ use crate::config::KmsConfig;
 use crate::keys::SigningKey;
 use crate::kms::cms::{EnvelopedData, RecipientKey};
 use crate::kms::material::KeyMaterial;
-use crate::kms::remote::{self, HostClient};
+use crate::kms::release;
+use crate::kms::remote::HostClient;
 use crate::kms::verify::{self, Role};
 use crate::rotation::{LeafSvid, Signer};
 use crate::{Enclave, Error};
@@ -203,26 +204,16 @@ impl KmsUpstream {
         timings.host = step.elapsed();
 
         let step = Instant::now();
-        let tunnel = self
-            .host
-            .tunnel(&self.config.kms_endpoint.authority())
-            .await?;
-        let cms = remote::decrypt_for_recipient(
-            tunnel,
+        let cms = release::decrypt_with_recipient(
+            &self.host,
             &self.config.kms_endpoint,
             &self.config.region,
             &credentials,
-            remote::decrypt_request_body(&blob, &document),
+            &blob,
+            &document,
+            &verified,
         )
-        .await
-        .map_err(|error| match error {
-            // KMS does not say which condition failed: show what this enclave measures,
-            // to compare with the key policy.
-            Error::Kms(message) if message.contains("AccessDeniedException") => {
-                Error::Kms(format!("{message}; this enclave's measurements, to compare with the key policy's kms:RecipientAttestation conditions: {}", measurements(&verified.pcrs)))
-            }
-            other => other,
-        })?;
+        .await?;
         timings.kms = step.elapsed();
 
         let step = Instant::now();
@@ -241,6 +232,9 @@ impl KmsUpstream {
             &self.trust_domain,
             SystemTime::now(),
         )?;
+        if let (Some(path), Some(crl)) = (&self.config.crl_export_path, &crl) {
+            export_crl(path, crl);
+        }
         let signer = match &checked.role {
             Role::Ca => {
                 let mut path = checked.path.clone();
@@ -305,20 +299,18 @@ pub fn next_sync(
     }
 }
 
-/// `ImageSha384 (PCR0) = …, PCR1 = …, PCR2 = …, PCR3 = …, PCR4 = …, PCR8 = …`.
-fn measurements(pcrs: &std::collections::BTreeMap<u8, Vec<u8>>) -> String {
-    [0u8, 1, 2, 3, 4, 8]
-        .iter()
-        .filter_map(|i| {
-            let value = enclaveid_attestor::hex(pcrs.get(i)?);
-            Some(if *i == 0 {
-                format!("ImageSha384 (PCR0) = {value}")
-            } else {
-                format!("PCR{i} = {value}")
-            })
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Writes the CRL just checked where workloads read it (PEM, 0644, atomically). A failure
+/// is logged: the agent's own check stands, and the previous file stays whole.
+fn export_crl(path: &std::path::Path, crl: &[u8]) {
+    let pem_bytes = if crl.trim_ascii_start().starts_with(b"-----BEGIN") {
+        crl.to_vec()
+    } else {
+        pem::encode(&pem::Pem::new("X509 CRL", crl.to_vec())).into_bytes()
+    };
+    match crate::write_file_atomically(path, &pem_bytes, 0o644) {
+        Ok(()) => tracing::debug!(path = %path.display(), "CRL exported"),
+        Err(error) => tracing::error!(%error, "could not export the CRL for workloads"),
+    }
 }
 
 fn retry_delay(failures: u32, interval: Duration) -> Duration {

@@ -169,7 +169,9 @@ pub fn check(
 
     if let Some(crl) = crl {
         let issuer = path.get(1).map_or(anchor, |i| &parsed[*i]);
-        check_crl(crl, leaf, issuer, at)?;
+        crate::revocation::check_crl(crl, leaf, issuer, at, |why| {
+            Error::KeyMaterial(format!("CRL from the host: {why}"))
+        })?;
     }
 
     let role = if leaf.is_ca() {
@@ -271,62 +273,6 @@ fn leaf_role(cert: &X509Certificate<'_>, trust_domain: &TrustDomain) -> Result<R
         return Err(format!("{id} is outside the trust domain {trust_domain}"));
     }
     Ok(Role::Leaf(id))
-}
-
-fn check_crl(
-    crl: &[u8],
-    cert: &X509Certificate<'_>,
-    issuer: &X509Certificate<'_>,
-    at: ASN1Time,
-) -> Result<(), Error> {
-    let refused = |why: String| Error::KeyMaterial(format!("CRL from the host: {why}"));
-    let der;
-    let crl = if crl.starts_with(b"-----BEGIN") {
-        der = x509_parser::pem::parse_x509_pem(crl)
-            .map_err(|e| refused(format!("not PEM: {e}")))?
-            .1
-            .contents;
-        &der[..]
-    } else {
-        crl
-    };
-    let (_, crl) =
-        x509_parser::parse_x509_crl(crl).map_err(|e| refused(format!("does not parse: {e}")))?;
-    if crl.issuer() != issuer.subject() {
-        return Err(refused(format!(
-            "issued by {}, not by the certificate's issuer {}",
-            crl.issuer(),
-            issuer.subject()
-        )));
-    }
-    crl.verify_signature(issuer.public_key()).map_err(|e| {
-        refused(format!(
-            "its signature does not verify with {}'s key: {e}",
-            issuer.subject()
-        ))
-    })?;
-    if let Some(next) = crl.next_update()
-        && next < at
-    {
-        return Err(refused(format!(
-            "stale: its nextUpdate {next} has passed, so it may not list recent revocations"
-        )));
-    }
-    if let Some(revoked) = crl
-        .iter_revoked_certificates()
-        .find(|r| r.raw_serial() == cert.raw_serial())
-    {
-        let serial = enclaveid_attestor::hex(&cert.serial.to_bytes_be());
-        return Err(Error::Revoked {
-            message: format!(
-                "the certificate {} (serial {serial}) is revoked since {}",
-                cert.subject(),
-                revoked.revocation_date
-            ),
-            serial,
-        });
-    }
-    Ok(())
 }
 
 /// The certificate's URI SANs.

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 /// A test Private CA root.
 pub struct TestPca {
     issuer: Issuer<'static, KeyPair>,
-    /// The root certificate, PEM (what the enclave image carries).
+    /// The root certificate of the hierarchy, PEM (what the enclave image carries).
     pub root_pem: String,
 }
 
@@ -102,6 +102,19 @@ impl TestPca {
     pub fn issue_for(&self, profile: Profile<'_>, lifetime: Duration) -> Issued {
         let now = SystemTime::now();
         self.issue(profile, now - Duration::from_secs(3600), now + lifetime)
+    }
+
+    /// Issues a subordinate CA for `trust_domain_uri` valid for `lifetime`, and the
+    /// stand-in that signs with it (its certificates and CRLs chain to this root).
+    pub fn subordinate(&self, trust_domain_uri: &str, lifetime: Duration) -> (Self, Issued) {
+        let issued = self.issue_for(Profile::Ca { trust_domain_uri }, lifetime);
+        let key = KeyPair::from_pem(&issued.key_pem).expect("subordinate key");
+        let issuer = Issuer::from_ca_cert_pem(&issued.cert_pem, key).expect("subordinate CA");
+        let sub = Self {
+            issuer,
+            root_pem: self.root_pem.clone(),
+        };
+        (sub, issued)
     }
 
     /// A DER CRL revoking `serials`, valid for a day.

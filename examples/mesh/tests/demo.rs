@@ -1,0 +1,194 @@
+//! The demo as an integration test: every promise of the mesh, over each address kind
+//! that can run here (Unix and TCP; vsock needs an enclave).
+
+use std::time::Duration;
+
+use mesh::demo::{self, Mesh, Options, Report, TRUST_DOMAIN, Transport};
+use mesh::inference;
+
+fn ids() -> (String, String) {
+    (
+        format!("spiffe://{TRUST_DOMAIN}/gateway"),
+        format!("spiffe://{TRUST_DOMAIN}/inference"),
+    )
+}
+
+async fn run(transport: Transport) -> Report {
+    let options = Options {
+        transport,
+        concurrency: 4,
+        load_phase: Duration::from_millis(600),
+    };
+    demo::run(&options, &|line| eprintln!("{line}"))
+        .await
+        .unwrap()
+}
+
+fn assert_demo(report: &Report) {
+    let (gateway, inference) = ids();
+    assert_eq!(report.gateway_saw.iter().collect::<Vec<_>>(), [&inference]);
+    assert_eq!(report.inference_saw.iter().collect::<Vec<_>>(), [&gateway]);
+    assert!(report.answers_correct);
+    assert!(report.requests_ok > 0);
+    assert_eq!(
+        report.failures,
+        Vec::<String>::new(),
+        "zero failed requests across the rotation"
+    );
+    // New handshakes after the rotation present the new SVIDs, on both sides.
+    assert_ne!(report.inference_rotated.0, report.inference_rotated.1);
+    assert_ne!(report.gateway_rotated.0, report.gateway_rotated.1);
+    assert!(
+        report.serials_after.contains(&report.inference_rotated.1),
+        "{report:?}"
+    );
+    assert!(
+        !report.serials_after.contains(&report.inference_rotated.0),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .client_serials_after
+            .contains(&report.gateway_rotated.1),
+        "{report:?}"
+    );
+    // The impostor has a valid SVID of the trust domain, and is refused both ways.
+    let as_client = report
+        .impostor_as_client
+        .as_deref()
+        .expect("impostor served");
+    assert!(
+        as_client.contains("HandshakeFailure") || as_client.contains("closed"),
+        "{as_client}"
+    );
+    let as_server = report
+        .impostor_as_server
+        .as_deref()
+        .expect("impostor trusted");
+    assert!(
+        as_server.contains("not authorized: spiffe://mesh.demo/impostor"),
+        "{as_server}"
+    );
+    // Revocation: the leaf by the inference service, the intermediate by the gateway.
+    assert!(
+        report
+            .revoked_leaf
+            .as_deref()
+            .expect("revoked leaf served")
+            .contains("closed the connection")
+    );
+    assert!(report.served_after_renewal);
+    let intermediate = report
+        .revoked_intermediate
+        .as_deref()
+        .expect("revoked CA served");
+    assert!(
+        intermediate.contains("revoked") && intermediate.contains("subordinate CA"),
+        "{intermediate}"
+    );
+    assert!(
+        report.gateway_kms_refusal.contains("AccessDeniedException"),
+        "{}",
+        report.gateway_kms_refusal
+    );
+    assert!(
+        report.gateway_kms_refusal.contains("PCR0 mismatch"),
+        "{}",
+        report.gateway_kms_refusal
+    );
+    assert_eq!(
+        report.problems((&gateway, &inference)),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_holds_over_unix_sockets() {
+    assert_demo(&run(Transport::Unix).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_holds_over_tcp() {
+    assert_demo(&run(Transport::Tcp).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_key_opens_only_in_the_inference_enclave() {
+    let mut mesh = Mesh::start(Transport::Unix).await.unwrap();
+    let opened = mesh.open_model_key(&mesh.inference).await.unwrap();
+    assert_eq!(opened.len(), 32);
+    assert_eq!(
+        *opened, *mesh.model_key,
+        "the same key each time KMS releases it"
+    );
+    for refused in [&mesh.gateway, &mesh.impostor] {
+        let error = mesh.open_model_key(refused).await.unwrap_err().to_string();
+        assert!(error.contains("AccessDeniedException"), "{error}");
+        // The refusal names this enclave's measurement, to compare with the key policy.
+        assert!(
+            error.contains(&enclaveid_attestor::hex(&refused.pcr0)),
+            "{error}"
+        );
+    }
+    // The service answers with the key it opened: a gateway request proves it.
+    let gateway = mesh.gateway_client().unwrap();
+    let reply = gateway.send("what is 6 x 7?").await.unwrap();
+    assert_eq!(
+        reply.response.answer,
+        inference::answer(&opened, "what is 6 x 7?")
+    );
+    assert_ne!(
+        reply.response.answer,
+        inference::answer(&[0; 32], "what is 6 x 7?")
+    );
+    mesh.shutdown().await;
+}
+
+#[test]
+fn the_readme_demo_command_exits_zero() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["demo", "--transport", "tcp", "--concurrency", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("demo: every check passed"), "{stdout}");
+    assert!(stdout.contains("spiffe://mesh.demo/inference"), "{stdout}");
+}
+
+#[test]
+fn transports_name_what_is_accepted() {
+    assert_eq!("unix".parse::<Transport>(), Ok(Transport::Unix));
+    assert_eq!("tcp".parse::<Transport>(), Ok(Transport::Tcp));
+    let error = "vsock".parse::<Transport>().unwrap_err();
+    assert!(error.contains("accepted: unix, tcp"), "{error}");
+    assert!(error.contains("vsock://CID:PORT"), "{error}");
+}
+
+#[test]
+fn a_bad_address_is_refused_with_what_is_accepted() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args([
+            "gateway",
+            "--connect",
+            "vsock://parent",
+            "--allow",
+            "spiffe://td/x",
+            "--socket",
+            "unix:///nowhere",
+            "hi",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\"vsock://parent\" is not an address: no :PORT"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("accepted: vsock://CID:PORT"), "{stderr}");
+}
