@@ -718,6 +718,20 @@ selectors = ["unix:uid:1001"]
             ),
             (
                 "kind = \"dev\"",
+                "kind = \"kms\"\nregion = \"eu-west-1\"\ntrust_bundle_path = \"/r.pem\"\ncrl_export_path = \"crl.pem\"",
+                &[
+                    "upstream.crl_export_path",
+                    "crl.pem",
+                    "accepted: an absolute path",
+                ],
+            ),
+            (
+                "kind = \"dev\"",
+                "kind = \"dev\"\ncrl_export_path = \"/run/crl.pem\"",
+                &["crl_export_path"],
+            ),
+            (
+                "kind = \"dev\"",
                 "kind = \"kms\"\nregion = \"eu-west-1\"\ntrust_bundle_path = \"/r.pem\"\nhost = \"vsock://3\"",
                 &["upstream.host", "vsock://3", "accepted: vsock://CID:PORT"],
             ),

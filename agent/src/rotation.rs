@@ -396,4 +396,46 @@ mod tests {
             "no new snapshot when nothing is due"
         );
     }
+
+    #[tokio::test]
+    async fn a_forced_renewal_re_mints_every_svid_and_the_bundle_stays() {
+        let td = spiffe::TrustDomain::new("example.org").unwrap();
+        let entry = Entry {
+            spiffe_id: spiffe::SpiffeId::new("spiffe://example.org/a").unwrap(),
+            selectors: vec![crate::selector::Selector::Uid(1)],
+            dns_names: vec![],
+            ttl: Duration::from_secs(600),
+            hint: String::new(),
+        };
+        let authority = Authority::generate_dev(&td).unwrap();
+        let (rotator, mut rx) = Rotator::new(
+            &td,
+            authority.bundle_der(),
+            Some(Signer::Ca(authority)),
+            &[entry],
+        );
+        let renewer = rotator.renewer();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let running = tokio::spawn(rotator.run(stop.clone().cancelled_owned()));
+        let svid = |rx: &watch::Receiver<Arc<Snapshot>>| rx.borrow().identities[0].svid.clone();
+        rx.wait_for(|s| s.identities[0].svid.is_some())
+            .await
+            .unwrap();
+        let (first, bundles) = (svid(&rx).unwrap(), rx.borrow().bundles.clone());
+
+        renewer.renew_now();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("a renewal publishes at once")
+            .unwrap();
+        let second = svid(&rx).unwrap();
+        assert_ne!(
+            second.cert_chain_der(),
+            first.cert_chain_der(),
+            "a new certificate"
+        );
+        assert_eq!(rx.borrow().bundles, bundles, "same CA, same bundle");
+        stop.cancel();
+        running.await.unwrap();
+    }
 }

@@ -473,3 +473,50 @@ async fn kms_resync_picks_up_a_new_certificate_without_restart() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_exports_each_checked_crl_for_workloads() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    let first = world.pca.crl(&[&[1, 2, 3]]);
+    world.publish(world.material(&ca), first.clone()).await;
+    world.start_host();
+    let export = world.dir().join("export/crl.pem");
+    std::fs::create_dir(export.parent().unwrap()).unwrap();
+    let config = gateway_config(&world, ADMITTED_PCR0, "").replace(
+        "resync_interval = \"5s\"",
+        &format!(
+            "resync_interval = \"5s\"\ncrl_export_path = \"{}\"",
+            export.display()
+        ),
+    );
+    let agent = AgentProcess::start(&config);
+    wait_for_x509svid(&agent, Duration::from_secs(30)).await;
+
+    let exported = |export: &Path| {
+        let text = std::fs::read(export).ok()?;
+        Some(pem::parse(text).unwrap().into_contents())
+    };
+    assert_eq!(
+        exported(&export).as_deref(),
+        Some(&first[..]),
+        "the CRL the agent checked"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&export).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "workloads under other uids read it");
+
+    // A new CRL, revoking the material itself: workloads get it at the next sync too.
+    let second = world.pca.crl(&[&ca.serial]);
+    world.publish(world.material(&ca), second.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exported(&export).as_deref() != Some(&second[..]) {
+        assert!(Instant::now() < deadline, "the new CRL was not exported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(export.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["crl.pem"], "no temporary file left behind");
+}

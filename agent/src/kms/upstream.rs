@@ -231,10 +231,15 @@ impl KmsUpstream {
             crl.as_deref(),
             &self.trust_domain,
             SystemTime::now(),
-        )?;
-        if let (Some(path), Some(crl)) = (&self.config.crl_export_path, &crl) {
+        );
+        // The CRL was verified (issuer's signature, freshness) whether or not it lists
+        // our own material: workloads get it either way.
+        if let (Some(path), Some(crl), Ok(_) | Err(Error::Revoked { .. })) =
+            (&self.config.crl_export_path, &crl, &checked)
+        {
             export_crl(path, crl);
         }
+        let checked = checked?;
         let signer = match &checked.role {
             Role::Ca => {
                 let mut path = checked.path.clone();

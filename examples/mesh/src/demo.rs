@@ -250,17 +250,16 @@ impl Mesh {
                 "KMS released another key than the model key".into(),
             ));
         }
-        let gateway_kms_refusal = match release(&gateway, &host, &kms_endpoint, &model_key_blob)
-            .await
-        {
-            Ok(_) => {
-                return Err(Error::Config(
+        let gateway_kms_refusal =
+            match release(&gateway, &host, &kms_endpoint, &model_key_blob).await {
+                Ok(_) => {
+                    return Err(Error::Config(
                     "KMS released the model key to the gateway's enclave: the key policy is wrong"
                         .into(),
                 ));
-            }
-            Err(error) => error.to_string(),
-        };
+                }
+                Err(error) => error.to_string(),
+            };
 
         let crl_path = path.join("crl.pem");
         let inference_address = match transport {

@@ -1,6 +1,12 @@
 //! The demo as an integration test: every promise of the mesh, over each address kind
 //! that can run here (Unix and TCP; vsock needs an enclave).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed step must fail the test loudly"
+)]
+
 use std::time::Duration;
 
 use mesh::demo::{self, Mesh, Options, Report, TRUST_DOMAIN, Transport};

@@ -57,6 +57,39 @@ async fn a_five_second_svid_rotates_on_the_open_stream_with_overlapping_validity
     );
 }
 
+#[tokio::test]
+async fn sighup_forces_a_rotation_on_the_open_stream() {
+    let agent = AgentProcess::start(&config(
+        "1h",
+        &[("hup", &format!("\"unix:uid:{}\"", euid()), "")],
+    ));
+    let client = WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
+    let mut updates = client.stream_x509_contexts().await.unwrap();
+    let first = updates.next().await.unwrap().unwrap();
+    let old = x509(first.svids()[0].leaf().as_bytes());
+
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &agent.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // An hour-long SVID would not rotate for 30 minutes: only the signal explains this.
+    let second = tokio::time::timeout(Duration::from_secs(10), updates.next())
+        .await
+        .expect("no rotation within 10 s of SIGHUP")
+        .unwrap()
+        .unwrap();
+    let new = x509(second.svids()[0].leaf().as_bytes());
+    assert_ne!(new.serial, old.serial, "a new certificate");
+    assert!(
+        agent
+            .stderr_text()
+            .contains("renewing every X.509-SVID now")
+    );
+}
+
 struct Validity {
     serial: Vec<u8>,
     not_before: i64,
