@@ -317,6 +317,21 @@ impl Mesh {
         .await
     }
 
+    /// The host (parent instance) relaying to the fake KMS.
+    pub fn host_address(&self) -> &Address {
+        &self.host
+    }
+
+    /// The fake KMS's endpoint URL.
+    pub fn kms_url(&self) -> String {
+        self.kms_endpoint.to_string()
+    }
+
+    /// The region the fake KMS answers for.
+    pub fn region(&self) -> &'static str {
+        REGION
+    }
+
     /// Stops everything and waits for the agents to drain and remove their sockets.
     pub async fn shutdown(&mut self) {
         self.stop.cancel();

@@ -41,9 +41,26 @@ enum Command {
         /// The SPIFFE IDs allowed to call (repeatable).
         #[arg(long = "allow", required = true)]
         allow: Vec<String>,
-        /// The model key (file). In an enclave, open it with KMS (see docs/mesh.md).
-        #[arg(long)]
-        model_key: PathBuf,
+        /// The model key's KMS ciphertext (a `CiphertextBlob`, binary), opened with KMS
+        /// `Decrypt` released to this enclave's attestation only.
+        #[arg(long, value_name = "FILE", required_unless_present = "model_key")]
+        model_key_ciphertext: Option<PathBuf>,
+        /// The agent's configuration: its [attestor] is this enclave's, and with
+        /// `upstream.kind = "kms"` its host, region and KMS endpoint are the defaults.
+        #[arg(long, value_name = "FILE", requires = "model_key_ciphertext")]
+        agent_config: Option<PathBuf>,
+        /// The AWS region of the KMS key (default: the agent's upstream.region).
+        #[arg(long, value_name = "REGION")]
+        kms_region: Option<String>,
+        /// The host relaying to KMS (default: the agent's upstream.host, else vsock://3:8090).
+        #[arg(long, value_name = "ADDRESS")]
+        kms_host: Option<Address>,
+        /// The KMS endpoint (default: the agent's, else https://kms.REGION.amazonaws.com).
+        #[arg(long, value_name = "URL")]
+        kms_endpoint: Option<String>,
+        /// The model key in plain (file), outside an enclave only.
+        #[arg(long, value_name = "FILE", conflicts_with = "model_key_ciphertext")]
+        model_key: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -72,6 +89,69 @@ struct Common {
     /// upstream.crl_export_path.
     #[arg(long = "crl")]
     crls: Vec<PathBuf>,
+}
+
+/// Where and as whom the model key's ciphertext is opened.
+struct ModelKeyRelease {
+    agent_config: Option<PathBuf>,
+    region: Option<String>,
+    host: Option<Address>,
+    endpoint: Option<String>,
+}
+
+impl ModelKeyRelease {
+    async fn open(
+        self,
+        ciphertext: &std::path::Path,
+    ) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+        use enclaveid_agent::config::{AttestorConfig, AttestorKind, Config, Upstream};
+        use enclaveid_agent::kms::release::Release;
+        use enclaveid_agent::kms::remote::{HostClient, KmsEndpoint};
+        let blob = std::fs::read(ciphertext)
+            .with_context(|| format!("--model-key-ciphertext {}", ciphertext.display()))?;
+        let (attestor, kms) = match &self.agent_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("--agent-config {}", path.display()))?;
+                let config = Config::from_toml(&text, &path.display().to_string())?;
+                let kms = match config.upstream {
+                    Upstream::Kms(kms) => Some(kms),
+                    _ => None,
+                };
+                (config.attestor, kms)
+            }
+            None => (
+                AttestorConfig {
+                    kind: AttestorKind::Nsm,
+                    allow_debug: false,
+                },
+                None,
+            ),
+        };
+        let region = self
+            .region
+            .or_else(|| kms.as_ref().map(|k| k.region.clone()))
+            .context(
+                "--kms-region is needed (or an --agent-config with upstream.kind = \"kms\")",
+            )?;
+        let host = match (self.host, &kms) {
+            (Some(host), _) => host,
+            (None, Some(kms)) => kms.host.clone(),
+            (None, None) => "vsock://3:8090".parse().map_err(anyhow::Error::msg)?,
+        };
+        let endpoint = match (self.endpoint, &kms) {
+            (Some(url), _) => KmsEndpoint::parse(&url)
+                .map_err(|e| anyhow::anyhow!("--kms-endpoint {url:?}: {e}"))?,
+            (None, Some(kms)) => kms.kms_endpoint.clone(),
+            (None, None) => KmsEndpoint::for_region(&region),
+        };
+        let enclave = enclaveid_agent::Enclave::open(&attestor)?;
+        let release = Release::new(enclave, HostClient::new(host), endpoint, region);
+        Ok(release
+            .decrypt(&blob)
+            .await
+            .context("opening the model key with KMS")?)
+    }
 }
 
 #[tokio::main]
@@ -127,13 +207,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inference {
             listen,
             allow,
+            model_key_ciphertext,
+            agent_config,
+            kms_region,
+            kms_host,
+            kms_endpoint,
             model_key,
             common,
         } => {
-            let key = zeroize::Zeroizing::new(
-                std::fs::read(&model_key)
-                    .with_context(|| format!("--model-key {}", model_key.display()))?,
-            );
+            let key = match (model_key_ciphertext, model_key) {
+                (Some(ciphertext), _) => {
+                    let release = ModelKeyRelease {
+                        agent_config,
+                        region: kms_region,
+                        host: kms_host,
+                        endpoint: kms_endpoint,
+                    };
+                    release.open(&ciphertext).await?
+                }
+                (None, Some(path)) => zeroize::Zeroizing::new(
+                    std::fs::read(&path)
+                        .with_context(|| format!("--model-key {}", path.display()))?,
+                ),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
             let source = tls::source(&common.socket).await?;
             let server = Inference::new(source, &allow, CrlFiles::new(common.crls), key)?;
             let listener = listen

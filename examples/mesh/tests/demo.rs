@@ -198,3 +198,86 @@ fn a_bad_address_is_refused_with_what_is_accepted() {
     );
     assert!(stderr.contains("accepted: vsock://CID:PORT"), "{stderr}");
 }
+
+/// `mesh inference --model-key-ciphertext` as it runs in an enclave: the binary opens the
+/// key with KMS through the host, as its agent's attestor, and serves with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inference_binary_opens_its_model_key_with_kms() {
+    let mut mesh = Mesh::start(Transport::Unix).await.unwrap();
+    let dir = mesh.dir.path().to_owned();
+    std::fs::write(dir.join("model.key.kms"), &mesh.model_key_blob).unwrap();
+    let listen = dir.join("bin-inference.sock");
+    let spawn = |agent: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+            .arg("inference")
+            .args(["--listen", &format!("unix://{}", listen.display())])
+            .args(["--allow", "spiffe://mesh.demo/gateway"])
+            .args([
+                "--model-key-ciphertext",
+                &dir.join("model.key.kms").display().to_string(),
+            ])
+            .args([
+                "--agent-config",
+                &dir.join(format!("{agent}-agent.toml"))
+                    .display()
+                    .to_string(),
+            ])
+            .args(["--kms-region", mesh.region()])
+            .args(["--kms-host", &mesh.host_address().to_string()])
+            .args(["--kms-endpoint", &mesh.kms_url()])
+            .args([
+                "--socket",
+                &format!(
+                    "unix://{}",
+                    dir.join(format!("{agent}-agent.sock")).display()
+                ),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // As the gateway's enclave, KMS refuses and the service does not start.
+    let refused = tokio::task::spawn_blocking({
+        let child = spawn("gateway");
+        move || child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("opening the model key with KMS")
+            && stderr.contains("AccessDeniedException"),
+        "{stderr}"
+    );
+
+    // As the inference enclave, it opens the key and answers with it.
+    let mut child = spawn("inference");
+    let gateway = mesh::gateway::Gateway::new(
+        mesh.gateway.source.clone(),
+        std::slice::from_ref(&mesh.inference.id),
+        enclaveid_agent::transport::Address::Unix(listen.clone()),
+        mesh::tls::CrlFiles::default(),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        match gateway.send_once("hello").await {
+            Ok(reply) => break reply,
+            Err(error) => {
+                assert!(std::time::Instant::now() < deadline, "{error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(
+        reply.response.answer,
+        inference::answer(&mesh.model_key, "hello")
+    );
+    assert_eq!(reply.peer_id.to_string(), "spiffe://mesh.demo/inference");
+    let _ = child.kill();
+    let _ = child.wait();
+    mesh.shutdown().await;
+}
