@@ -46,12 +46,7 @@ impl Release {
     /// opened. KMS refusing (the key policy's conditions not met) is [`Error::Kms`],
     /// with this enclave's measurements to compare with the policy.
     pub async fn decrypt(&self, ciphertext_blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let recipient = tokio::task::spawn_blocking(RecipientKey::generate)
-            .await
-            .map_err(|e| Error::Crypto(e.to_string()))??;
-        let (document, verified) = self
-            .enclave
-            .attest(Some(recipient.subject_public_key_info().to_vec()))?;
+        let (recipient, document, verified) = recipient(&self.enclave).await?;
         let credentials = self.host.credentials().await?;
         let cms = decrypt_with_recipient(
             &self.host,
@@ -65,6 +60,19 @@ impl Release {
         .await?;
         EnvelopedData::parse(&cms)?.decrypt(&recipient)
     }
+}
+
+/// A fresh RSA-2048 recipient key and an attestation document binding its public key,
+/// verified.
+pub(crate) async fn recipient(
+    enclave: &Enclave,
+) -> Result<(RecipientKey, Vec<u8>, VerifiedDocument), Error> {
+    let recipient = tokio::task::spawn_blocking(RecipientKey::generate)
+        .await
+        .map_err(|e| Error::Crypto(e.to_string()))??;
+    let (document, verified) =
+        enclave.attest(Some(recipient.subject_public_key_info().to_vec()))?;
+    Ok((recipient, document, verified))
 }
 
 /// KMS `Decrypt` of `blob` with `document` as the `Recipient`, through the host's tunnel;

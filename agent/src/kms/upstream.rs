@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use crate::authority::Authority;
 use crate::config::KmsConfig;
 use crate::keys::SigningKey;
-use crate::kms::cms::{EnvelopedData, RecipientKey};
+use crate::kms::cms::EnvelopedData;
 use crate::kms::material::KeyMaterial;
 use crate::kms::release;
 use crate::kms::remote::HostClient;
@@ -178,12 +178,7 @@ impl KmsUpstream {
     pub async fn sync(&self) -> Result<Synced, Error> {
         let mut timings = Timings::default();
         let step = Instant::now();
-        let recipient = tokio::task::spawn_blocking(RecipientKey::generate)
-            .await
-            .map_err(|e| Error::Crypto(e.to_string()))??;
-        let (document, verified) = self
-            .enclave
-            .attest(Some(recipient.subject_public_key_info().to_vec()))?;
+        let (recipient, document, verified) = release::recipient(&self.enclave).await?;
         timings.attestation = step.elapsed();
 
         let step = Instant::now();

@@ -546,17 +546,12 @@ pub async fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> Result<Repor
     ));
 
     // The impostor: a valid SVID of the same trust domain, another SPIFFE ID.
-    let impostor = Gateway::new(
-        mesh.impostor.source.clone(),
-        std::slice::from_ref(&mesh.inference.id),
+    let impostor = client(
+        &mesh.impostor,
+        &mesh.inference,
         mesh.inference_address.clone(),
-        CrlFiles::default(),
     )?;
-    report.impostor_as_client = impostor
-        .send_once("let me in")
-        .await
-        .err()
-        .map(|e| e.to_string());
+    report.impostor_as_client = refusal(&impostor, "let me in").await;
     let impostor_address = Address::Unix(mesh.dir.path().join("impostor.sock"));
     let listener = impostor_address.bind().await?;
     let fake_server = Inference::new(
@@ -567,17 +562,8 @@ pub async fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> Result<Repor
     )?;
     let stop_impostor = CancellationToken::new();
     tokio::spawn(fake_server.serve(listener, stop_impostor.clone()));
-    let to_impostor = Gateway::new(
-        mesh.gateway.source.clone(),
-        std::slice::from_ref(&mesh.inference.id),
-        impostor_address,
-        CrlFiles::default(),
-    )?;
-    report.impostor_as_server = to_impostor
-        .send_once("hello?")
-        .await
-        .err()
-        .map(|e| e.to_string());
+    let to_impostor = client(&mesh.gateway, &mesh.inference, impostor_address)?;
+    report.impostor_as_server = refusal(&to_impostor, "hello?").await;
     stop_impostor.cancel();
     say(&format!(
         "impostor {} as client: {}",
@@ -600,11 +586,7 @@ pub async fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> Result<Repor
     let gateway_once = mesh.gateway_client()?;
     let leaf = serial(&mesh.gateway)?;
     write_crls(&mesh.crl_path, &[mesh.ca.crl(&[&parse_hex(&leaf)?])])?;
-    report.revoked_leaf = gateway_once
-        .send_once("revoked?")
-        .await
-        .err()
-        .map(|e| e.to_string());
+    report.revoked_leaf = refusal(&gateway_once, "revoked?").await;
     say(&format!(
         "revoked gateway leaf {}: {}",
         short(&leaf),
@@ -618,11 +600,7 @@ pub async fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> Result<Repor
         report.served_after_renewal
     ));
     write_crls(&mesh.crl_path, &[mesh.root.crl(&[&mesh.ca_serial])])?;
-    report.revoked_intermediate = gateway_once
-        .send_once("ca revoked?")
-        .await
-        .err()
-        .map(|e| e.to_string());
+    report.revoked_intermediate = refusal(&gateway_once, "ca revoked?").await;
     say(&format!(
         "revoked subordinate CA {}: {}",
         short(&hex(&mesh.ca_serial)),
@@ -633,6 +611,21 @@ pub async fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> Result<Repor
     ));
     mesh.shutdown().await;
     Ok(report)
+}
+
+/// A client presenting `from`'s SVIDs to `address`, which must prove `to`'s SPIFFE ID.
+fn client(from: &Workload, to: &Workload, address: Address) -> Result<Gateway, Error> {
+    Gateway::new(
+        from.source.clone(),
+        std::slice::from_ref(&to.id),
+        address,
+        CrlFiles::default(),
+    )
+}
+
+/// Why a request on a new connection failed; `None` when it was answered.
+async fn refusal(gateway: &Gateway, prompt: &str) -> Option<String> {
+    gateway.send_once(prompt).await.err().map(|e| e.to_string())
 }
 
 impl Report {

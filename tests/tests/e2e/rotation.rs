@@ -8,18 +8,31 @@ use spiffe::workload_api::WorkloadApiClient;
 
 use super::config;
 
-#[tokio::test]
-async fn a_five_second_svid_rotates_on_the_open_stream_with_overlapping_validity() {
+/// An agent with one entry for us (`extra` added to it), an open X.509 stream, and its
+/// first context.
+async fn agent_with_stream(
+    path: &str,
+    extra: &str,
+) -> (
+    AgentProcess,
+    impl futures_util::Stream<Item = Result<spiffe::X509Context, spiffe::WorkloadApiError>> + Unpin,
+    spiffe::X509Context,
+) {
     let agent = AgentProcess::start(&config(
         "1h",
-        &[("short", &format!("\"unix:uid:{}\"", euid()), "ttl = \"5s\"")],
+        &[(path, &format!("\"unix:uid:{}\"", euid()), extra)],
     ));
     let client = WorkloadApiClient::connect_to(agent.endpoint())
         .await
         .unwrap();
-    let mut updates = client.stream_x509_contexts().await.unwrap();
-
+    let mut updates = Box::pin(client.stream_x509_contexts().await.unwrap());
     let first = updates.next().await.unwrap().unwrap();
+    (agent, updates, first)
+}
+
+#[tokio::test]
+async fn a_five_second_svid_rotates_on_the_open_stream_with_overlapping_validity() {
+    let (_agent, mut updates, first) = agent_with_stream("short", "ttl = \"5s\"").await;
     let old = x509(first.svids()[0].leaf().as_bytes());
     // Half of 5 s, ±10 %, is at most 2.75 s; allow for a slow machine.
     let second = tokio::time::timeout(Duration::from_secs(10), updates.next())
@@ -59,15 +72,7 @@ async fn a_five_second_svid_rotates_on_the_open_stream_with_overlapping_validity
 
 #[tokio::test]
 async fn sighup_forces_a_rotation_on_the_open_stream() {
-    let agent = AgentProcess::start(&config(
-        "1h",
-        &[("hup", &format!("\"unix:uid:{}\"", euid()), "")],
-    ));
-    let client = WorkloadApiClient::connect_to(agent.endpoint())
-        .await
-        .unwrap();
-    let mut updates = client.stream_x509_contexts().await.unwrap();
-    let first = updates.next().await.unwrap().unwrap();
+    let (agent, mut updates, first) = agent_with_stream("hup", "").await;
     let old = x509(first.svids()[0].leaf().as_bytes());
 
     let status = std::process::Command::new("kill")
