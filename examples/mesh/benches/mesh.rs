@@ -181,14 +181,14 @@ async fn main() {
 
     println!("gateway -> inference, one client, sequential requests, TCP loopback");
     println!();
-    println!("| measure | mTLS (SPIFFE) | plain TCP (floor) | ratio |");
+    println!("| measure | mTLS (SPIFFE) | plain TCP (floor) | cost vs floor |");
     println!("| --- | --- | --- | --- |");
     for (name, tls, floor) in [
         ("reused connection", &tls_reused, &plain_reused),
         ("new connection per request", &tls_new, &plain_new),
     ] {
         println!(
-            "| {name}: requests/s | {:.0} | {:.0} | {:.2}x fewer |",
+            "| {name}: requests/s | {:.0} | {:.0} | {:.2}x |",
             tls.per_second,
             floor.per_second,
             floor.per_second / tls.per_second

@@ -147,10 +147,10 @@ impl ModelKeyRelease {
         };
         let enclave = enclaveid_agent::Enclave::open(&attestor)?;
         let release = Release::new(enclave, HostClient::new(host), endpoint, region);
-        Ok(release
+        release
             .decrypt(&blob)
             .await
-            .context("opening the model key with KMS")?)
+            .context("opening the model key with KMS")
     }
 }
 

@@ -281,3 +281,51 @@ async fn the_inference_binary_opens_its_model_key_with_kms() {
     let _ = child.wait();
     mesh.shutdown().await;
 }
+
+/// Garbage, a half handshake and a client without a certificate get nothing, and the
+/// service keeps answering the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inference_service_survives_garbage_and_keeps_serving() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut mesh = Mesh::start(Transport::Tcp).await.unwrap();
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff],
+        &[0u8; 4096],
+    ] {
+        let mut stream = mesh.inference_address.connect().await.unwrap();
+        stream.write_all(junk).await.unwrap();
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the connection is closed, not left hanging");
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("answer"),
+            "nothing served"
+        );
+    }
+    // A TLS client with no certificate at all.
+    let bundle = rustls::RootCertStore::empty();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(bundle)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let stream = mesh.inference_address.connect().await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("inference").unwrap();
+    assert!(
+        connector.connect(name, stream).await.is_err(),
+        "no anonymous TLS"
+    );
+
+    let gateway = mesh.gateway_client().unwrap();
+    let reply = gateway.send("still there?").await.unwrap();
+    assert_eq!(
+        reply.response.answer,
+        inference::answer(&mesh.model_key, "still there?")
+    );
+    mesh.shutdown().await;
+}
