@@ -348,6 +348,7 @@ mod tests {
             selectors: vec![crate::selector::Selector::Uid(1)],
             dns_names: vec!["gateway.internal".into()],
             ttl,
+            jwt_ttl: Duration::from_secs(300),
             hint: String::new(),
         }
     }

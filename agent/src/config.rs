@@ -5,6 +5,8 @@
 //! trust_domain = "example.org"
 //! socket_path = "/run/enclaveid/agent.sock"   # default
 //! svid_ttl = "1h"                             # default; humantime, at least 5s
+//! jwt_ttl = "5m"                              # default JWT-SVID lifetime
+//! jwt_key_rotation = "24h"                    # dev upstream: JWT signing key lifetime
 //! [upstream]
 //! kind = "dev"          # or "kms"
 //! # dev: cert_path / key_path load the dev CA instead of generating one at start;
@@ -27,6 +29,7 @@
 //! selectors = ["unix:uid:1000"]   # all must match
 //! dns_names = []                  # optional
 //! ttl = "30m"                     # optional, overrides svid_ttl
+//! jwt_ttl = "1m"                  # optional, overrides jwt_ttl
 //! hint = "internal"               # optional
 //! ```
 
@@ -42,6 +45,11 @@ use crate::selector::Selector;
 
 /// Where the agent listens when `socket_path` is not set.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/enclaveid/agent.sock";
+/// The JWT-SVID lifetime when neither the entry nor `jwt_ttl` sets one (SPIRE's default).
+pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
+/// How long the `dev` upstream signs JWT-SVIDs with one key.
+pub const DEFAULT_JWT_KEY_ROTATION: Duration = Duration::from_secs(24 * 3600);
+
 /// The X.509-SVID lifetime when neither the entry nor `svid_ttl` sets one.
 pub const DEFAULT_SVID_TTL: Duration = Duration::from_secs(3600);
 /// The shortest lifetime accepted: rotation happens at half of it.
@@ -56,6 +64,8 @@ pub struct Config {
     pub socket_path: PathBuf,
     /// The default X.509-SVID lifetime.
     pub svid_ttl: Duration,
+    /// How long the `dev` upstream signs JWT-SVIDs with one key before a new one.
+    pub jwt_key_rotation: Duration,
     /// Where the signing CA comes from.
     pub upstream: Upstream,
     /// How the enclave proves itself.
@@ -140,6 +150,8 @@ pub struct Entry {
     pub dns_names: Vec<String>,
     /// The X.509-SVID lifetime.
     pub ttl: Duration,
+    /// The JWT-SVID lifetime.
+    pub jwt_ttl: Duration,
     /// Sent to the workload as the SVID's `hint`.
     pub hint: String,
 }
@@ -150,6 +162,8 @@ struct RawConfig {
     trust_domain: String,
     socket_path: Option<PathBuf>,
     svid_ttl: Option<String>,
+    jwt_ttl: Option<String>,
+    jwt_key_rotation: Option<String>,
     upstream: RawUpstream,
     attestor: RawAttestor,
     #[serde(default, rename = "entry")]
@@ -195,6 +209,7 @@ struct RawEntry {
     #[serde(default)]
     dns_names: Vec<String>,
     ttl: Option<String>,
+    jwt_ttl: Option<String>,
     #[serde(default)]
     hint: String,
 }
@@ -220,6 +235,16 @@ impl Config {
         let svid_ttl = match &raw.svid_ttl {
             Some(value) => parse_ttl(value).map_err(|why| invalid("svid_ttl", value, &why))?,
             None => DEFAULT_SVID_TTL,
+        };
+        let jwt_ttl = match &raw.jwt_ttl {
+            Some(value) => parse_ttl(value).map_err(|why| invalid("jwt_ttl", value, &why))?,
+            None => DEFAULT_JWT_TTL,
+        };
+        let jwt_key_rotation = match &raw.jwt_key_rotation {
+            Some(value) => {
+                parse_ttl(value).map_err(|why| invalid("jwt_key_rotation", value, &why))?
+            }
+            None => DEFAULT_JWT_KEY_ROTATION,
         };
         let up = &raw.upstream;
         let kms_keys = [
@@ -330,11 +355,18 @@ impl Config {
                 Some(value) => parse_ttl(value).map_err(|why| invalid(&key("ttl"), value, &why))?,
                 None => svid_ttl,
             };
+            let entry_jwt_ttl = match &entry.jwt_ttl {
+                Some(value) => {
+                    parse_ttl(value).map_err(|why| invalid(&key("jwt_ttl"), value, &why))?
+                }
+                None => jwt_ttl,
+            };
             entries.push(Entry {
                 spiffe_id,
                 selectors,
                 dns_names: entry.dns_names,
                 ttl,
+                jwt_ttl: entry_jwt_ttl,
                 hint: entry.hint,
             });
         }
@@ -345,6 +377,7 @@ impl Config {
                 .socket_path
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH)),
             svid_ttl,
+            jwt_key_rotation,
             upstream,
             attestor,
             entries,
@@ -362,6 +395,7 @@ impl Config {
             trust_domain,
             socket_path,
             svid_ttl: DEFAULT_SVID_TTL,
+            jwt_key_rotation: DEFAULT_JWT_KEY_ROTATION,
             upstream: Upstream::Dev(None),
             attestor: AttestorConfig {
                 kind: AttestorKind::Fake(enclaveid_attestor::FakeConfig::default()),
@@ -372,6 +406,7 @@ impl Config {
                 selectors: vec![Selector::Uid(uid)],
                 dns_names: Vec::new(),
                 ttl: DEFAULT_SVID_TTL,
+                jwt_ttl: DEFAULT_JWT_TTL,
                 hint: String::new(),
             }],
         })

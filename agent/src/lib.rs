@@ -19,6 +19,7 @@
 pub mod authority;
 pub mod config;
 pub mod host;
+pub mod jwt;
 pub mod keys;
 pub mod kms;
 #[cfg(feature = "aws")]
@@ -159,7 +160,18 @@ impl Agent {
                     Some(Signer::Ca(authority)),
                     &config.entries,
                 );
-                (rotator, snapshots, None)
+                let longest_token = config
+                    .entries
+                    .iter()
+                    .map(|e| e.jwt_ttl)
+                    .max()
+                    .unwrap_or(config::DEFAULT_JWT_TTL);
+                let jwt = jwt::JwtKeys::new(
+                    &config.trust_domain,
+                    config.jwt_key_rotation,
+                    longest_token,
+                )?;
+                (rotator.with_jwt_keys(jwt), snapshots, None)
             }
             Upstream::Kms(kms) => {
                 let roots = authority::parse_pem_certs(

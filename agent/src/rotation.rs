@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::authority::Authority;
 use crate::config::Entry;
+use crate::jwt::JwtKeys;
 
 /// After a failed mint, the first retry waits this long, doubling up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -60,6 +61,7 @@ pub struct Rotator {
     snapshots: watch::Sender<Arc<Snapshot>>,
     updates: Option<mpsc::Receiver<Option<Signer>>>,
     renew: Arc<tokio::sync::Notify>,
+    jwt: Option<JwtKeys>,
 }
 
 /// Asks a running [`Rotator`] to re-mint every SVID now (see [`Renewer::renew_now`]).
@@ -115,6 +117,7 @@ impl Rotator {
             snapshots,
             updates: None,
             renew: Arc::default(),
+            jwt: None,
         };
         if let Some(signer) = signer {
             rotator.set_signer(signer);
@@ -130,13 +133,27 @@ impl Rotator {
         self
     }
 
+    /// Signs JWT-SVIDs with `keys` and publishes their bundle.
+    pub fn with_jwt_keys(mut self, keys: JwtKeys) -> Self {
+        self.jwt = Some(keys);
+        self.publish();
+        self
+    }
+
     /// A handle that forces a rotation while [`Rotator::run`] runs.
     pub fn renewer(&self) -> Renewer {
         Renewer(self.renew.clone())
     }
 
-    /// Makes every SVID due now (a CA signer re-mints them at the next pass).
+    /// Makes every SVID due now (a CA signer re-mints them at the next pass) and
+    /// replaces the JWT signing key.
     pub fn renew_all(&mut self) {
+        if let Some(jwt) = &mut self.jwt {
+            match jwt.rotate() {
+                Ok(()) => self.publish(),
+                Err(error) => tracing::error!(%error, "could not replace the JWT-SVID signing key"),
+            }
+        }
         if !matches!(self.signer, Some(Signer::Ca(_))) {
             tracing::warn!("renewal asked, but there is no CA to re-mint SVIDs with");
             return;
@@ -195,7 +212,7 @@ impl Rotator {
     pub fn rotate_due(&mut self) -> Instant {
         let now = Instant::now();
         let wall = SystemTime::now();
-        let mut changed = false;
+        let mut changed = self.jwt.as_mut().is_some_and(|jwt| jwt.update(now, wall));
         for slot in &mut self.entries {
             if slot
                 .svid
@@ -287,6 +304,7 @@ impl Rotator {
                     .map(|svid| now + svid.not_after().duration_since(wall).unwrap_or_default());
                 std::iter::once(slot.rotate_at).chain(expiry)
             })
+            .chain(self.jwt.as_ref().map(|jwt| jwt.next_wakeup(now, wall)))
             .min()
             .unwrap_or(now + MAX_RETRY)
     }
@@ -300,11 +318,14 @@ impl Rotator {
                 selectors: slot.selectors.clone(),
                 hint: slot.entry.hint.clone(),
                 svid: slot.svid.clone(),
+                jwt_ttl: slot.entry.jwt_ttl,
             })
             .collect();
         self.snapshots.send_replace(Arc::new(Snapshot {
             identities,
             bundles: self.bundles.clone(),
+            jwt_bundles: self.jwt.as_ref().map(JwtKeys::bundles).unwrap_or_default(),
+            jwt_issuer: self.jwt.as_ref().map(JwtKeys::issuer),
         }));
     }
 }
@@ -361,6 +382,7 @@ mod tests {
             selectors: vec![crate::selector::Selector::Uid(uid)],
             dns_names: vec![],
             ttl: Duration::from_secs(600),
+            jwt_ttl: Duration::from_secs(300),
             hint: String::new(),
         };
         let authority = Authority::generate_dev(&td).unwrap();
@@ -405,6 +427,7 @@ mod tests {
             selectors: vec![crate::selector::Selector::Uid(1)],
             dns_names: vec![],
             ttl: Duration::from_secs(600),
+            jwt_ttl: Duration::from_secs(300),
             hint: String::new(),
         };
         let authority = Authority::generate_dev(&td).unwrap();

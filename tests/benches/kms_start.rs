@@ -148,6 +148,7 @@ fn mint_time() -> Duration {
         selectors: vec![enclaveid_agent::selector::Selector::Uid(1)],
         dns_names: Vec::new(),
         ttl: Duration::from_secs(3600),
+        jwt_ttl: std::time::Duration::from_secs(300),
         hint: String::new(),
     };
     let mut samples: Vec<Duration> = (0..50)

@@ -37,11 +37,15 @@
 //! | the caller could not be attested | `Unavailable` | the reason |
 //! | no entry matches the caller, or its last identity went away | `PermissionDenied` | `no identity issued` |
 //! | the agent is shutting down | `Unavailable` | `agent is shutting down` |
-//! | JWT calls (not implemented yet) | `Unimplemented` | names the method |
+//! | `FetchJWTSVID` or `ValidateJWTSVID` without an audience | `InvalidArgument` | `audience must be specified` |
+//! | `ValidateJWTSVID` without a token | `InvalidArgument` | `svid must be specified` |
+//! | `ValidateJWTSVID` of a bad token | `InvalidArgument` | why ([`jwt::validate`]) |
+//! | `FetchJWTSVID` while the agent has no JWT signing key | `Unavailable` | says so |
 
 #![forbid(unsafe_code)]
 
 mod authority;
+pub mod jwt;
 
 pub use authority::LenientAuthority;
 
@@ -113,6 +117,10 @@ pub struct Snapshot {
     /// X.509 trust bundles keyed by trust-domain ID (`spiffe://example.org`), each the
     /// concatenated DER of its root certificates.
     pub bundles: BTreeMap<String, Bytes>,
+    /// JWT bundles keyed by trust-domain ID, each a JWKS document.
+    pub jwt_bundles: BTreeMap<String, Bytes>,
+    /// Signs JWT-SVIDs; `None` while the agent has no JWT key.
+    pub jwt_issuer: Option<Arc<dyn jwt::JwtIssuer>>,
 }
 
 /// One registration entry and its current X.509-SVID, if one is issued.
@@ -127,6 +135,8 @@ pub struct Identity {
     pub hint: String,
     /// The current SVID; `None` while none is issued (not minted yet, or expired).
     pub svid: Option<Svid>,
+    /// The lifetime of this identity's JWT-SVIDs.
+    pub jwt_ttl: std::time::Duration,
 }
 
 /// An issued X.509-SVID: certificate chain and private key.
@@ -212,6 +222,22 @@ impl Snapshot {
             crl: Vec::new(),
             bundles: self
                 .bundles
+                .iter()
+                .map(|(td, b)| (td.clone(), b.clone()))
+                .collect(),
+        })
+    }
+}
+
+impl Snapshot {
+    fn jwt_bundles_response(&self, selectors: &Selectors) -> Option<proto::JwtBundlesResponse> {
+        // Like the X.509 bundles: only a caller with an identity gets them.
+        self.identities
+            .iter()
+            .find(|identity| identity.selectors.is_subset(selectors))?;
+        Some(proto::JwtBundlesResponse {
+            bundles: self
+                .jwt_bundles
                 .iter()
                 .map(|(td, b)| (td.clone(), b.clone()))
                 .collect(),
@@ -329,6 +355,70 @@ impl FromIterator<String> for Selectors {
 pub struct WorkloadApi<A> {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     attestor: A,
+    tokens: TokenCache,
+}
+
+/// JWT-SVIDs already signed, per (SPIFFE ID, audience set, key), reused until half their
+/// lifetime has passed. Callers choose audiences, so the cache is bounded.
+#[derive(Default)]
+struct TokenCache(std::sync::Mutex<std::collections::HashMap<TokenKey, Cached>>);
+
+type TokenKey = (String, Vec<String>, String);
+
+struct Cached {
+    token: String,
+    renew_at: SystemTime,
+}
+
+/// The most tokens kept; past it, what is due is dropped, then everything.
+const MAX_CACHED_TOKENS: usize = 4096;
+
+impl TokenCache {
+    fn token(
+        &self,
+        issuer: &dyn jwt::JwtIssuer,
+        identity: &Identity,
+        audience: &[String],
+    ) -> Result<String, Status> {
+        let now = SystemTime::now();
+        let mut audiences = audience.to_vec();
+        audiences.sort();
+        audiences.dedup();
+        let key = (
+            identity.spiffe_id.to_string(),
+            audiences,
+            issuer.kid().to_owned(),
+        );
+        let mut cache = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(cached) = cache.get(&key)
+            && now < cached.renew_at
+        {
+            return Ok(cached.token.clone());
+        }
+        let token = issuer
+            .issue(&identity.spiffe_id, audience, identity.jwt_ttl, now)
+            .map_err(|e| {
+                tracing::error!(error = %e, spiffe_id = %identity.spiffe_id, "could not sign a JWT-SVID");
+                Status::internal(format!("could not sign a JWT-SVID: {e}"))
+            })?;
+        if cache.len() >= MAX_CACHED_TOKENS {
+            cache.retain(|_, cached| now < cached.renew_at);
+            if cache.len() >= MAX_CACHED_TOKENS {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            key,
+            Cached {
+                token: token.clone(),
+                renew_at: now + identity.jwt_ttl / 2,
+            },
+        );
+        Ok(token)
+    }
 }
 
 /// The service as tonic serves it: the Workload API behind the security-header check.
@@ -346,6 +436,7 @@ impl<A: WorkloadAttestor> WorkloadApi<A> {
         Self {
             snapshots,
             attestor,
+            tokens: TokenCache::default(),
         }
     }
 
@@ -464,8 +555,29 @@ fn check_security_header(request: Request<()>) -> Result<Request<()>, Status> {
     }
 }
 
-fn unimplemented(method: &str) -> Status {
-    Status::unimplemented(format!("{method} is not implemented by this agent yet"))
+/// A JSON value as a protobuf `Value` (the claims of `ValidateJWTSVIDResponse`).
+fn to_proto_value(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(to_proto_value).collect(),
+        }),
+        serde_json::Value::Object(map) => Kind::StructValue(to_proto_struct(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn to_proto_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, to_proto_value(v)))
+            .collect(),
+    }
 }
 
 #[tonic::async_trait]
@@ -498,23 +610,79 @@ impl<A: WorkloadAttestor> SpiffeWorkloadApi for WorkloadApi<A> {
 
     async fn fetch_jwtsvid(
         &self,
-        _request: Request<proto::JwtsvidRequest>,
+        request: Request<proto::JwtsvidRequest>,
     ) -> Result<Response<proto::JwtsvidResponse>, Status> {
-        Err(unimplemented("FetchJWTSVID"))
+        let selectors = self.selectors_of(&request).await?;
+        let request = request.into_inner();
+        if request.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let snapshot = self.snapshots.borrow().clone();
+        let identities: Vec<&Identity> = snapshot
+            .identities
+            .iter()
+            .filter(|identity| identity.selectors.is_subset(&selectors))
+            .filter(|identity| {
+                request.spiffe_id.is_empty() || identity.spiffe_id.to_string() == request.spiffe_id
+            })
+            .collect();
+        if identities.is_empty() {
+            tracing::info!(method = "FetchJWTSVID", spiffe_id = %request.spiffe_id, "no identity issued to caller");
+            return Err(Status::permission_denied(NO_IDENTITY_ISSUED));
+        }
+        let issuer = snapshot.jwt_issuer.as_deref().ok_or_else(|| {
+            Status::unavailable("no JWT-SVID signing key: this agent's upstream provides none")
+        })?;
+        let svids = identities
+            .into_iter()
+            .map(|identity| {
+                Ok(proto::Jwtsvid {
+                    spiffe_id: identity.spiffe_id.to_string(),
+                    svid: self.tokens.token(issuer, identity, &request.audience)?,
+                    hint: identity.hint.clone(),
+                })
+            })
+            .collect::<Result<_, Status>>()?;
+        Ok(Response::new(proto::JwtsvidResponse { svids }))
     }
 
     async fn fetch_jwt_bundles(
         &self,
-        _request: Request<proto::JwtBundlesRequest>,
+        request: Request<proto::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        Err(unimplemented("FetchJWTBundles"))
+        let selectors = self.selectors_of(&request).await?;
+        self.watch(selectors, Snapshot::jwt_bundles_response, "FetchJWTBundles")
+            .map(Response::new)
     }
 
     async fn validate_jwtsvid(
         &self,
-        _request: Request<proto::ValidateJwtsvidRequest>,
+        request: Request<proto::ValidateJwtsvidRequest>,
     ) -> Result<Response<proto::ValidateJwtsvidResponse>, Status> {
-        Err(unimplemented("ValidateJWTSVID"))
+        // Any attested caller may validate; it needs no identity of its own.
+        self.selectors_of(&request).await?;
+        let request = request.into_inner();
+        if request.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if request.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let bundles = self.snapshots.borrow().jwt_bundles.clone();
+        let validated = jwt::validate(
+            &request.svid,
+            &request.audience,
+            &bundles,
+            SystemTime::now(),
+        )
+        .map_err(|invalid| {
+            tracing::info!(reason = %invalid, "JWT-SVID refused");
+            Status::invalid_argument(invalid.0)
+        })?;
+        Ok(Response::new(proto::ValidateJwtsvidResponse {
+            spiffe_id: validated.spiffe_id.to_string(),
+            claims: Some(to_proto_struct(validated.claims)),
+        }))
     }
 }
 
@@ -538,6 +706,7 @@ mod tests {
                     SystemTime::UNIX_EPOCH,
                 )
             }),
+            jwt_ttl: std::time::Duration::from_secs(300),
         }
     }
 
@@ -562,6 +731,7 @@ mod tests {
                     Bytes::from_static(b"other"),
                 ),
             ]),
+            ..Snapshot::default()
         }
     }
 

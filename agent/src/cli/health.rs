@@ -11,11 +11,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub(crate) async fn check(endpoint: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
-    let path = endpoint
-        .strip_prefix("unix://")
-        .or_else(|| endpoint.strip_prefix("unix:"))
-        .with_context(|| format!("healthcheck needs a unix socket, not {endpoint}"))?
-        .to_owned();
+    let path = super::unix_path(endpoint)?;
     let status = super::within(timeout, endpoint, async {
         let channel = enclaveid_workload_api::connect_unix(path).await?;
         let response = HealthClient::new(channel)

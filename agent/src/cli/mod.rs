@@ -5,6 +5,7 @@ mod attest;
 mod health;
 #[cfg(feature = "aws")]
 mod host;
+mod jwt;
 #[cfg(feature = "aws")]
 mod provision;
 
@@ -88,12 +89,57 @@ enum ApiCommand {
     Fetch(FetchCommand),
     /// Stream X.509-SVID updates and print each one.
     Watch(EndpointArgs),
+    /// Validate through the agent.
+    #[command(subcommand)]
+    Validate(ValidateCommand),
 }
 
 #[derive(Subcommand)]
 enum FetchCommand {
     /// Fetch X.509-SVIDs and trust bundles.
     X509(FetchX509Args),
+    /// Fetch JWT-SVIDs (one per identity, or the one named) for an audience.
+    Jwt(FetchJwtArgs),
+    /// Fetch the JWT bundles (JWKS per trust domain).
+    JwtBundles(TimeoutArgs),
+}
+
+#[derive(Subcommand)]
+enum ValidateCommand {
+    /// Validate a JWT-SVID for an audience; prints its SPIFFE ID and claims.
+    Jwt(ValidateJwtArgs),
+}
+
+#[derive(Args)]
+struct TimeoutArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Give up after this long (humantime).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct FetchJwtArgs {
+    #[command(flatten)]
+    common: TimeoutArgs,
+    /// An audience the token is for (repeatable, at least one).
+    #[arg(long = "audience", required = true, value_name = "AUDIENCE")]
+    audience: Vec<String>,
+    /// Only this identity's token (one of the caller's SPIFFE IDs).
+    #[arg(long, value_name = "SPIFFE_ID")]
+    spiffe_id: Option<String>,
+}
+
+#[derive(Args)]
+struct ValidateJwtArgs {
+    #[command(flatten)]
+    common: TimeoutArgs,
+    /// The audience the token must carry.
+    #[arg(long, value_name = "AUDIENCE")]
+    audience: String,
+    /// The token.
+    token: String,
 }
 
 #[derive(Args)]
@@ -151,6 +197,27 @@ pub(crate) fn main() -> ExitCode {
                 .await
             }
             Command::Api(ApiCommand::Watch(args)) => api::watch(&endpoint(&args)?).await,
+            Command::Api(ApiCommand::Fetch(FetchCommand::Jwt(args))) => {
+                jwt::fetch_jwt(
+                    &endpoint(&args.common.endpoint)?,
+                    &args.audience,
+                    args.spiffe_id.as_deref(),
+                    args.common.timeout,
+                )
+                .await
+            }
+            Command::Api(ApiCommand::Fetch(FetchCommand::JwtBundles(args))) => {
+                jwt::fetch_jwt_bundles(&endpoint(&args.endpoint)?, args.timeout).await
+            }
+            Command::Api(ApiCommand::Validate(ValidateCommand::Jwt(args))) => {
+                jwt::validate_jwt(
+                    &endpoint(&args.common.endpoint)?,
+                    &args.audience,
+                    &args.token,
+                    args.common.timeout,
+                )
+                .await
+            }
             Command::Healthcheck(args) => {
                 health::check(&endpoint(&args.endpoint)?, args.timeout).await
             }
@@ -287,6 +354,15 @@ fn endpoint(args: &EndpointArgs) -> anyhow::Result<String> {
 }
 
 /// `future`'s output, or an error naming `endpoint` when it takes longer than `timeout`.
+/// The socket path of a `unix://` endpoint.
+fn unix_path(endpoint: &str) -> anyhow::Result<String> {
+    Ok(endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .with_context(|| format!("the Workload API is on a unix socket; {endpoint} is not one"))?
+        .to_owned())
+}
+
 async fn within<T>(
     timeout: Duration,
     endpoint: &str,

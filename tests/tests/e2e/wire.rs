@@ -6,9 +6,7 @@ use std::process::Command;
 use enclaveid_tests::{
     AgentProcess, can_switch_uid, enclaveid_bin, euid, first_x509_response, raw_client, with_header,
 };
-use enclaveid_workload_api::proto::{
-    JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
-};
+use enclaveid_workload_api::proto::{JwtsvidRequest, X509BundlesRequest, X509svidRequest};
 use tonic::Code;
 
 use super::{config, config_for_me};
@@ -85,38 +83,6 @@ async fn x509_bundles_are_keyed_by_trust_domain_id_and_streamed() {
         spiffe::X509Svid::parse_from_der(&svid.svids[0].x509_svid, key).is_ok(),
         "chain as concatenated DER, key as PKCS#8 DER"
     );
-}
-
-#[tokio::test]
-async fn jwt_methods_are_unimplemented_not_hanging() {
-    let agent = AgentProcess::start(&config_for_me());
-    let mut client = raw_client(agent.socket()).await;
-    let request = JwtsvidRequest {
-        audience: vec!["a".into()],
-        spiffe_id: String::new(),
-    };
-    let timeout = std::time::Duration::from_secs(5);
-    let status = tokio::time::timeout(timeout, client.fetch_jwtsvid(with_header(request)))
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    let status = tokio::time::timeout(
-        timeout,
-        client.fetch_jwt_bundles(with_header(JwtBundlesRequest {})),
-    )
-    .await
-    .unwrap()
-    .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    let status = tokio::time::timeout(
-        timeout,
-        client.validate_jwtsvid(with_header(ValidateJwtsvidRequest::default())),
-    )
-    .await
-    .unwrap()
-    .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
 }
 
 /// This test process has no entry (entries name other uids): both X.509 calls answer
