@@ -160,16 +160,10 @@ impl Agent {
                     Some(Signer::Ca(authority)),
                     &config.entries,
                 );
-                let longest_token = config
-                    .entries
-                    .iter()
-                    .map(|e| e.jwt_ttl)
-                    .max()
-                    .unwrap_or(config::DEFAULT_JWT_TTL);
                 let jwt = jwt::JwtKeys::new(
                     &config.trust_domain,
                     config.jwt_key_rotation,
-                    longest_token,
+                    longest_jwt_ttl(&config),
                 )?;
                 (rotator.with_jwt_keys(jwt), snapshots, None)
             }
@@ -187,14 +181,19 @@ impl Agent {
                 let (rotator, snapshots) =
                     Rotator::new(&config.trust_domain, bundle, None, &config.entries);
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let (jwt_tx, jwt_rx) = tokio::sync::mpsc::channel(1);
+                let jwt = jwt::JwtKeys::provisioned(&config.trust_domain, longest_jwt_ttl(&config));
                 let upstream = KmsUpstream::new(
                     kms.clone(),
                     roots,
                     enclave,
                     config.trust_domain.clone(),
                     config.entries.iter().map(|e| e.spiffe_id.clone()).collect(),
-                    tx,
-                    problem_tx,
+                    kms::upstream::Outlets {
+                        signers: tx,
+                        jwt_keys: jwt_tx,
+                        problems: problem_tx,
+                    },
                 );
                 tracing::info!(
                     trust_domain = %config.trust_domain,
@@ -203,7 +202,11 @@ impl Agent {
                     kms = %kms.kms_endpoint,
                     "upstream: key material released by KMS to this enclave"
                 );
-                (rotator.with_updates(rx), snapshots, Some(upstream))
+                let rotator = rotator
+                    .with_updates(rx)
+                    .with_jwt_keys(jwt)
+                    .with_jwt_updates(jwt_rx);
+                (rotator, snapshots, Some(upstream))
             }
         };
         let mut rotator = rotator;
@@ -259,6 +262,16 @@ impl Agent {
         let _ = rotation.await;
         served
     }
+}
+
+/// The longest JWT-SVID lifetime of any entry: how long a replaced key stays in the JWKS.
+fn longest_jwt_ttl(config: &Config) -> std::time::Duration {
+    config
+        .entries
+        .iter()
+        .map(|e| e.jwt_ttl)
+        .max()
+        .unwrap_or(config::DEFAULT_JWT_TTL)
 }
 
 /// The enclave's attestor, and the verifier its own documents are checked with (the AWS

@@ -38,6 +38,19 @@ pub enum Subject {
     Ca(TrustDomain),
     /// An end-entity X.509-SVID for one SPIFFE ID.
     Leaf(SpiffeId),
+    /// The trust domain's JWT-SVID signing key: an end-entity certificate whose only URI
+    /// SAN is the trust-domain ID.
+    JwtKey(TrustDomain),
+}
+
+impl Subject {
+    /// The trust domain it belongs to.
+    pub fn trust_domain(&self) -> TrustDomain {
+        match self {
+            Self::Ca(td) | Self::JwtKey(td) => td.clone(),
+            Self::Leaf(id) => id.trust_domain().clone(),
+        }
+    }
 }
 
 /// One issuance.
@@ -135,6 +148,11 @@ impl Aws {
                 format!("EnclaveID CA for {td}"),
             ),
             Subject::Leaf(id) => (id.to_string(), "EndEntityCertificate/V1", id.to_string()),
+            Subject::JwtKey(td) => (
+                td.id_string(),
+                "EndEntityCertificate/V1",
+                format!("EnclaveID JWT-SVID key for {td}"),
+            ),
         };
         let csr = csr(&key, &uri, &common_name)?;
         let template_arn = format!("arn:{partition}:acm-pca:::template/{template}");
@@ -174,10 +192,7 @@ impl Aws {
             .cloned()
             .collect();
         certs.extend(chain.iter().cloned());
-        let trust_domain = match &request.subject {
-            Subject::Ca(td) => td.clone(),
-            Subject::Leaf(id) => id.trust_domain().clone(),
-        };
+        let trust_domain = request.subject.trust_domain();
         let checked = verify::check(&certs, &key, &roots, None, &trust_domain, SystemTime::now())
             .map_err(|e| {
                 Error::Provision(format!(
@@ -187,6 +202,7 @@ impl Aws {
         let expected_role = match &request.subject {
             Subject::Ca(_) => verify::Role::Ca,
             Subject::Leaf(id) => verify::Role::Leaf(id.clone()),
+            Subject::JwtKey(_) => verify::Role::JwtSigner,
         };
         if checked.role != expected_role {
             return Err(Error::Provision(format!(
@@ -317,13 +333,15 @@ pub fn describe(material: &KeyMaterial) -> Result<(Subject, SystemTime, SystemTi
     let uri = verify::uri_sans(&cert).into_iter().next().ok_or_else(|| {
         Error::Provision("the existing certificate has no spiffe:// URI SAN".into())
     })?;
-    let subject = if cert.is_ca() {
-        Subject::Ca(
-            TrustDomain::new(uri.trim_start_matches("spiffe://"))
-                .map_err(|e| Error::Provision(format!("{uri}: {e}")))?,
-        )
-    } else {
-        Subject::Leaf(SpiffeId::new(&uri).map_err(|e| Error::Provision(format!("{uri}: {e}")))?)
+    let id = SpiffeId::new(&uri).ok();
+    let trust_domain = || {
+        TrustDomain::new(uri.trim_start_matches("spiffe://"))
+            .map_err(|e| Error::Provision(format!("{uri}: {e}")))
+    };
+    let subject = match id {
+        _ if cert.is_ca() => Subject::Ca(trust_domain()?),
+        Some(id) if !id.path().is_empty() => Subject::Leaf(id),
+        _ => Subject::JwtKey(trust_domain()?),
     };
     let validity = cert.validity();
     Ok((

@@ -62,6 +62,7 @@ pub struct Rotator {
     updates: Option<mpsc::Receiver<Option<Signer>>>,
     renew: Arc<tokio::sync::Notify>,
     jwt: Option<JwtKeys>,
+    jwt_updates: Option<mpsc::Receiver<Option<crate::jwt::JwtKey>>>,
 }
 
 /// Asks a running [`Rotator`] to re-mint every SVID now (see [`Renewer::renew_now`]).
@@ -118,6 +119,7 @@ impl Rotator {
             updates: None,
             renew: Arc::default(),
             jwt: None,
+            jwt_updates: None,
         };
         if let Some(signer) = signer {
             rotator.set_signer(signer);
@@ -137,6 +139,13 @@ impl Rotator {
     pub fn with_jwt_keys(mut self, keys: JwtKeys) -> Self {
         self.jwt = Some(keys);
         self.publish();
+        self
+    }
+
+    /// Keys sent on `updates` become the JWT signing key while [`Rotator::run`] runs;
+    /// `None` withdraws the current one (revoked).
+    pub fn with_jwt_updates(mut self, updates: mpsc::Receiver<Option<crate::jwt::JwtKey>>) -> Self {
+        self.jwt_updates = Some(updates);
         self
     }
 
@@ -163,6 +172,23 @@ impl Rotator {
         for slot in &mut self.entries {
             slot.rotate_at = now;
             slot.failures = 0;
+        }
+    }
+
+    /// A new JWT signing key (`None`: withdraw the current one).
+    fn set_jwt_key(&mut self, key: Option<crate::jwt::JwtKey>) {
+        let Some(jwt) = &mut self.jwt else {
+            return;
+        };
+        let changed = match key {
+            Some(key) => jwt.set(key),
+            None => {
+                jwt.withdraw();
+                true
+            }
+        };
+        if changed {
+            self.publish();
         }
     }
 
@@ -272,6 +298,7 @@ impl Rotator {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut updates = self.updates.take();
+        let mut jwt_updates = self.jwt_updates.take();
         let renew = self.renew.clone();
         loop {
             let next = self.rotate_due();
@@ -281,9 +308,19 @@ impl Rotator {
                     None => std::future::pending().await,
                 }
             };
+            let jwt_update = async {
+                match jwt_updates.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep_until(next) => {}
                 () = renew.notified() => self.renew_all(),
+                update = jwt_update => match update {
+                    Some(update) => self.set_jwt_key(update),
+                    None => jwt_updates = None,
+                },
                 update = update => match update {
                     Some(Some(signer)) => self.set_signer(signer),
                     Some(None) => self.withdraw(),
@@ -304,7 +341,7 @@ impl Rotator {
                     .map(|svid| now + svid.not_after().duration_since(wall).unwrap_or_default());
                 std::iter::once(slot.rotate_at).chain(expiry)
             })
-            .chain(self.jwt.as_ref().map(|jwt| jwt.next_wakeup(now, wall)))
+            .chain(self.jwt.as_ref().and_then(|jwt| jwt.next_wakeup(now, wall)))
             .min()
             .unwrap_or(now + MAX_RETRY)
     }
@@ -325,7 +362,7 @@ impl Rotator {
             identities,
             bundles: self.bundles.clone(),
             jwt_bundles: self.jwt.as_ref().map(JwtKeys::bundles).unwrap_or_default(),
-            jwt_issuer: self.jwt.as_ref().map(JwtKeys::issuer),
+            jwt_issuer: self.jwt.as_ref().and_then(JwtKeys::issuer),
         }));
     }
 }

@@ -34,6 +34,7 @@ pub struct World {
     attestor_root: enclaveid_attestor::FakeRoot,
     dir: tempfile::TempDir,
     host: Option<HostProcess>,
+    jwt: bool,
 }
 
 /// A running `enclaveid host`, killed on drop.
@@ -79,6 +80,7 @@ impl World {
             attestor_root: root,
             dir,
             host: None,
+            jwt: false,
         }
     }
 
@@ -114,6 +116,17 @@ impl World {
         .to_json()
     }
 
+    /// Uploads JWT key material to S3; hosts started from now on offer it.
+    pub async fn publish_jwt(&mut self, material: Vec<u8>) {
+        self.moto.put_object(BUCKET, "jwt.json", material).await;
+        self.offer_jwt();
+    }
+
+    /// Hosts started from now on offer the JWT key material at `s3://BUCKET/jwt.json`.
+    pub fn offer_jwt(&mut self) {
+        self.jwt = true;
+    }
+
     /// Uploads the material and the CRL to S3.
     pub async fn publish(&self, material: Vec<u8>, crl: Vec<u8>) {
         self.moto
@@ -140,6 +153,10 @@ impl World {
             .arg("--material")
             .arg(format!("s3://{BUCKET}/material.json"))
             .args(crl.then(|| format!("--crl=s3://{BUCKET}/crl/pca.crl")))
+            .args(
+                self.jwt
+                    .then(|| format!("--jwt-material=s3://{BUCKET}/jwt.json")),
+            )
             .arg("--kms-endpoint")
             .arg(format!("127.0.0.1:{}", self.kms_port))
             .args(["--region", "us-east-1", "--s3-endpoint"])

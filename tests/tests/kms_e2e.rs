@@ -554,3 +554,176 @@ async fn kms_exports_each_checked_crl_for_workloads() {
         .collect();
     assert_eq!(leftovers, ["crl.pem"], "no temporary file left behind");
 }
+
+/// The JWT key's certificate: an end-entity certificate whose only URI SAN is the
+/// trust-domain ID.
+fn jwt_profile() -> Profile<'static> {
+    Profile::Leaf(vec![SanType::URI(
+        "spiffe://example.org".try_into().unwrap(),
+    )])
+}
+
+async fn fetch_jwt(agent: &AgentProcess, audience: &str) -> Result<String, tonic::Status> {
+    enclaveid_tests::raw_client(agent.socket())
+        .await
+        .fetch_jwtsvid(enclaveid_tests::with_header(
+            enclaveid_workload_api::proto::JwtsvidRequest {
+                audience: vec![audience.into()],
+                spiffe_id: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().svids.remove(0).svid)
+}
+
+async fn validate_jwt(
+    agent: &AgentProcess,
+    audience: &str,
+    token: &str,
+) -> Result<String, tonic::Status> {
+    enclaveid_tests::raw_client(agent.socket())
+        .await
+        .validate_jwtsvid(enclaveid_tests::with_header(
+            enclaveid_workload_api::proto::ValidateJwtsvidRequest {
+                audience: audience.into(),
+                svid: token.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().spiffe_id)
+}
+
+async fn wait_for_jwt(agent: &AgentProcess) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match fetch_jwt(agent, "aud").await {
+            Ok(token) => return token,
+            Err(status) => assert!(
+                Instant::now() < deadline,
+                "no JWT-SVID: {status:?}\n{}",
+                agent.stderr_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_jwt_key_signs_tokens_that_validate_in_every_enclave() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    let jwt = world.pca.issue_for(jwt_profile(), DAY);
+    world.publish_jwt(world.material(&jwt)).await;
+    world.start_host();
+    let first = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let second = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+
+    let token = wait_for_jwt(&first).await;
+    let other = wait_for_jwt(&second).await;
+    // The same key in both enclaves, named alike: one enclave's token validates in the other.
+    let kid = |t: &str| {
+        let header = t.split('.').next().unwrap();
+        let header: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+                .unwrap(),
+        )
+        .unwrap();
+        header["kid"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(kid(&token), kid(&other));
+    assert_eq!(validate_jwt(&second, "aud", &token).await.unwrap(), GATEWAY);
+    assert_eq!(validate_jwt(&first, "aud", &other).await.unwrap(), GATEWAY);
+
+    // The JWKS holds exactly the certified key, and a JOSE library agrees.
+    let client = spiffe::workload_api::WorkloadApiClient::connect_to(first.endpoint())
+        .await
+        .unwrap();
+    let bundles = client.fetch_jwt_bundles().await.unwrap();
+    let td = spiffe::TrustDomain::new("example.org").unwrap();
+    let authorities: Vec<_> = bundles
+        .get(&td)
+        .unwrap()
+        .jwt_authorities()
+        .map(|a| a.key_id().to_owned())
+        .collect();
+    assert_eq!(authorities, [kid(&token)]);
+    spiffe::JwtSvid::parse_and_validate(&token, &bundles, &["aud"]).unwrap();
+    assert!(
+        !first.stderr_text().contains("PRIVATE KEY"),
+        "no key in the agent's logs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_jwt_key_from_another_ca_is_refused_and_x509_goes_on() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    // A hostile host slips in a JWT key certified by a CA the enclave does not trust.
+    let foreign = TestPca::new("hostile CA");
+    let jwt = foreign.issue_for(jwt_profile(), DAY);
+    let material = enclaveid_agent::kms::material::KeyMaterial::new(
+        jwt.cert_pem.clone(),
+        foreign.root_pem.clone(),
+        &world
+            .kms
+            .encrypt_to_blob(&world.key_arn, jwt.key_pem.as_bytes()),
+    )
+    .to_json();
+    world.publish_jwt(material).await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+
+    wait_for_x509svid(&agent, Duration::from_secs(30)).await;
+    let log = wait_for_log(&agent, "JWT signing key refused", Duration::from_secs(30)).await;
+    assert!(
+        log.contains("does not chain to the Private CA root"),
+        "{log}"
+    );
+    let status = fetch_jwt(&agent, "aud").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let (healthy, said) = healthcheck(&agent);
+    assert!(
+        healthy && said.contains("JWT signing key refused"),
+        "{said}"
+    );
+    // And material that is a JWT key is not taken for the CA.
+    assert!(!log.contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_revoked_jwt_key_leaves_the_jwks_at_once() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    let jwt = world.pca.issue_for(jwt_profile(), DAY);
+    world.publish_jwt(world.material(&jwt)).await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    let token = wait_for_jwt(&agent).await;
+    assert_eq!(validate_jwt(&agent, "aud", &token).await.unwrap(), GATEWAY);
+
+    world
+        .publish(world.material(&ca), world.pca.crl(&[&jwt.serial]))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match validate_jwt(&agent, "aud", &token).await {
+            Err(status) => break status,
+            Ok(_) => assert!(Instant::now() < deadline, "still valid after revocation"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("is not in the JWT bundle"),
+        "{status:?}"
+    );
+    assert_eq!(
+        fetch_jwt(&agent, "aud").await.unwrap_err().code(),
+        tonic::Code::Unavailable
+    );
+    // X.509-SVIDs go on: the CA material is not revoked.
+    fetch_x509(agent.socket()).await.unwrap();
+}

@@ -174,6 +174,68 @@ async fn kms_provision_leaf_then_host_run_and_fetch_against_moto() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_provision_jwt_key_gives_the_enclave_its_jwt_signing_key() {
+    let mut world = World::new().await;
+    let pca = world.moto.create_root_pca().await;
+    let issue = |kind: &str, subject: &[&str], out: &str| {
+        let mut args = vec![
+            kind,
+            "--pca-arn",
+            &pca.arn,
+            "--kms-key-id",
+            &world.key_arn,
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(subject);
+        provision(&world, &args)
+    };
+    let leaf = issue(
+        "leaf",
+        &["--spiffe-id", "spiffe://example.org/gateway"],
+        &format!("s3://{BUCKET}/material.json"),
+    );
+    assert!(leaf.status.success(), "{}", text(&leaf));
+    let jwt = issue(
+        "jwt-key",
+        &["--trust-domain", "example.org"],
+        &format!("s3://{BUCKET}/jwt.json"),
+    );
+    assert!(jwt.status.success(), "{}", text(&jwt));
+    world.set_trust_bundle(&pca.root_pem);
+    world.offer_jwt();
+    world.start_host_with(false);
+    let config = world
+        .agent_config(ADMITTED_PCR0, &[("spiffe://example.org/gateway", "1h")], "")
+        .replace(
+            "resync_interval = \"5s\"",
+            "resync_interval = \"5s\"\nrequire_crl = false",
+        );
+    let agent = AgentProcess::start(&config);
+    wait_for_x509svid(&agent, Duration::from_secs(30)).await;
+    let client = spiffe::workload_api::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let token = loop {
+        match client.fetch_jwt_token(["api"], None).await {
+            Ok(token) => break token,
+            Err(error) => assert!(
+                Instant::now() < deadline,
+                "{error}\n{}",
+                agent.stderr_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let validated = client.validate_jwt_token("api", &token).await.unwrap();
+    assert_eq!(
+        validated.spiffe_id().to_string(),
+        "spiffe://example.org/gateway"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_provision_writes_nothing_when_a_step_fails() {
     let world = World::new().await;
     let pca = world.moto.create_root_pca().await;

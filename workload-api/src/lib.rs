@@ -631,7 +631,7 @@ impl<A: WorkloadAttestor> SpiffeWorkloadApi for WorkloadApi<A> {
             return Err(Status::permission_denied(NO_IDENTITY_ISSUED));
         }
         let issuer = snapshot.jwt_issuer.as_deref().ok_or_else(|| {
-            Status::unavailable("no JWT-SVID signing key: this agent's upstream provides none")
+            Status::unavailable("no JWT-SVID signing key: none has been released to this agent")
         })?;
         let svids = identities
             .into_iter()

@@ -36,6 +36,10 @@ pub(crate) struct HostArgs {
     /// require_crl = true (the default) refuses.
     #[arg(long, value_name = "LOCATION")]
     crl: Option<String>,
+    /// The JWT-SVID signing key's material (`enclaveid provision jwt-key`): s3://BUCKET/KEY
+    /// or file:///PATH. Without it the enclave signs no JWT-SVID.
+    #[arg(long, value_name = "LOCATION")]
+    jwt_material: Option<String>,
     /// HOST:PORT the KMS tunnel may reach; repeatable. Default kms.REGION.amazonaws.com:443.
     #[arg(long = "kms-endpoint", value_name = "HOST:PORT")]
     kms_endpoints: Vec<String>,
@@ -100,6 +104,11 @@ pub(crate) async fn run(
         region: args.region,
         s3_endpoint: args.s3_endpoint,
         credentials: None,
+        jwt_material: args
+            .jwt_material
+            .as_deref()
+            .map(|l| location("jwt-material", l))
+            .transpose()?,
     };
     if config.kms_endpoints.is_empty() {
         // The region from the AWS environment names the endpoint.

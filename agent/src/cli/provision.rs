@@ -16,6 +16,10 @@ pub(crate) enum ProvisionCommand {
     /// Have Private CA issue one X.509-SVID (URI SAN = the SPIFFE ID) for an enclave
     /// type; encrypt its key with KMS; write the key material.
     Leaf(LeafArgs),
+    /// Have Private CA certify the trust domain's JWT-SVID signing key (an end-entity
+    /// certificate whose only URI SAN is spiffe://TD); encrypt the key with KMS; write
+    /// the key material for `enclaveid host --jwt-material`.
+    JwtKey(CaArgs),
     /// Print the KMS key policy that releases the key only to the measured enclave image.
     Policy(PolicyArgs),
     /// Re-issue the material at --out when 2/3 of its validity has passed (for cron).
@@ -160,6 +164,9 @@ pub(crate) async fn run(command: ProvisionCommand) -> anyhow::Result<ExitCode> {
     match command {
         ProvisionCommand::Ca(args) => issue(args.issue, Subject::Ca(args.trust_domain)).await,
         ProvisionCommand::Leaf(args) => issue(args.issue, Subject::Leaf(args.spiffe_id)).await,
+        ProvisionCommand::JwtKey(args) => {
+            issue(args.issue, Subject::JwtKey(args.trust_domain)).await
+        }
         ProvisionCommand::Policy(args) => {
             let mut measurements = match &args.eif_measurements {
                 Some(path) => {

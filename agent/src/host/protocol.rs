@@ -13,6 +13,7 @@
 //! | 2 credentials | empty | JSON `{AccessKeyId, SecretAccessKey, SessionToken, Expiration}` (16 KiB) |
 //! | 3 CRL | empty | the Private CA's CRL, DER or PEM; empty when the host has none (16 MiB) |
 //! | 4 KMS tunnel | `HOST:PORT` of the KMS endpoint | empty; the connection then carries the enclave's TLS to KMS |
+//! | 5 JWT key material | empty | the JWT-SVID signing key's material, same JSON as op 1; empty when the host has none (64 KiB) |
 //!
 //! The host is untrusted: the enclave checks every length before reading, every payload's
 //! type, and trusts nothing in it until the certificate chains to its root and KMS has
@@ -43,6 +44,8 @@ pub enum Op {
     Crl = 3,
     /// A TCP tunnel to the KMS endpoint.
     KmsTunnel = 4,
+    /// The JWT-SVID signing key's material object.
+    JwtKeyMaterial = 5,
 }
 
 // === impl Op ===
@@ -55,6 +58,7 @@ impl Op {
             Self::Credentials,
             Self::Crl,
             Self::KmsTunnel,
+            Self::JwtKeyMaterial,
         ]
         .into_iter()
         .find(|op| *op as u8 == byte)
@@ -63,7 +67,9 @@ impl Op {
     /// The largest answer the enclave reads for this op.
     pub fn answer_limit(self) -> usize {
         match self {
-            Self::KeyMaterial => crate::kms::material::MAX_KEY_MATERIAL_BYTES,
+            Self::KeyMaterial | Self::JwtKeyMaterial => {
+                crate::kms::material::MAX_KEY_MATERIAL_BYTES
+            }
             Self::Credentials => 16 * 1024,
             Self::Crl => 16 * 1024 * 1024,
             Self::KmsTunnel => 0,
@@ -77,6 +83,7 @@ impl Op {
             Self::Credentials => "credentials",
             Self::Crl => "CRL",
             Self::KmsTunnel => "KMS tunnel",
+            Self::JwtKeyMaterial => "JWT key material",
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct HostConfig {
     pub material: Option<MaterialSource>,
     /// The Private CA's CRL, if it publishes one.
     pub crl: Option<ObjectLocation>,
+    /// The JWT-SVID signing key's material, if the trust domain has one.
+    pub jwt_material: Option<ObjectLocation>,
     /// The only `HOST:PORT`s a tunnel may reach.
     pub kms_endpoints: Vec<String>,
     /// The region, when not taken from the AWS environment.
@@ -69,6 +71,7 @@ pub struct HostConfig {
 pub struct Host {
     material: Option<ObjectLocation>,
     crl: Option<ObjectLocation>,
+    jwt_material: Option<ObjectLocation>,
     kms_endpoints: Vec<String>,
     s3: aws_sdk_s3::Client,
     credentials: Option<SharedCredentialsProvider>,
@@ -177,6 +180,7 @@ impl Host {
         Ok(Self {
             material,
             crl: config.crl,
+            jwt_material: config.jwt_material,
             kms_endpoints: config.kms_endpoints,
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
             credentials: sdk.credentials_provider(),
@@ -243,10 +247,8 @@ impl Host {
                 Some(material) => self.object(material).await,
                 None => Err("this host serves no key material (started without --material): only credentials and the KMS tunnel".to_owned()),
             },
-            Op::Crl => match &self.crl {
-                Some(crl) => self.object(crl).await,
-                None => Ok(Vec::new()),
-            },
+            Op::Crl => self.optional(self.crl.as_ref()).await,
+            Op::JwtKeyMaterial => self.optional(self.jwt_material.as_ref()).await,
             Op::Credentials => self.credentials().await,
             Op::KmsTunnel => unreachable!("handled above"),
         };
@@ -262,6 +264,14 @@ impl Host {
 
     async fn object(&self, location: &ObjectLocation) -> Result<Vec<u8>, String> {
         read_object(&self.s3, location).await
+    }
+
+    /// An object the host may not have: empty when it has none.
+    async fn optional(&self, location: Option<&ObjectLocation>) -> Result<Vec<u8>, String> {
+        match location {
+            Some(location) => self.object(location).await,
+            None => Ok(Vec::new()),
+        }
     }
 
     async fn credentials(&self) -> Result<Vec<u8>, String> {

@@ -131,8 +131,17 @@ impl HostClient {
 
     /// The CRL, `None` when the host has none to offer.
     pub async fn crl(&self) -> Result<Option<Vec<u8>>, Error> {
-        let crl = self.request(Op::Crl, &[]).await?.1;
-        Ok((!crl.is_empty()).then_some(crl))
+        self.optional(Op::Crl).await
+    }
+
+    /// The JWT signing key's material JSON, `None` when the host has none to offer.
+    pub async fn jwt_key_material(&self) -> Result<Option<Vec<u8>>, Error> {
+        self.optional(Op::JwtKeyMaterial).await
+    }
+
+    async fn optional(&self, op: Op) -> Result<Option<Vec<u8>>, Error> {
+        let answer = self.request(op, &[]).await?.1;
+        Ok((!answer.is_empty()).then_some(answer))
     }
 
     /// A byte stream to `target` (`HOST:PORT`) through the host.

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::authority::Authority;
 use crate::config::KmsConfig;
+use crate::jwt::JwtKey;
 use crate::keys::SigningKey;
 use crate::kms::cms::EnvelopedData;
 use crate::kms::material::KeyMaterial;
@@ -38,11 +39,24 @@ pub struct KmsUpstream {
     trust_domain: TrustDomain,
     entry_ids: Vec<SpiffeId>,
     signers: mpsc::Sender<Option<Signer>>,
+    jwt_keys: mpsc::Sender<Option<JwtKey>>,
     problems: watch::Sender<Option<String>>,
+}
+
+/// Where the upstream hands its results.
+pub struct Outlets {
+    /// Each new X.509 signer; `None` withdraws the current one (revoked).
+    pub signers: mpsc::Sender<Option<Signer>>,
+    /// Each new JWT signing key; `None` withdraws the current one (revoked).
+    pub jwt_keys: mpsc::Sender<Option<JwtKey>>,
+    /// What goes wrong, or `None` when all is well.
+    pub problems: watch::Sender<Option<String>>,
 }
 
 /// What one sync produced, and how long each step took.
 pub struct Synced {
+    /// The JWT signing key, when the host offered its material (or why it was refused).
+    pub jwt: Option<Result<JwtKey, Error>>,
     /// The signer to hand to the rotator.
     pub signer: Signer,
     /// The certificate's serial.
@@ -73,17 +87,20 @@ pub struct Timings {
 // === impl KmsUpstream ===
 
 impl KmsUpstream {
-    /// An upstream that sends each new signer on `signers` and reports what goes wrong
-    /// (or `None` when all is well) on `problems`.
+    /// An upstream that hands what it checked to `outlets`.
     pub fn new(
         config: KmsConfig,
         roots: Vec<CertificateDer<'static>>,
         enclave: Enclave,
         trust_domain: TrustDomain,
         entry_ids: Vec<SpiffeId>,
-        signers: mpsc::Sender<Option<Signer>>,
-        problems: watch::Sender<Option<String>>,
+        outlets: Outlets,
     ) -> Self {
+        let Outlets {
+            signers,
+            jwt_keys,
+            problems,
+        } = outlets;
         problems.send_replace(Some("no key material yet".into()));
         Self {
             host: HostClient::new(config.host.clone()),
@@ -93,6 +110,7 @@ impl KmsUpstream {
             trust_domain,
             entry_ids,
             signers,
+            jwt_keys,
             problems,
         }
     }
@@ -133,7 +151,28 @@ impl KmsUpstream {
                         synced.not_after,
                         self.config.resync_interval,
                     );
-                    self.problems.send_replace(problem);
+                    let jwt_problem = match synced.jwt {
+                        None => None,
+                        Some(Ok(key)) => {
+                            if self.jwt_keys.send(Some(key)).await.is_err() {
+                                return;
+                            }
+                            None
+                        }
+                        Some(Err(error)) => {
+                            tracing::error!(%error, "JWT signing key refused");
+                            if matches!(error, Error::Revoked { .. })
+                                && self.jwt_keys.send(None).await.is_err()
+                            {
+                                return;
+                            }
+                            Some(format!("JWT signing key refused: {error}"))
+                        }
+                    };
+                    self.problems.send_replace(match (problem, jwt_problem) {
+                        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                        (a, b) => a.or(b),
+                    });
                     delay
                 }
                 Err(Error::Revoked { serial, message })
@@ -182,11 +221,17 @@ impl KmsUpstream {
         timings.attestation = step.elapsed();
 
         let step = Instant::now();
-        let (material, credentials, crl) = tokio::try_join!(
-            self.host.key_material(),
-            self.host.credentials(),
-            self.host.crl()
-        )?;
+        let (fetched, jwt_material) = tokio::join!(
+            async {
+                tokio::try_join!(
+                    self.host.key_material(),
+                    self.host.credentials(),
+                    self.host.crl()
+                )
+            },
+            self.host.jwt_key_material()
+        );
+        let (material, credentials, crl) = fetched?;
         let material = KeyMaterial::from_json(&material)?;
         let certs = material.certificates()?;
         let blob = material.ciphertext_blob()?;
@@ -213,10 +258,28 @@ impl KmsUpstream {
 
         let step = Instant::now();
         let plaintext = EnvelopedData::parse(&cms)?.decrypt(&recipient)?;
-        drop(recipient);
         let key = SigningKey::from_pem(&plaintext, "the private key KMS released")?;
         drop(plaintext);
         timings.cms = step.elapsed();
+
+        // The JWT signing key, if the host offers one: released and checked the same way,
+        // with the same attestation document. Its failure does not stop X.509-SVIDs.
+        let jwt = match jwt_material {
+            Ok(None) => None,
+            Ok(Some(json)) => Some(
+                self.jwt_key(
+                    &json,
+                    &recipient,
+                    &document,
+                    &verified,
+                    &credentials,
+                    crl.as_deref(),
+                )
+                .await,
+            ),
+            Err(error) => Some(Err(error)),
+        };
+        drop(recipient);
 
         let step = Instant::now();
         let checked = verify::check(
@@ -248,6 +311,13 @@ impl KmsUpstream {
                     &self.trust_domain,
                 )?)
             }
+            Role::JwtSigner => {
+                return Err(Error::KeyMaterial(format!(
+                    "the certificate (serial {}) certifies a JWT-SVID signing key (its only URI SAN is {}), not a CA or an X.509-SVID; give it to `enclaveid host` as --jwt-material",
+                    checked.serial,
+                    self.trust_domain.id_string()
+                )));
+            }
             Role::Leaf(id) => {
                 if let Some(other) = self.entry_ids.iter().find(|e| *e != id) {
                     return Err(Error::KeyMaterial(format!(
@@ -267,12 +337,63 @@ impl KmsUpstream {
         };
         timings.verify = step.elapsed();
         Ok(Synced {
+            jwt,
             signer,
             serial: checked.serial,
             not_before: checked.not_before,
             not_after: checked.not_after,
             timings,
         })
+    }
+}
+
+impl KmsUpstream {
+    /// Releases and checks the JWT signing key of `json` (key material JSON).
+    async fn jwt_key(
+        &self,
+        json: &[u8],
+        recipient: &crate::kms::cms::RecipientKey,
+        document: &[u8],
+        verified: &enclaveid_attestor::VerifiedDocument,
+        credentials: &crate::kms::remote::Credentials,
+        crl: Option<&[u8]>,
+    ) -> Result<JwtKey, Error> {
+        let context = |e: Error| match e {
+            Error::KeyMaterial(m) => Error::KeyMaterial(format!("JWT key material: {m}")),
+            other => other,
+        };
+        let material = KeyMaterial::from_json(json).map_err(context)?;
+        let certs = material.certificates().map_err(context)?;
+        let cms = release::decrypt_with_recipient(
+            &self.host,
+            &self.config.kms_endpoint,
+            &self.config.region,
+            credentials,
+            &material.ciphertext_blob().map_err(context)?,
+            document,
+            verified,
+        )
+        .await?;
+        let plaintext = EnvelopedData::parse(&cms)?.decrypt(recipient)?;
+        let key = SigningKey::from_pem(&plaintext, "the JWT signing key KMS released")?;
+        drop(plaintext);
+        let checked = verify::check(
+            &certs,
+            &key,
+            &self.roots,
+            crl,
+            &self.trust_domain,
+            SystemTime::now(),
+        )
+        .map_err(context)?;
+        if checked.role != Role::JwtSigner {
+            return Err(Error::KeyMaterial(format!(
+                "JWT key material: the certificate (serial {}) is not a JWT-SVID signing key: its only URI SAN must be {}",
+                checked.serial,
+                self.trust_domain.id_string()
+            )));
+        }
+        JwtKey::from_signing_key(&key)
     }
 }
 

@@ -27,6 +27,9 @@ pub enum Role {
     Ca,
     /// An X.509-SVID for this SPIFFE ID.
     Leaf(SpiffeId),
+    /// A JWT-SVID signing key of the trust domain: an end-entity certificate whose only
+    /// URI SAN is the trust-domain ID (`spiffe://example.org`, no path).
+    JwtSigner,
 }
 
 /// Checked material.
@@ -244,6 +247,9 @@ fn ca_role(cert: &X509Certificate<'_>, trust_domain: &TrustDomain) -> Result<Rol
 
 fn leaf_role(cert: &X509Certificate<'_>, trust_domain: &TrustDomain) -> Result<Role, String> {
     let uris = uri_sans(cert);
+    if uris == [trust_domain.id_string()] {
+        return Ok(Role::JwtSigner);
+    }
     if uris.is_empty() {
         let dns = sans(cert, |n| match n {
             GeneralName::DNSName(d) => Some(*d),
@@ -423,6 +429,13 @@ mod tests {
         let (chain, key_der) = leaf_svid_key(&checked, &key).unwrap();
         assert_eq!(chain, checked.path[0].to_vec());
         assert!(!key_der.is_empty());
+
+        // An end-entity certificate naming only the trust domain certifies a JWT key.
+        let (cert, key) = issue(&root, None, &["spiffe://example.org"]);
+        assert_eq!(run(&root, cert, &key, None).unwrap().role, Role::JwtSigner);
+        let (cert, key) = issue(&root, None, &["spiffe://other.org"]);
+        let error = run(&root, cert, &key, None).unwrap_err().to_string();
+        assert!(error.contains("has no path"), "{error}");
     }
 
     #[test]

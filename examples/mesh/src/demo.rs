@@ -229,6 +229,7 @@ impl Mesh {
         let served = Host::new(HostConfig {
             material: None,
             crl: None,
+            jwt_material: None,
             kms_endpoints: vec![kms_address.to_string()],
             region: Some(REGION.into()),
             s3_endpoint: None,
