@@ -206,7 +206,7 @@ impl Aws {
         };
         if checked.role != expected_role {
             return Err(Error::Provision(format!(
-                "Private CA issued {certificate_arn} as {:?}, not {expected_role:?}; nothing was written",
+                "Private CA issued {certificate_arn} with template {template_arn} as {:?}, not {expected_role:?}: the agent would refuse it for this role; nothing was written",
                 checked.role
             )));
         }
