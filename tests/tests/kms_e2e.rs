@@ -157,18 +157,9 @@ async fn kms_e2e_a_workload_gets_an_svid_chaining_to_the_private_ca_root() {
     let response = wait_for_x509svid(&agent, Duration::from_secs(30)).await;
     assert_eq!(response.svids[0].spiffe_id, GATEWAY);
     assert_chains_to(&response, &world.pca.root_pem);
-    // JWT-SVIDs need a provisioned JWT key in kms mode, which is not built yet: the agent
-    // says so instead of signing with a key other enclaves would not know.
-    let status = enclaveid_tests::raw_client(agent.socket())
-        .await
-        .fetch_jwtsvid(enclaveid_tests::with_header(
-            enclaveid_workload_api::proto::JwtsvidRequest {
-                audience: vec!["a".into()],
-                spiffe_id: String::new(),
-            },
-        ))
-        .await
-        .unwrap_err();
+    // Without JWT key material from the host the agent signs no JWT-SVID, rather than
+    // with a key of its own that other enclaves would not know.
+    let status = fetch_jwt(&agent, "a").await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
         status.message().contains("no JWT-SVID signing key"),
@@ -210,23 +201,6 @@ async fn kms_leaf_material_with_a_spiffe_uri_is_served_as_the_svid() {
     let response = wait_for_x509svid(&agent, Duration::from_secs(30)).await;
     assert_eq!(response.svids[0].spiffe_id, GATEWAY);
     assert_chains_to(&response, &world.pca.root_pem);
-    // JWT-SVIDs need a provisioned JWT key in kms mode, which is not built yet: the agent
-    // says so instead of signing with a key other enclaves would not know.
-    let status = enclaveid_tests::raw_client(agent.socket())
-        .await
-        .fetch_jwtsvid(enclaveid_tests::with_header(
-            enclaveid_workload_api::proto::JwtsvidRequest {
-                audience: vec!["a".into()],
-                spiffe_id: String::new(),
-            },
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert!(
-        status.message().contains("no JWT-SVID signing key"),
-        "{status:?}"
-    );
     assert_eq!(
         response.svids[0].x509_svid,
         pem::parse(&leaf_pem).unwrap().contents(),

@@ -42,6 +42,16 @@ fn provision_via(world: &World, pca_endpoint: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The gateway agent's configuration, without a CRL (moto publishes none).
+fn gateway_without_crl(world: &World) -> String {
+    world
+        .agent_config(ADMITTED_PCR0, &[("spiffe://example.org/gateway", "1h")], "")
+        .replace(
+            "resync_interval = \"5s\"",
+            "resync_interval = \"5s\"\nrequire_crl = false",
+        )
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -75,12 +85,7 @@ async fn kms_provision_leaf_then_host_run_and_fetch_against_moto() {
     // moto publishes no CRL: this agent runs without one.
     world.set_trust_bundle(&pca.root_pem);
     world.start_host_with(false);
-    let config = world
-        .agent_config(ADMITTED_PCR0, &[("spiffe://example.org/gateway", "1h")], "")
-        .replace(
-            "resync_interval = \"5s\"",
-            "resync_interval = \"5s\"\nrequire_crl = false",
-        );
+    let config = gateway_without_crl(&world);
     let agent = AgentProcess::start(&config);
     let response = wait_for_x509svid(&agent, Duration::from_secs(30)).await;
     let svid = &response.svids[0];
@@ -205,12 +210,7 @@ async fn kms_provision_jwt_key_gives_the_enclave_its_jwt_signing_key() {
     world.set_trust_bundle(&pca.root_pem);
     world.offer_jwt();
     world.start_host_with(false);
-    let config = world
-        .agent_config(ADMITTED_PCR0, &[("spiffe://example.org/gateway", "1h")], "")
-        .replace(
-            "resync_interval = \"5s\"",
-            "resync_interval = \"5s\"\nrequire_crl = false",
-        );
+    let config = gateway_without_crl(&world);
     let agent = AgentProcess::start(&config);
     wait_for_x509svid(&agent, Duration::from_secs(30)).await;
     let client = spiffe::workload_api::WorkloadApiClient::connect_to(agent.endpoint())
