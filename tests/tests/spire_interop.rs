@@ -1,7 +1,10 @@
-//! Interop with go-spiffe v2.9.0, the reference Go SPIFFE library: a Go workload
-//! (`tests/interop/go`) fetches, watches a rotation, does mTLS between two identities and
-//! round-trips a JWT-SVID against `enclaveid run`, with go-spiffe's own checks (key and
-//! certificate match, X.509-SVID rules, JWT validation).
+//! Interop with go-spiffe v2.9.0, the reference Go SPIFFE library, and with a real SPIRE
+//! (v1.13.3): a Go workload (`tests/interop/go`) fetches, watches a rotation, does mTLS
+//! between two identities and round-trips a JWT-SVID against `enclaveid run`, with
+//! go-spiffe's own checks (key and certificate match, X.509-SVID rules, JWT validation);
+//! the same programs run against a real `spire-agent` with only `SPIFFE_ENDPOINT_SOCKET`
+//! changed; and a workload with an EnclaveID SVID and one with a SPIRE SVID, both under
+//! one root, do mTLS with each other in both directions.
 //!
 //! Every test name contains `spire`: `cargo test --workspace -- spire` runs this group,
 //! `cargo test --workspace -- --skip spire` skips it (CI runs it). Building the Go program
@@ -19,7 +22,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use enclaveid_tests::pca::TestPca;
-use enclaveid_tests::{AgentProcess, euid};
+use enclaveid_tests::spire::{DiskUpstream, SpireAgent, SpireServer};
+use enclaveid_tests::{AgentProcess, enclaveid_bin, euid};
 
 /// Builds the Go client once per test run.
 fn go_client() -> &'static Path {
@@ -44,11 +48,28 @@ fn go_client() -> &'static Path {
 }
 
 fn run_go(agent: &AgentProcess, args: &[&str]) -> Output {
+    go_at(&agent.endpoint(), args)
+}
+
+fn go_at(endpoint: &str, args: &[&str]) -> Output {
     Command::new(go_client())
         .args(args)
-        .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint())
+        .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
         .output()
         .unwrap()
+}
+
+/// The go client's output once it succeeds (a new SPIRE agent syncs its entries every
+/// few seconds).
+fn go_eventually(endpoint: &str, args: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let output = go_at(endpoint, args);
+        if output.status.success() || Instant::now() > deadline {
+            return stdout_of(&output);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn stdout_of(output: &Output) -> String {
@@ -82,7 +103,10 @@ fn agent(path: &str, extra: &str, ca: Option<&Path>) -> AgentProcess {
 fn spire_interop_go_spiffe_fetches_and_follows_a_rotation() {
     let agent = agent("go", "ttl = \"6s\"\nhint = \"internal\"", None);
     let fetched = stdout_of(&run_go(&agent, &["fetch"]));
-    assert!(fetched.contains("id spiffe://example.org/go\n"), "{fetched}");
+    assert!(
+        fetched.contains("id spiffe://example.org/go\n"),
+        "{fetched}"
+    );
     assert!(fetched.contains("svids 1\n"), "{fetched}");
     assert!(fetched.contains("chain 1\n"), "{fetched}");
     assert!(fetched.contains("authorities 1\n"), "{fetched}");
@@ -99,36 +123,67 @@ fn spire_interop_go_spiffe_fetches_and_follows_a_rotation() {
     assert_ne!(serial("old "), serial("new "), "{rotated}");
 }
 
+/// A root (what SPIRE's `disk` UpstreamAuthority signs under) and a subordinate CA for the
+/// trust domain (what EnclaveID's agents mint under), written to `dir`.
+fn hierarchy(dir: &Path) -> TestPca {
+    let root = TestPca::new("interop root");
+    let (_, ca) = root.subordinate("spiffe://example.org", Duration::from_secs(86_400));
+    std::fs::write(dir.join("root.pem"), &root.root_pem).unwrap();
+    std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.join("ca.key"), &ca.key_pem).unwrap();
+    root
+}
+
+/// A go-spiffe mTLS echo server on a free port, with the SVIDs at `endpoint`, accepting
+/// `client_id`; killed on drop.
+struct GoServer {
+    child: std::process::Child,
+    address: String,
+}
+
+impl GoServer {
+    fn start(endpoint: &str, client_id: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let child = Command::new(go_client())
+            .args(["serve", &address, client_id])
+            .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the go-spiffe server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, address }
+    }
+}
+
+impl Drop for GoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn spire_interop_go_spiffe_mtls_between_two_identities() {
     // Two agents under one CA, as two enclaves of one trust domain.
     let dir = tempfile::tempdir().unwrap();
-    let root = TestPca::new("interop root");
-    let (_, ca) = root.subordinate("spiffe://example.org", Duration::from_secs(86_400));
-    std::fs::write(dir.path().join("root.pem"), &root.root_pem).unwrap();
-    std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
-    std::fs::write(dir.path().join("ca.key"), &ca.key_pem).unwrap();
+    hierarchy(dir.path());
     let server_agent = agent("server", "", Some(dir.path()));
     let client_agent = agent("client", "", Some(dir.path()));
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
-    let mut server = Command::new(go_client())
-        .args(["serve", &address, "spiffe://example.org/client"])
-        .env("SPIFFE_ENDPOINT_SOCKET", server_agent.endpoint())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&address).is_err() {
-        assert!(Instant::now() < deadline, "the go-spiffe server did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = GoServer::start(&server_agent.endpoint(), "spiffe://example.org/client");
+    let address = server.address.clone();
 
     let answer = stdout_of(&run_go(
         &client_agent,
@@ -146,8 +201,6 @@ fn spire_interop_go_spiffe_mtls_between_two_identities() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 #[test]
@@ -158,4 +211,205 @@ fn spire_interop_go_spiffe_jwt_round_trip() {
     assert!(out.contains("validated spiffe://example.org/go\n"), "{out}");
     assert!(out.contains("local spiffe://example.org/go\n"), "{out}");
     assert!(out.contains("audience interop\n"), "{out}");
+}
+
+/// A SPIRE server under `root` (disk UpstreamAuthority) registering `spiffe_id` for this
+/// uid, and its agent.
+fn spire(dir: &Path, root: &TestPca, spiffe_id: &str, hint: &str) -> (SpireServer, SpireAgent) {
+    let server = SpireServer::start(
+        dir,
+        "example.org",
+        Some(DiskUpstream {
+            cert_pem: &root.root_pem,
+            key_pem: &root.key_pem,
+            bundle_pem: &root.root_pem,
+        }),
+    );
+    server.entry_create(spiffe_id, &[&format!("unix:uid:{}", euid())], hint);
+    let agent = server.start_agent(dir);
+    (server, agent)
+}
+
+fn line<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {key:?} in {out}"))
+}
+
+/// The same client programs, first against EnclaveID and then against spire-agent, with
+/// only `SPIFFE_ENDPOINT_SOCKET` changed.
+#[test]
+fn spire_same_workloads_run_unchanged_against_either_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = hierarchy(dir.path());
+    let enclaveid = agent("go", "hint = \"internal\"", Some(dir.path()));
+    let (_server, spire_agent) = spire(dir.path(), &root, "spiffe://example.org/go", "internal");
+
+    let mut views = Vec::new();
+    for endpoint in [enclaveid.endpoint(), spire_agent.endpoint()] {
+        let fetched = go_eventually(&endpoint, &["fetch"]);
+        let jwt = go_eventually(&endpoint, &["jwt", "interop"]);
+        eprintln!("{endpoint}:\n{fetched}{jwt}");
+        // The `spiffe` Rust crate, through `enclaveid api fetch x509`.
+        let rust = Command::new(enclaveid_bin())
+            .args(["api", "fetch", "x509", "--socket", &endpoint])
+            .output()
+            .unwrap();
+        let rust = stdout_of(&rust);
+        assert!(
+            rust.contains("SPIFFE ID:\t\tspiffe://example.org/go")
+                || rust.contains("spiffe://example.org/go"),
+            "{rust}"
+        );
+        views.push((
+            line(&fetched, "id").to_owned(),
+            line(&fetched, "svids").to_owned(),
+            line(&fetched, "hint").to_owned(),
+            line(&jwt, "validated").to_owned(),
+            line(&jwt, "local").to_owned(),
+            line(&jwt, "audience").to_owned(),
+        ));
+    }
+    assert_eq!(
+        views[0], views[1],
+        "EnclaveID and spire-agent look alike to the workload"
+    );
+    assert_eq!(views[0].0, "spiffe://example.org/go");
+}
+
+/// One trust domain, two issuers under one root: a workload with an EnclaveID SVID and one
+/// with a SPIRE SVID do mTLS with each other, each side as server and as client.
+#[test]
+fn spire_and_enclaveid_svids_under_one_root_do_mtls_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = hierarchy(dir.path());
+    let enclaveid = agent("enclaveid-workload", "", Some(dir.path()));
+    let (_server, spire_agent) =
+        spire(dir.path(), &root, "spiffe://example.org/spire-workload", "");
+    go_eventually(&spire_agent.endpoint(), &["fetch"]);
+
+    let on_enclaveid =
+        GoServer::start(&enclaveid.endpoint(), "spiffe://example.org/spire-workload");
+    let answer = stdout_of(&go_at(
+        &spire_agent.endpoint(),
+        &[
+            "call",
+            &on_enclaveid.address,
+            "spiffe://example.org/enclaveid-workload",
+            "from SPIRE",
+        ],
+    ));
+    assert_eq!(
+        answer,
+        "spiffe://example.org/enclaveid-workload says from SPIRE\n"
+    );
+
+    let on_spire = GoServer::start(
+        &spire_agent.endpoint(),
+        "spiffe://example.org/enclaveid-workload",
+    );
+    let answer = stdout_of(&go_at(
+        &enclaveid.endpoint(),
+        &[
+            "call",
+            &on_spire.address,
+            "spiffe://example.org/spire-workload",
+            "from EnclaveID",
+        ],
+    ));
+    assert_eq!(
+        answer,
+        "spiffe://example.org/spire-workload says from EnclaveID\n"
+    );
+}
+
+/// Status codes and messages clients match on, compared call by call between the two
+/// agents; what differs is listed in docs/spire-compat.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spire_status_codes_match_for_what_clients_rely_on() {
+    use enclaveid_tests::{raw_client, with_header};
+    use enclaveid_workload_api::proto::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let root = hierarchy(dir.path());
+    let enclaveid = agent("go", "", Some(dir.path()));
+    let (_server, spire_agent) = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        let root_pem = root.root_pem.clone();
+        let key_pem = root.key_pem.clone();
+        move || {
+            let server = SpireServer::start(
+                &dir,
+                "example.org",
+                Some(DiskUpstream {
+                    cert_pem: &root_pem,
+                    key_pem: &key_pem,
+                    bundle_pem: &root_pem,
+                }),
+            );
+            server.entry_create(
+                "spiffe://example.org/go",
+                &[&format!("unix:uid:{}", euid())],
+                "",
+            );
+            let agent = server.start_agent(&dir);
+            (server, agent)
+        }
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking({
+        let endpoint = spire_agent.endpoint();
+        move || go_eventually(&endpoint, &["fetch"])
+    })
+    .await
+    .unwrap();
+
+    let mut answers = Vec::new();
+    for socket in [
+        enclaveid.socket().to_owned(),
+        spire_agent.socket().to_owned(),
+    ] {
+        let mut client = raw_client(&socket).await;
+        let no_header = client
+            .fetch_x509svid(tonic::Request::new(X509svidRequest {}))
+            .await
+            .unwrap_err();
+        let no_audience = client
+            .fetch_jwtsvid(with_header(JwtsvidRequest::default()))
+            .await
+            .unwrap_err();
+        let garbage = client
+            .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+                audience: "a".into(),
+                svid: "garbage".into(),
+            }))
+            .await
+            .unwrap_err();
+        let no_token = client
+            .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+                audience: "a".into(),
+                svid: String::new(),
+            }))
+            .await
+            .unwrap_err();
+        let other_id = client
+            .fetch_jwtsvid(with_header(JwtsvidRequest {
+                audience: vec!["a".into()],
+                spiffe_id: "spiffe://example.org/not-mine".into(),
+            }))
+            .await
+            .unwrap_err();
+        eprintln!("{}:", socket.display());
+        for status in [&no_header, &no_audience, &garbage, &no_token, &other_id] {
+            eprintln!("  {:?} {:?}", status.code(), status.message());
+        }
+        answers.push([
+            (no_header.code(), no_header.message().to_owned()),
+            (no_audience.code(), no_audience.message().to_owned()),
+            (garbage.code(), String::new()),
+            (no_token.code(), no_token.message().to_owned()),
+            (other_id.code(), String::new()),
+        ]);
+    }
+    assert_eq!(answers[0], answers[1]);
 }

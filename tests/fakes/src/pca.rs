@@ -15,6 +15,9 @@ pub struct TestPca {
     issuer: Issuer<'static, KeyPair>,
     /// The root certificate of the hierarchy, PEM (what the enclave image carries).
     pub root_pem: String,
+    /// The signing key of this CA (PKCS#8 PEM), for a second issuer under the same
+    /// root (SPIRE's `disk` UpstreamAuthority in the interop tests).
+    pub key_pem: String,
 }
 
 /// A certificate the CA issued, with its key.
@@ -52,6 +55,7 @@ impl TestPca {
         let cert = params.self_signed(&key).expect("self-signed root");
         Self {
             root_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -113,6 +117,7 @@ impl TestPca {
         let sub = Self {
             issuer,
             root_pem: self.root_pem.clone(),
+            key_pem: issued.key_pem.clone(),
         };
         (sub, issued)
     }

@@ -1,0 +1,302 @@
+//! Real SPIRE (v1.13.3, built from `tests/interop/spire`'s tools module) for the interop
+//! tests: a server with the `join_token` node attestor, an in-memory key manager, SQLite,
+//! and optionally the `disk` UpstreamAuthority; an agent with the `unix` workload
+//! attestor. Both are killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The SPIRE release the tests pin (also in `tests/interop/spire/go.mod`).
+pub const SPIRE_VERSION: &str = "v1.13.3";
+
+/// The directory holding `spire-server` and `spire-agent`, built on first use (about five
+/// minutes on a fresh machine; `.ci/run` builds them before the tests).
+pub fn spire_bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = manifest
+            .parent()
+            .expect("workspace root")
+            .join("target")
+            .join(format!("spire-{SPIRE_VERSION}"));
+        if dir.join("spire-server").exists() && dir.join("spire-agent").exists() {
+            return dir;
+        }
+        let output = Command::new("go")
+            .args(["build", "-o"])
+            .arg(format!("{}/", dir.display()))
+            .args([
+                "github.com/spiffe/spire/cmd/spire-server",
+                "github.com/spiffe/spire/cmd/spire-agent",
+            ])
+            .current_dir(manifest.join("interop/spire"))
+            .output()
+            .expect("`go` is needed to build SPIRE (skip these tests with -- --skip spire)");
+        assert!(
+            output.status.success(),
+            "building SPIRE failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        dir
+    })
+}
+
+/// A CA for the server's `disk` UpstreamAuthority.
+pub struct DiskUpstream<'a> {
+    /// The CA certificate (PEM) SPIRE's own CA is signed by.
+    pub cert_pem: &'a str,
+    /// Its key (PKCS#8 PEM).
+    pub key_pem: &'a str,
+    /// The roots (PEM) above it, SPIRE's trust bundle.
+    pub bundle_pem: &'a str,
+}
+
+/// A running SPIRE server.
+pub struct SpireServer {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    port: u16,
+    trust_domain: String,
+}
+
+/// A running SPIRE agent.
+pub struct SpireAgent {
+    child: Child,
+    socket: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn wait_until(what: &str, within: Duration, mut ready: impl FnMut() -> bool, log: &Path) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        if Instant::now() > deadline {
+            panic!(
+                "{what} not ready within {within:?}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl SpireServer {
+    /// Starts a server for `trust_domain` with its files under `dir`.
+    pub fn start(dir: &Path, trust_domain: &str, upstream: Option<DiskUpstream<'_>>) -> Self {
+        let dir = dir.join("spire-server");
+        std::fs::create_dir_all(&dir).expect("server dir");
+        let socket = dir.join("api.sock");
+        let port = free_port();
+        let upstream = match upstream {
+            None => String::new(),
+            Some(ca) => {
+                std::fs::write(dir.join("upstream.pem"), ca.cert_pem).expect("write");
+                std::fs::write(dir.join("upstream.key"), ca.key_pem).expect("write");
+                std::fs::write(dir.join("upstream-bundle.pem"), ca.bundle_pem).expect("write");
+                format!(
+                    r#"UpstreamAuthority "disk" {{
+    plugin_data {{
+      cert_file_path = "{0}/upstream.pem"
+      key_file_path = "{0}/upstream.key"
+      bundle_file_path = "{0}/upstream-bundle.pem"
+    }}
+  }}"#,
+                    dir.display()
+                )
+            }
+        };
+        let config = format!(
+            r#"server {{
+  bind_address = "127.0.0.1"
+  bind_port = "{port}"
+  socket_path = "{socket}"
+  trust_domain = "{trust_domain}"
+  data_dir = "{dir}/data"
+  log_level = "WARN"
+  ca_ttl = "24h"
+  default_x509_svid_ttl = "1h"
+}}
+plugins {{
+  DataStore "sql" {{
+    plugin_data {{
+      database_type = "sqlite3"
+      connection_string = "{dir}/data/datastore.sqlite3"
+    }}
+  }}
+  KeyManager "memory" {{
+    plugin_data {{}}
+  }}
+  NodeAttestor "join_token" {{
+    plugin_data {{}}
+  }}
+  {upstream}
+}}
+"#,
+            socket = socket.display(),
+            dir = dir.display(),
+        );
+        std::fs::write(dir.join("server.conf"), config).expect("write server.conf");
+        let log = dir.join("server.log");
+        let child = Command::new(spire_bin_dir().join("spire-server"))
+            .args(["run", "-config"])
+            .arg(dir.join("server.conf"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(std::fs::File::create(dir.join("server.stderr")).expect("log"))
+            .spawn()
+            .expect("spawn spire-server");
+        let server = Self {
+            child,
+            dir,
+            socket,
+            port,
+            trust_domain: trust_domain.to_owned(),
+        };
+        wait_until(
+            "spire-server",
+            Duration::from_secs(60),
+            || server.cli(&["healthcheck"]).status.success(),
+            &server.dir.join("server.stderr"),
+        );
+        server
+    }
+
+    /// `spire-server ARGS -socketPath …`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(spire_bin_dir().join("spire-server"))
+            .args(args)
+            .arg("-socketPath")
+            .arg(&self.socket)
+            .output()
+            .expect("spire-server CLI")
+    }
+
+    /// A join token for a node with SPIFFE ID `spiffe://TD/node`.
+    pub fn join_token(&self) -> String {
+        let node = format!("spiffe://{}/node", self.trust_domain);
+        let output = self.cli(&["token", "generate", "-spiffeID", &node]);
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .last()
+            .expect("a token")
+            .to_owned()
+    }
+
+    /// Registers `spiffe_id` for workloads with `selectors` on the node of
+    /// [`SpireServer::join_token`].
+    pub fn entry_create(&self, spiffe_id: &str, selectors: &[&str], hint: &str) {
+        let node = format!("spiffe://{}/node", self.trust_domain);
+        let mut args = vec![
+            "entry",
+            "create",
+            "-parentID",
+            &node,
+            "-spiffeID",
+            spiffe_id,
+        ];
+        for selector in selectors {
+            args.extend(["-selector", selector]);
+        }
+        if !hint.is_empty() {
+            args.extend(["-hint", hint]);
+        }
+        let output = self.cli(&args);
+        assert!(output.status.success(), "{output:?}");
+    }
+
+    /// Starts an agent attested with a fresh join token.
+    pub fn start_agent(&self, dir: &Path) -> SpireAgent {
+        let dir = dir.join("spire-agent");
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        let socket = dir.join("agent.sock");
+        let config = format!(
+            r#"agent {{
+  data_dir = "{dir}/data"
+  log_level = "WARN"
+  server_address = "127.0.0.1"
+  server_port = "{port}"
+  socket_path = "{socket}"
+  trust_domain = "{td}"
+  insecure_bootstrap = true
+  join_token = "{token}"
+}}
+plugins {{
+  KeyManager "memory" {{
+    plugin_data {{}}
+  }}
+  NodeAttestor "join_token" {{
+    plugin_data {{}}
+  }}
+  WorkloadAttestor "unix" {{
+    plugin_data {{}}
+  }}
+}}
+"#,
+            dir = dir.display(),
+            port = self.port,
+            socket = socket.display(),
+            td = self.trust_domain,
+            token = self.join_token(),
+        );
+        std::fs::write(dir.join("agent.conf"), config).expect("write agent.conf");
+        let stderr = dir.join("agent.stderr");
+        let child = Command::new(spire_bin_dir().join("spire-agent"))
+            .args(["run", "-config"])
+            .arg(dir.join("agent.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("log"))
+            .spawn()
+            .expect("spawn spire-agent");
+        let agent = SpireAgent { child, socket };
+        wait_until(
+            "spire-agent",
+            Duration::from_secs(60),
+            || {
+                Command::new(spire_bin_dir().join("spire-agent"))
+                    .args(["healthcheck", "-socketPath"])
+                    .arg(&agent.socket)
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            },
+            &stderr,
+        );
+        agent
+    }
+}
+
+impl SpireAgent {
+    /// The Workload API endpoint, as `SPIFFE_ENDPOINT_SOCKET` takes it.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for SpireServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SpireAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
