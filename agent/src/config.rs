@@ -72,6 +72,35 @@ pub struct Config {
     pub attestor: AttestorConfig,
     /// Registration entries, in file order.
     pub entries: Vec<Entry>,
+    /// The SPIFFE bundle endpoint, if the trust domain is federated.
+    pub bundle_endpoint: Option<BundleEndpoint>,
+}
+
+/// A SPIFFE bundle endpoint (SPIFFE Trust Domain and Bundle, §5): the trust domain's
+/// bundle over HTTPS for other trust domains to federate with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleEndpoint {
+    /// Where to listen (`tcp://HOST:PORT`; `vsock://` behind a proxy on the parent).
+    pub listen: crate::transport::Address,
+    /// How the endpoint authenticates itself.
+    pub profile: EndpointProfile,
+    /// `spiffe_refresh_hint`: how often federated servers should poll.
+    pub refresh_hint: Duration,
+}
+
+/// The endpoint's authentication profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointProfile {
+    /// `https_spiffe`: served with the X.509-SVID of this SPIFFE ID, which an entry must
+    /// name (its selectors decide which workloads also get it).
+    HttpsSpiffe(SpiffeId),
+    /// `https_web`: served with a Web PKI certificate and key from files (PEM).
+    HttpsWeb {
+        /// The certificate chain.
+        cert_path: PathBuf,
+        /// Its key (PKCS#8).
+        key_path: PathBuf,
+    },
 }
 
 /// The default address of `enclaveid host`, seen from the enclave.
@@ -168,6 +197,17 @@ struct RawConfig {
     attestor: RawAttestor,
     #[serde(default, rename = "entry")]
     entries: Vec<RawEntry>,
+    bundle_endpoint: Option<RawBundleEndpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBundleEndpoint {
+    listen: String,
+    spiffe_id: Option<String>,
+    cert_path: Option<PathBuf>,
+    key_path: Option<PathBuf>,
+    refresh_hint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -380,6 +420,10 @@ impl Config {
             jwt_key_rotation,
             upstream,
             attestor,
+            bundle_endpoint: raw
+                .bundle_endpoint
+                .map(|b| parse_bundle_endpoint(b, &entries, &invalid))
+                .transpose()?,
             entries,
         })
     }
@@ -396,6 +440,7 @@ impl Config {
             socket_path,
             svid_ttl: DEFAULT_SVID_TTL,
             jwt_key_rotation: DEFAULT_JWT_KEY_ROTATION,
+            bundle_endpoint: None,
             upstream: Upstream::Dev(None),
             attestor: AttestorConfig {
                 kind: AttestorKind::Fake(enclaveid_attestor::FakeConfig::default()),
@@ -477,6 +522,58 @@ fn parse_kms(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<KmsConfig, Error
             }
             path => path,
         },
+    })
+}
+
+fn parse_bundle_endpoint(
+    raw: RawBundleEndpoint,
+    entries: &[Entry],
+    invalid: &Invalid<'_>,
+) -> Result<BundleEndpoint, Error> {
+    let listen = raw
+        .listen
+        .parse()
+        .map_err(|e| invalid("bundle_endpoint.listen", &raw.listen, &e))?;
+    let profile = match (raw.spiffe_id, raw.cert_path, raw.key_path) {
+        (Some(id), None, None) => {
+            let spiffe_id = SpiffeId::new(&id).map_err(|e| {
+                invalid(
+                    "bundle_endpoint.spiffe_id",
+                    &id,
+                    &format!("{e}; accepted: a SPIFFE ID"),
+                )
+            })?;
+            if !entries.iter().any(|e| e.spiffe_id == spiffe_id) {
+                return Err(invalid(
+                    "bundle_endpoint.spiffe_id",
+                    &id,
+                    &"no [[entry]] has this SPIFFE ID; add one so that the agent mints the endpoint's X.509-SVID",
+                ));
+            }
+            EndpointProfile::HttpsSpiffe(spiffe_id)
+        }
+        (None, Some(cert_path), Some(key_path)) => EndpointProfile::HttpsWeb {
+            cert_path,
+            key_path,
+        },
+        _ => {
+            return Err(invalid(
+                "bundle_endpoint",
+                &"",
+                &"accepted: spiffe_id (profile https_spiffe) or cert_path with key_path (profile https_web)",
+            ));
+        }
+    };
+    let refresh_hint = match &raw.refresh_hint {
+        Some(value) => {
+            parse_ttl(value).map_err(|why| invalid("bundle_endpoint.refresh_hint", value, &why))?
+        }
+        None => Duration::from_secs(300),
+    };
+    Ok(BundleEndpoint {
+        listen,
+        profile,
+        refresh_hint,
     })
 }
 
@@ -838,5 +935,44 @@ selectors = ["unix:uid:1001"]
             "spiffe://enclaveid.dev/uid/1000"
         );
         assert_eq!(config.entries[0].selectors, vec![Selector::Uid(1000)]);
+    }
+
+    #[test]
+    fn bundle_endpoints_name_their_profile_and_need_an_entry_for_https_spiffe() {
+        let base = "trust_domain = \"example.org\"\n[upstream]\nkind = \"dev\"\n[attestor]\nkind = \"fake\"\n\
+                    [[entry]]\nspiffe_id = \"spiffe://example.org/bundle\"\nselectors = [\"unix:uid:1\"]\n[bundle_endpoint]\n";
+        let config = Config::from_toml(
+            &format!(
+                "{base}listen = \"tcp://0.0.0.0:8443\"\nspiffe_id = \"spiffe://example.org/bundle\""
+            ),
+            "agent.toml",
+        )
+        .unwrap();
+        let endpoint = config.bundle_endpoint.unwrap();
+        assert_eq!(endpoint.refresh_hint, Duration::from_secs(300));
+        assert!(matches!(endpoint.profile, EndpointProfile::HttpsSpiffe(_)));
+        for (extra, expected) in [
+            (
+                "listen = \"tcp://0.0.0.0:8443\"\nspiffe_id = \"spiffe://example.org/other\"",
+                "no [[entry]] has this SPIFFE ID",
+            ),
+            (
+                "listen = \"tcp://0.0.0.0:8443\"",
+                "accepted: spiffe_id (profile https_spiffe) or cert_path with key_path",
+            ),
+            (
+                "listen = \"tcp://0.0.0.0:8443\"\ncert_path = \"/c.pem\"",
+                "accepted: spiffe_id",
+            ),
+            (
+                "listen = \"0.0.0.0:8443\"\nspiffe_id = \"spiffe://example.org/bundle\"",
+                "bundle_endpoint.listen",
+            ),
+        ] {
+            let error = Config::from_toml(&format!("{base}{extra}"), "agent.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{expected:?} not in {error}");
+        }
     }
 }

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+pub mod bundle_endpoint;
 pub mod config;
 pub mod host;
 pub mod jwt;
@@ -124,6 +125,7 @@ pub struct Agent {
     socket: BoundSocket,
     upstream: Option<KmsUpstream>,
     problems: tokio::sync::watch::Receiver<Option<String>>,
+    bundle_endpoint: Option<bundle_endpoint::Server>,
 }
 
 impl Agent {
@@ -211,6 +213,11 @@ impl Agent {
         };
         let mut rotator = rotator;
         rotator.rotate_due();
+        let bundle_endpoint = config
+            .bundle_endpoint
+            .clone()
+            .map(|b| bundle_endpoint::Server::new(b, &config.trust_domain, snapshots.clone()))
+            .transpose()?;
         let socket = BoundSocket::bind(&config.socket_path)?;
         tracing::info!(socket = %socket.path().display(), "serving the SPIFFE Workload API");
         Ok(Self {
@@ -220,6 +227,7 @@ impl Agent {
             socket,
             upstream,
             problems,
+            bundle_endpoint,
         })
     }
 
@@ -243,6 +251,14 @@ impl Agent {
         let rotation = tokio::spawn(self.rotator.run(stop.clone().cancelled_owned()));
         if let Some(upstream) = self.upstream {
             tokio::spawn(upstream.run(stop.clone().cancelled_owned()));
+        }
+        if let Some(endpoint) = self.bundle_endpoint {
+            let stopped = stop.clone().cancelled_owned();
+            tokio::spawn(async move {
+                if let Err(error) = endpoint.serve(stopped).await {
+                    tracing::error!(%error, "the SPIFFE bundle endpoint stopped; workloads are still served");
+                }
+            });
         }
         let trigger = stop.clone();
         tokio::spawn(async move {

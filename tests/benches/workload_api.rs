@@ -23,12 +23,13 @@
     reason = "a benchmark binary: failures abort the run, results go to stdout"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enclaveid_tests::{AgentProcess, euid, first_x509_response, raw_client, with_header};
+use enclaveid_tests::bench::{anon_kib, first_message_latency, open_streams, rss_kib};
+use enclaveid_tests::{AgentProcess, euid, first_x509_response};
 use enclaveid_workload_api::proto::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
 };
@@ -187,128 +188,6 @@ async fn run(settings: Settings) {
         agent_growth as f64 / floor_growth.max(1) as f64
     );
     println!("| idle RSS | {agent_idle_rss} KiB | {floor_idle_rss} KiB | |");
-}
-
-/// N open FetchX509SVID streams, one connection each, each past its first message.
-struct OpenStreams {
-    changed: Vec<tokio::sync::oneshot::Receiver<Instant>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// Connections are opened in batches so that the listen backlog never overflows.
-const BATCH: usize = 50;
-
-async fn open_streams(socket: &Path, n: usize) -> OpenStreams {
-    let mut changed = Vec::with_capacity(n);
-    let mut tasks = Vec::with_capacity(n);
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(n);
-    for batch_start in (0..n).step_by(BATCH) {
-        let batch = BATCH.min(n - batch_start);
-        for _ in 0..batch {
-            let socket: PathBuf = socket.to_owned();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let ready = ready_tx.clone();
-            changed.push(rx);
-            tasks.push(tokio::spawn(async move {
-                let mut client = raw_client(&socket).await;
-                let mut stream = client
-                    .fetch_x509svid(with_header(X509svidRequest {}))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                let first = stream.message().await.unwrap().unwrap();
-                ready.send(()).await.unwrap();
-                while let Ok(Some(next)) = stream.message().await {
-                    if next.svids[0].x509_svid != first.svids[0].x509_svid {
-                        let _ = tx.send(Instant::now());
-                        break;
-                    }
-                }
-                // Keep the stream open until the benchmark drops it.
-                std::future::pending::<()>().await;
-                drop((client, stream));
-            }));
-        }
-        for _ in 0..batch {
-            ready_rx.recv().await.unwrap();
-        }
-    }
-    OpenStreams { changed, tasks }
-}
-
-impl OpenStreams {
-    /// Resolves when every stream has seen a new SVID: the time from the first to the
-    /// last receipt.
-    fn wait_for_change(&mut self) -> impl std::future::Future<Output = Duration> + use<> {
-        let receivers = std::mem::take(&mut self.changed);
-        async move {
-            let mut times = Vec::with_capacity(receivers.len());
-            for rx in receivers {
-                let received = tokio::time::timeout(Duration::from_secs(60), rx).await;
-                times.push(received.expect("rotation within 60 s").unwrap());
-            }
-            let first = times.iter().min().copied().unwrap();
-            let last = times.iter().max().copied().unwrap();
-            last - first
-        }
-    }
-}
-
-impl Drop for OpenStreams {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// p50 and p99 of FetchX509SVID time to first message, for the agent and the floor.
-/// Samples alternate between the two so that noise from the machine hits both alike.
-async fn first_message_latency(
-    agent: &Path,
-    floor: &Path,
-    samples: usize,
-) -> [(Duration, Duration); 2] {
-    let mut clients = [raw_client(agent).await, raw_client(floor).await];
-    let mut times = [Vec::with_capacity(samples), Vec::with_capacity(samples)];
-    // Warm-up: connection set-up and first allocations are not what is measured.
-    for round in 0..(samples + 50) {
-        for (client, times) in clients.iter_mut().zip(times.iter_mut()) {
-            let started = Instant::now();
-            let mut stream = client
-                .fetch_x509svid(with_header(X509svidRequest {}))
-                .await
-                .unwrap()
-                .into_inner();
-            stream.message().await.unwrap().unwrap();
-            if round >= 50 {
-                times.push(started.elapsed());
-            }
-        }
-    }
-    times.map(|mut times| {
-        times.sort();
-        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-        (at(0.50), at(0.99))
-    })
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
-}
-
-/// Anonymous resident memory: the heap and stacks, without the binary's pages.
-fn anon_kib(pid: u32) -> u64 {
-    status_kib(pid, "RssAnon:")
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 // === The floor: a bare tonic server ===

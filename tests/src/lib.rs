@@ -8,6 +8,7 @@
     reason = "test support: a failed set-up must fail the test loudly"
 )]
 
+pub mod bench;
 pub use enclaveid_fakes::kms as fake_kms;
 pub use enclaveid_fakes::pca;
 pub mod kms_world;

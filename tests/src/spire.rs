@@ -92,6 +92,18 @@ fn wait_until(what: &str, within: Duration, mut ready: impl FnMut() -> bool, log
 impl SpireServer {
     /// Starts a server for `trust_domain` with its files under `dir`.
     pub fn start(dir: &Path, trust_domain: &str, upstream: Option<DiskUpstream<'_>>) -> Self {
+        Self::start_with(dir, trust_domain, upstream, "", &[])
+    }
+
+    /// [`SpireServer::start`] with `server_extra` added to the `server` block (such as a
+    /// `federation` block) and `env` set for the process.
+    pub fn start_with(
+        dir: &Path,
+        trust_domain: &str,
+        upstream: Option<DiskUpstream<'_>>,
+        server_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = dir.join("spire-server");
         std::fs::create_dir_all(&dir).expect("server dir");
         let socket = dir.join("api.sock");
@@ -124,6 +136,7 @@ impl SpireServer {
   log_level = "WARN"
   ca_ttl = "24h"
   default_x509_svid_ttl = "1h"
+  {server_extra}
 }}
 plugins {{
   DataStore "sql" {{
@@ -149,6 +162,7 @@ plugins {{
         let child = Command::new(spire_bin_dir().join("spire-server"))
             .args(["run", "-config"])
             .arg(dir.join("server.conf"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).expect("log"))
             .stderr(std::fs::File::create(dir.join("server.stderr")).expect("log"))
@@ -193,29 +207,80 @@ plugins {{
     }
 
     /// Registers `spiffe_id` for workloads with `selectors` on the node of
-    /// [`SpireServer::join_token`].
-    pub fn entry_create(&self, spiffe_id: &str, selectors: &[&str], hint: &str) {
+    /// [`SpireServer::join_token`]; returns the entry ID.
+    pub fn entry_create(&self, spiffe_id: &str, selectors: &[&str], hint: &str) -> String {
+        self.entry("create", None, spiffe_id, selectors, hint, &[])
+    }
+
+    /// [`SpireServer::entry_create`] for an entry that federates with `trust_domain_id`.
+    pub fn entry_create_federated(
+        &self,
+        spiffe_id: &str,
+        selectors: &[&str],
+        trust_domain_id: &str,
+    ) -> String {
+        let extra = ["-federatesWith", trust_domain_id];
+        self.entry("create", None, spiffe_id, selectors, "", &extra)
+    }
+
+    /// Changes the hint of entry `id` (the agent pushes the change to open streams).
+    pub fn entry_update(&self, id: &str, spiffe_id: &str, selectors: &[&str], hint: &str) {
+        self.entry("update", Some(id), spiffe_id, selectors, hint, &[]);
+    }
+
+    fn entry(
+        &self,
+        verb: &str,
+        id: Option<&str>,
+        spiffe_id: &str,
+        selectors: &[&str],
+        hint: &str,
+        extra: &[&str],
+    ) -> String {
         let node = format!("spiffe://{}/node", self.trust_domain);
-        let mut args = vec![
-            "entry",
-            "create",
-            "-parentID",
-            &node,
-            "-spiffeID",
-            spiffe_id,
-        ];
+        let mut args = vec!["entry", verb, "-parentID", &node, "-spiffeID", spiffe_id];
+        if let Some(id) = id {
+            args.extend(["-entryID", id]);
+        }
         for selector in selectors {
             args.extend(["-selector", selector]);
         }
         if !hint.is_empty() {
             args.extend(["-hint", hint]);
         }
+        args.extend_from_slice(extra);
         let output = self.cli(&args);
         assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Entry ID")
+                    .map(|r| r.trim_start_matches([' ', ':']).trim().to_owned())
+            })
+            .unwrap_or_default()
     }
 
-    /// Starts an agent attested with a fresh join token.
+    /// Starts an agent attested with a fresh join token, and waits for its health check.
     pub fn start_agent(&self, dir: &Path) -> SpireAgent {
+        let agent = self.spawn_agent(dir);
+        let stderr = dir.join("spire-agent/agent.stderr");
+        wait_until(
+            "spire-agent",
+            Duration::from_secs(60),
+            || {
+                Command::new(spire_bin_dir().join("spire-agent"))
+                    .args(["healthcheck", "-socketPath"])
+                    .arg(&agent.socket)
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            },
+            &stderr,
+        );
+        agent
+    }
+
+    /// Starts an agent attested with a fresh join token, without waiting for it.
+    pub fn spawn_agent(&self, dir: &Path) -> SpireAgent {
         let dir = dir.join("spire-agent");
         std::fs::create_dir_all(&dir).expect("agent dir");
         let socket = dir.join("agent.sock");
@@ -258,20 +323,7 @@ plugins {{
             .stderr(std::fs::File::create(&stderr).expect("log"))
             .spawn()
             .expect("spawn spire-agent");
-        let agent = SpireAgent { child, socket };
-        wait_until(
-            "spire-agent",
-            Duration::from_secs(60),
-            || {
-                Command::new(spire_bin_dir().join("spire-agent"))
-                    .args(["healthcheck", "-socketPath"])
-                    .arg(&agent.socket)
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            },
-            &stderr,
-        );
-        agent
+        SpireAgent { child, socket }
     }
 }
 
@@ -284,6 +336,11 @@ impl SpireAgent {
     /// The socket path.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

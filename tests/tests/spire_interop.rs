@@ -413,3 +413,91 @@ async fn spire_status_codes_match_for_what_clients_rely_on() {
     }
     assert_eq!(answers[0], answers[1]);
 }
+
+/// A SPIRE server in another trust domain federates with EnclaveID's bundle endpoint
+/// (profile `https_web`: no bootstrap bundle, the endpoint's Web PKI certificate is
+/// trusted through `SSL_CERT_FILE`); its workloads receive EnclaveID's bundle.
+#[test]
+fn spire_federates_with_the_enclaveid_bundle_endpoint() {
+    use enclaveid_tests::pca::Profile;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let web = TestPca::new("web root");
+    let cert = web.issue_for(
+        Profile::Leaf(vec![
+            rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()),
+            rcgen::SanType::DnsName("localhost".try_into().unwrap()),
+        ]),
+        Duration::from_secs(86_400),
+    );
+    std::fs::write(d.join("web-root.pem"), &web.root_pem).unwrap();
+    std::fs::write(d.join("endpoint.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(d.join("endpoint.key"), &cert.key_pem).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let enclaveid = agent(
+        "go",
+        &format!(
+            "[bundle_endpoint]\nlisten = \"tcp://127.0.0.1:{port}\"\ncert_path = \"{0}/endpoint.pem\"\nkey_path = \"{0}/endpoint.key\"\nrefresh_hint = \"10s\"",
+            d.display()
+        ),
+        None,
+    );
+    let ours = go_eventually(&enclaveid.endpoint(), &["bundles"]);
+    let ours = ours
+        .lines()
+        .find(|l| l.starts_with("bundle example.org "))
+        .unwrap()
+        .to_owned();
+
+    let federation = format!(
+        r#"federation {{
+    federates_with "example.org" {{
+      bundle_endpoint_url = "https://127.0.0.1:{port}"
+      bundle_endpoint_profile "https_web" {{}}
+    }}
+  }}"#
+    );
+    let web_root = d.join("web-root.pem").display().to_string();
+    let server = SpireServer::start_with(
+        d,
+        "other.org",
+        None,
+        &federation,
+        &[("SSL_CERT_FILE", &web_root)],
+    );
+    server.entry_create_federated(
+        "spiffe://other.org/w",
+        &[&format!("unix:uid:{}", euid())],
+        "spiffe://example.org",
+    );
+    let spire_agent = server.start_agent(d);
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let theirs = loop {
+        let out = go_at(&spire_agent.endpoint(), &["bundles"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = text.lines().find(|l| l.starts_with("bundle example.org ")) {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SPIRE never received example.org's bundle:\n{text}{}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            enclaveid.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        theirs, ours,
+        "SPIRE's workload holds EnclaveID's roots, byte for byte"
+    );
+    assert!(
+        enclaveid
+            .stderr_text()
+            .contains("bundle endpoint: request answered")
+    );
+}

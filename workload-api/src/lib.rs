@@ -275,6 +275,12 @@ impl Svid {
         &self.cert_chain
     }
 
+    /// The PKCS#8 DER private key (for the agent's own use of an SVID, such as its bundle
+    /// endpoint's TLS).
+    pub fn private_key_der(&self) -> &[u8] {
+        &self.private_key
+    }
+
     /// The end of the leaf's validity.
     pub fn not_after(&self) -> SystemTime {
         self.not_after

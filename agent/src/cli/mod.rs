@@ -5,9 +5,9 @@ mod attest;
 mod health;
 #[cfg(feature = "aws")]
 mod host;
-mod jwt;
 #[cfg(feature = "aws")]
 mod provision;
+mod raw;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,6 +102,18 @@ enum FetchCommand {
     Jwt(FetchJwtArgs),
     /// Fetch the JWT bundles (JWKS per trust domain).
     JwtBundles(TimeoutArgs),
+    /// Print the trust domain's SPIFFE bundle document (what the bundle endpoint serves),
+    /// to bootstrap a federated server: `spire-server bundle set -format spiffe`.
+    Bundle(FetchBundleArgs),
+}
+
+#[derive(Args)]
+struct FetchBundleArgs {
+    #[command(flatten)]
+    common: TimeoutArgs,
+    /// The trust domain, e.g. example.org.
+    #[arg(long, value_name = "TD", value_parser = |s: &str| spiffe::TrustDomain::new(s).map_err(|e| e.to_string()))]
+    trust_domain: spiffe::TrustDomain,
 }
 
 #[derive(Subcommand)]
@@ -198,7 +210,7 @@ pub(crate) fn main() -> ExitCode {
             }
             Command::Api(ApiCommand::Watch(args)) => api::watch(&endpoint(&args)?).await,
             Command::Api(ApiCommand::Fetch(FetchCommand::Jwt(args))) => {
-                jwt::fetch_jwt(
+                raw::fetch_jwt(
                     &endpoint(&args.common.endpoint)?,
                     &args.audience,
                     args.spiffe_id.as_deref(),
@@ -206,11 +218,19 @@ pub(crate) fn main() -> ExitCode {
                 )
                 .await
             }
+            Command::Api(ApiCommand::Fetch(FetchCommand::Bundle(args))) => {
+                raw::fetch_bundle(
+                    &endpoint(&args.common.endpoint)?,
+                    &args.trust_domain,
+                    args.common.timeout,
+                )
+                .await
+            }
             Command::Api(ApiCommand::Fetch(FetchCommand::JwtBundles(args))) => {
-                jwt::fetch_jwt_bundles(&endpoint(&args.endpoint)?, args.timeout).await
+                raw::fetch_jwt_bundles(&endpoint(&args.endpoint)?, args.timeout).await
             }
             Command::Api(ApiCommand::Validate(ValidateCommand::Jwt(args))) => {
-                jwt::validate_jwt(
+                raw::validate_jwt(
                     &endpoint(&args.common.endpoint)?,
                     &args.audience,
                     &args.token,

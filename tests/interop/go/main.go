@@ -8,6 +8,7 @@
 //	spiffe-interop call ADDR ALLOWED_ID MSG   mTLS client; prints the server's answer
 //	spiffe-interop jwt AUDIENCE               fetch a JWT-SVID, validate it through the API and
 //	                                          locally against the fetched JWT bundles
+//	spiffe-interop bundles                    print each X.509 bundle: trust domain, size, SHA-256
 //
 // Every failure exits 1 with the reason on stderr.
 package main
@@ -15,6 +16,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
 	"os"
@@ -45,6 +47,8 @@ func main() {
 		err = call(ctx, arg(2), arg(3), arg(4))
 	case "jwt":
 		err = jwt(ctx, arg(2))
+	case "bundles":
+		err = bundles(ctx)
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -200,5 +204,20 @@ func jwt(ctx context.Context, audience string) error {
 		return fmt.Errorf("ValidateJWTSVID accepted a wrong audience")
 	}
 	fmt.Printf("id %s\nvalidated %s\nlocal %s\naudience %s\n", svid.ID, validated.ID, local.ID, strings.Join(local.Audience, ","))
+	return nil
+}
+
+func bundles(ctx context.Context) error {
+	x509Context, err := workloadapi.FetchX509Context(ctx)
+	if err != nil {
+		return fmt.Errorf("FetchX509Context: %w", err)
+	}
+	for _, bundle := range x509Context.Bundles.Bundles() {
+		digest := sha256.New()
+		for _, authority := range bundle.X509Authorities() {
+			digest.Write(authority.Raw)
+		}
+		fmt.Printf("bundle %s %d %x\n", bundle.TrustDomain(), len(bundle.X509Authorities()), digest.Sum(nil))
+	}
 	return nil
 }

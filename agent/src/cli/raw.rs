@@ -1,5 +1,6 @@
-//! `enclaveid api fetch jwt`, `api fetch jwt-bundles` and `api validate jwt`, through the
-//! Workload API's generated client (the exact JWKS bytes and claims the agent answers).
+//! `enclaveid api fetch jwt`, `api fetch jwt-bundles`, `api validate jwt` and `api fetch
+//! bundle`, through the Workload API's generated client (the exact bytes the agent
+//! answers).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -7,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use enclaveid_workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use enclaveid_workload_api::proto::{JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest};
+use enclaveid_workload_api::proto::{
+    JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest,
+};
 use tonic::transport::Channel;
 
 async fn client(endpoint: &str) -> anyhow::Result<SpiffeWorkloadApiClient<Channel>> {
@@ -143,4 +146,55 @@ fn from_value(v: prost_types::Value) -> serde_json::Value {
         Some(Kind::ListValue(l)) => l.values.into_iter().map(from_value).collect(),
         Some(Kind::StructValue(s)) => serde_json::Value::Object(from_struct(s)),
     }
+}
+
+/// The SPIFFE bundle document of `trust_domain` (what the bundle endpoint serves), from
+/// the X.509 and JWT bundles the agent gives this caller: to bootstrap a federated SPIRE
+/// server (`spire-server bundle set -format spiffe`).
+pub(crate) async fn fetch_bundle(
+    endpoint: &str,
+    trust_domain: &spiffe::TrustDomain,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let snapshot = super::within(timeout, endpoint, async {
+        let mut client = client(endpoint).await?;
+        let x509 = client
+            .fetch_x509_bundles(request(X509BundlesRequest {}))
+            .await
+            .map_err(|s| status("fetching X.509 bundles", endpoint, s))?
+            .into_inner()
+            .message()
+            .await
+            .map_err(|s| status("fetching X.509 bundles", endpoint, s))?
+            .context("the agent closed the stream without a message")?;
+        let jwt = client
+            .fetch_jwt_bundles(request(JwtBundlesRequest {}))
+            .await
+            .map_err(|s| status("fetching JWT bundles", endpoint, s))?
+            .into_inner()
+            .message()
+            .await
+            .map_err(|s| status("fetching JWT bundles", endpoint, s))?
+            .context("the agent closed the stream without a message")?;
+        Ok::<_, anyhow::Error>(enclaveid_workload_api::Snapshot {
+            bundles: x509.bundles.into_iter().collect(),
+            jwt_bundles: jwt.bundles.into_iter().collect(),
+            ..Default::default()
+        })
+    })
+    .await??;
+    let td = trust_domain.id_string();
+    anyhow::ensure!(
+        snapshot.bundles.contains_key(&td),
+        "the agent at {endpoint} has no bundle for {td}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let document =
+        enclaveid_agent::bundle_endpoint::document(&snapshot, &td, now, Duration::from_secs(300))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&document)?;
+    writeln!(out)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,416 @@
+//! The SPIFFE bundle endpoint (SPIFFE Trust Domain and Bundle specification, §4 and §5):
+//! the trust domain's bundle as a JWKS document over HTTPS, for other trust domains (a
+//! SPIRE server's `federates_with`) to federate with.
+//!
+//! The document carries every X.509 root as an `x509-svid` key (`x5c` plus the public key
+//! parameters), every JWT signing key as a `jwt-svid` key, `spiffe_sequence` (raised on
+//! every change) and `spiffe_refresh_hint`. Profiles: `https_spiffe` (the endpoint presents
+//! the X.509-SVID the agent mints for an entry) and `https_web` (a certificate from files).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use enclaveid_workload_api::Snapshot;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::{Value, json};
+use spiffe::{SpiffeId, TrustDomain};
+use tokio::sync::watch;
+use x509_parser::public_key::PublicKey;
+
+use crate::Error;
+use crate::config::{BundleEndpoint, EndpointProfile};
+
+/// The bundle document of `trust_domain` (ID form) from the snapshot's bundles.
+pub fn document(
+    snapshot: &Snapshot,
+    trust_domain: &str,
+    sequence: u64,
+    refresh_hint: Duration,
+) -> Result<Vec<u8>, Error> {
+    Ok(json!({
+        "keys": keys(snapshot, trust_domain)?,
+        "spiffe_sequence": sequence,
+        "spiffe_refresh_hint": refresh_hint.as_secs(),
+    })
+    .to_string()
+    .into_bytes())
+}
+
+/// The JWKs of the trust domain: X.509 roots, then JWT signing keys.
+fn keys(snapshot: &Snapshot, trust_domain: &str) -> Result<Vec<Value>, Error> {
+    let mut keys = Vec::new();
+    let mut der = snapshot
+        .bundles
+        .get(trust_domain)
+        .map(|b| &b[..])
+        .unwrap_or_default();
+    while !der.is_empty() {
+        let (rest, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| Error::Certificate(format!("a bundle certificate: {e}")))?;
+        let mut jwk = public_jwk(&cert)?;
+        jwk["use"] = "x509-svid".into();
+        jwk["x5c"] = json!([STANDARD.encode(&der[..der.len() - rest.len()])]);
+        keys.push(jwk);
+        der = rest;
+    }
+    if let Some(jwks) = snapshot.jwt_bundles.get(trust_domain) {
+        let document: Value = serde_json::from_slice(jwks)
+            .map_err(|e| Error::Crypto(format!("the JWT bundle: {e}")))?;
+        keys.extend(document["keys"].as_array().cloned().unwrap_or_default());
+    }
+    Ok(keys)
+}
+
+/// The public key of a certificate as a JWK (`kty` and its parameters).
+fn public_jwk(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Value, Error> {
+    let spki = cert.public_key();
+    let parsed = spki
+        .parsed()
+        .map_err(|e| Error::Certificate(format!("a bundle certificate's key: {e}")))?;
+    match parsed {
+        PublicKey::EC(point) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|oid| oid.to_id_string());
+            let (crv, size) = match curve.as_deref() {
+                Some("1.2.840.10045.3.1.7") => ("P-256", 32),
+                Some("1.3.132.0.34") => ("P-384", 48),
+                Some("1.3.132.0.35") => ("P-521", 66),
+                other => {
+                    return Err(Error::Certificate(format!(
+                        "a bundle certificate's EC curve {other:?} has no JWK name"
+                    )));
+                }
+            };
+            let data = point.data();
+            if data.len() != 1 + 2 * size || data[0] != 4 {
+                return Err(Error::Certificate(
+                    "a bundle certificate's EC point is not uncompressed".into(),
+                ));
+            }
+            Ok(json!({
+                "kty": "EC",
+                "crv": crv,
+                "x": URL_SAFE_NO_PAD.encode(&data[1..=size]),
+                "y": URL_SAFE_NO_PAD.encode(&data[1 + size..]),
+            }))
+        }
+        PublicKey::RSA(rsa) => Ok(json!({
+            "kty": "RSA",
+            "n": URL_SAFE_NO_PAD.encode(strip_zeros(rsa.modulus)),
+            "e": URL_SAFE_NO_PAD.encode(strip_zeros(rsa.exponent)),
+        })),
+        _ => Err(Error::Certificate(
+            "a bundle certificate's key is neither EC nor RSA".into(),
+        )),
+    }
+}
+
+fn strip_zeros(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+/// Presents the current X.509-SVID of one identity (profile `https_spiffe`).
+#[derive(Debug)]
+struct SvidResolver {
+    spiffe_id: SpiffeId,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl ResolvesServerCert for SvidResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let snapshot = self.snapshots.borrow().clone();
+        let identity = snapshot
+            .identities
+            .iter()
+            .find(|i| i.spiffe_id == self.spiffe_id)?;
+        let svid = identity.svid.as_ref()?;
+        certified_key(
+            split_certs(svid.cert_chain_der()),
+            svid.private_key_der().to_vec(),
+        )
+        .map_err(|error| tracing::error!(%error, "bundle endpoint: the SVID is unusable"))
+        .ok()
+        .map(Arc::new)
+    }
+}
+
+/// Presents one certificate (profile `https_web`).
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+fn split_certs(mut der: &[u8]) -> Vec<CertificateDer<'static>> {
+    let mut certs = Vec::new();
+    while let Ok((rest, _)) = x509_parser::parse_x509_certificate(der) {
+        certs.push(CertificateDer::from(der[..der.len() - rest.len()].to_vec()));
+        der = rest;
+    }
+    certs
+}
+
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    pkcs8: Vec<u8>,
+) -> Result<CertifiedKey, Error> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
+        .map_err(|e| Error::Key(format!("bundle endpoint key: {e}")))?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+/// The bundle endpoint, ready to serve.
+pub struct Server {
+    config: BundleEndpoint,
+    trust_domain: String,
+    tls: Arc<rustls::ServerConfig>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    sequence: Mutex<(Vec<Value>, u64)>,
+}
+
+impl Server {
+    /// Prepares the endpoint: an `https_web` certificate and key are read now.
+    pub fn new(
+        config: BundleEndpoint,
+        trust_domain: &TrustDomain,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+    ) -> Result<Self, Error> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Crypto(e.to_string()))?
+            .with_no_client_auth();
+        let mut tls = match &config.profile {
+            EndpointProfile::HttpsSpiffe(spiffe_id) => {
+                builder.with_cert_resolver(Arc::new(SvidResolver {
+                    spiffe_id: spiffe_id.clone(),
+                    snapshots: snapshots.clone(),
+                }))
+            }
+            EndpointProfile::HttpsWeb {
+                cert_path,
+                key_path,
+            } => {
+                let read = |key: &str, path: &std::path::Path| {
+                    std::fs::read(path).map_err(|e| {
+                        Error::Config(format!(
+                            "bundle_endpoint.{key} = {path:?} cannot be read: {e}"
+                        ))
+                    })
+                };
+                let chain = crate::authority::parse_pem_certs(
+                    &read("cert_path", cert_path)?,
+                    "bundle_endpoint.cert_path",
+                )?;
+                let key_pem = zeroize::Zeroizing::new(read("key_path", key_path)?);
+                let key = pem::parse(&*key_pem)
+                    .ok()
+                    .filter(|p| p.tag() == "PRIVATE KEY")
+                    .ok_or_else(|| {
+                        Error::Key(format!(
+                            "bundle_endpoint.key_path = {key_path:?}: not a PEM `PRIVATE KEY` (PKCS#8)"
+                        ))
+                    })?;
+                let certified = certified_key(chain, key.into_contents())?;
+                builder.with_cert_resolver(Arc::new(Fixed(Arc::new(certified))))
+            }
+        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            trust_domain: trust_domain.id_string(),
+            config,
+            tls: Arc::new(tls),
+            snapshots,
+            sequence: Mutex::new((Vec::new(), 0)),
+        })
+    }
+
+    /// The current document; `spiffe_sequence` rises whenever the keys change.
+    pub fn current(&self) -> Result<Vec<u8>, Error> {
+        let snapshot = self.snapshots.borrow().clone();
+        let keys = keys(&snapshot, &self.trust_domain)?;
+        let mut state = self
+            .sequence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.0 != keys || state.1 == 0 {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            *state = (keys, now.max(state.1 + 1));
+        }
+        document(
+            &snapshot,
+            &self.trust_domain,
+            state.1,
+            self.config.refresh_hint,
+        )
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+        let listener = self.config.listen.bind().await.map_err(|e| {
+            Error::Socket(format!(
+                "bundle_endpoint.listen = {}: {e}",
+                self.config.listen
+            ))
+        })?;
+        tracing::info!(listen = %self.config.listen, "serving the SPIFFE bundle endpoint");
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
+        let this = Arc::new(self);
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "bundle endpoint: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => return Ok(()),
+            };
+            let (acceptor, this) = (acceptor.clone(), this.clone());
+            tokio::spawn(async move {
+                let tls =
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "bundle endpoint: handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let this = this.clone();
+                    let peer = peer.clone();
+                    async move {
+                        let response = this.answer(&request);
+                        tracing::info!(%peer, status = response.status().as_u16(), "bundle endpoint: request answered");
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    }
+
+    fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let reply = |status: StatusCode, content_type: &str, body: Vec<u8>| {
+            Response::builder()
+                .status(status)
+                .header("content-type", content_type)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap_or_default()
+        };
+        if request.method() != Method::GET {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                b"GET only\n".to_vec(),
+            );
+        }
+        match self.current() {
+            Ok(document) => reply(StatusCode::OK, "application/json", document),
+            Err(error) => {
+                tracing::error!(%error, "bundle endpoint: no document");
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    b"no bundle\n".to_vec(),
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_carries_roots_and_jwt_keys_in_the_spiffe_bundle_format() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let authority = crate::authority::Authority::generate_dev(&td).unwrap();
+        let jwt =
+            crate::jwt::JwtKeys::new(&td, Duration::from_secs(3600), Duration::from_secs(300))
+                .unwrap();
+        let root = authority.bundle_der();
+        let snapshot = Snapshot {
+            bundles: [(td.id_string(), root.clone().into())].into(),
+            jwt_bundles: jwt.bundles(),
+            ..Snapshot::default()
+        };
+        let document: Value = serde_json::from_slice(
+            &document(&snapshot, &td.id_string(), 7, Duration::from_secs(300)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(document["spiffe_sequence"], 7);
+        assert_eq!(document["spiffe_refresh_hint"], 300);
+        let keys = document["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2);
+        let x509 = &keys[0];
+        assert_eq!(x509["use"], "x509-svid");
+        assert_eq!(x509["kty"], "EC");
+        assert_eq!(x509["crv"], "P-256");
+        assert_eq!(x509["x5c"][0], STANDARD.encode(&root));
+        // The JWK's point is the certificate's key.
+        let (_, cert) = x509_parser::parse_x509_certificate(&root).unwrap();
+        let point = cert.public_key().subject_public_key.data.to_vec();
+        let x = URL_SAFE_NO_PAD.decode(x509["x"].as_str().unwrap()).unwrap();
+        let y = URL_SAFE_NO_PAD.decode(x509["y"].as_str().unwrap()).unwrap();
+        assert_eq!([&[4u8][..], &x, &y].concat(), point);
+        assert_eq!(keys[1]["use"], "jwt-svid");
+        assert!(keys[1]["kid"].is_string());
+    }
+
+    #[test]
+    fn the_sequence_rises_only_when_the_keys_change() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let authority = crate::authority::Authority::generate_dev(&td).unwrap();
+        let (tx, rx) = watch::channel(Arc::new(Snapshot {
+            bundles: [(td.id_string(), authority.bundle_der().into())].into(),
+            ..Snapshot::default()
+        }));
+        let config = BundleEndpoint {
+            listen: "tcp://127.0.0.1:0".parse().unwrap(),
+            profile: EndpointProfile::HttpsSpiffe(SpiffeId::new("spiffe://example.org/b").unwrap()),
+            refresh_hint: Duration::from_secs(60),
+        };
+        let server = Server::new(config, &td, rx).unwrap();
+        let sequence = |server: &Server| {
+            let document: Value = serde_json::from_slice(&server.current().unwrap()).unwrap();
+            document["spiffe_sequence"].as_u64().unwrap()
+        };
+        let first = sequence(&server);
+        assert!(first > 0);
+        assert_eq!(sequence(&server), first, "same keys, same sequence");
+        let other = crate::authority::Authority::generate_dev(&td).unwrap();
+        tx.send_replace(Arc::new(Snapshot {
+            bundles: [(td.id_string(), other.bundle_der().into())].into(),
+            ..Snapshot::default()
+        }));
+        assert!(sequence(&server) > first, "new keys, higher sequence");
+    }
+}
