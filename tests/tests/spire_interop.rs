@@ -476,21 +476,7 @@ fn spire_federates_with_the_enclaveid_bundle_endpoint() {
     );
     let spire_agent = server.start_agent(d);
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let theirs = loop {
-        let out = go_at(&spire_agent.endpoint(), &["bundles"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if let Some(line) = text.lines().find(|l| l.starts_with("bundle example.org ")) {
-            break line.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "SPIRE never received example.org's bundle:\n{text}{}\nagent log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            enclaveid.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let theirs = federated_bundle(&spire_agent.endpoint(), &enclaveid);
     assert_eq!(
         theirs, ours,
         "SPIRE's workload holds EnclaveID's roots, byte for byte"
@@ -500,4 +486,104 @@ fn spire_federates_with_the_enclaveid_bundle_endpoint() {
             .stderr_text()
             .contains("bundle endpoint: request answered")
     );
+}
+
+/// The `https_spiffe` profile: the endpoint presents the X.509-SVID EnclaveID mints for
+/// its entry; SPIRE is bootstrapped with `enclaveid api fetch bundle`, then authenticates
+/// the endpoint by that SPIFFE ID at every refresh.
+#[test]
+fn spire_federates_over_https_spiffe_after_a_bootstrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let enclaveid = agent(
+        "go",
+        &format!(
+            "[[entry]]\nspiffe_id = \"spiffe://example.org/bundle-endpoint\"\nselectors = [\"unix:uid:4000000\"]\n\
+             [bundle_endpoint]\nlisten = \"tcp://127.0.0.1:{port}\"\nspiffe_id = \"spiffe://example.org/bundle-endpoint\"\nrefresh_hint = \"5s\""
+        ),
+        None,
+    );
+    let bootstrap = Command::new(enclaveid_bin())
+        .args([
+            "api",
+            "fetch",
+            "bundle",
+            "--trust-domain",
+            "example.org",
+            "--socket",
+        ])
+        .arg(enclaveid.endpoint())
+        .output()
+        .unwrap();
+    std::fs::write(d.join("example.org.json"), stdout_of(&bootstrap)).unwrap();
+
+    let federation = format!(
+        r#"federation {{
+    federates_with "example.org" {{
+      bundle_endpoint_url = "https://127.0.0.1:{port}"
+      bundle_endpoint_profile "https_spiffe" {{
+        endpoint_spiffe_id = "spiffe://example.org/bundle-endpoint"
+      }}
+    }}
+  }}"#
+    );
+    let server = SpireServer::start_with(d, "other.org", None, &federation, &[]);
+    let set = server.cli(&[
+        "bundle",
+        "set",
+        "-format",
+        "spiffe",
+        "-id",
+        "spiffe://example.org",
+        "-path",
+        &d.join("example.org.json").display().to_string(),
+    ]);
+    assert!(set.status.success(), "{set:?}");
+
+    // SPIRE fetches from the endpoint over TLS authenticated by the endpoint's SVID.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !enclaveid
+        .stderr_text()
+        .contains("bundle endpoint: request answered")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "SPIRE never fetched over https_spiffe; agent log:\n{}",
+            enclaveid.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    server.entry_create_federated(
+        "spiffe://other.org/w",
+        &[&format!("unix:uid:{}", euid())],
+        "spiffe://example.org",
+    );
+    let spire_agent = server.start_agent(d);
+    let theirs = federated_bundle(&spire_agent.endpoint(), &enclaveid);
+    let ours = federated_bundle(&enclaveid.endpoint(), &enclaveid);
+    assert_eq!(theirs, ours);
+}
+
+/// The `bundle example.org …` line of the go client at `endpoint`, once it is there.
+fn federated_bundle(endpoint: &str, enclaveid: &AgentProcess) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = go_at(endpoint, &["bundles"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = text.lines().find(|l| l.starts_with("bundle example.org ")) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no example.org bundle at {endpoint}:\n{text}{}\nEnclaveID log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            enclaveid.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

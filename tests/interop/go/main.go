@@ -208,11 +208,11 @@ func jwt(ctx context.Context, audience string) error {
 }
 
 func bundles(ctx context.Context) error {
-	x509Context, err := workloadapi.FetchX509Context(ctx)
+	set, err := workloadapi.FetchX509Bundles(ctx)
 	if err != nil {
-		return fmt.Errorf("FetchX509Context: %w", err)
+		return fmt.Errorf("FetchX509Bundles: %w", err)
 	}
-	for _, bundle := range x509Context.Bundles.Bundles() {
+	for _, bundle := range set.Bundles() {
 		digest := sha256.New()
 		for _, authority := range bundle.X509Authorities() {
 			digest.Write(authority.Raw)
