@@ -26,7 +26,7 @@ pub fn spire_bin_dir() -> &'static Path {
             return dir;
         }
         let output = Command::new("go")
-            .args(["build", "-o"])
+            .args(["build", "-buildvcs=false", "-o"])
             .arg(format!("{}/", dir.display()))
             .args([
                 "github.com/spiffe/spire/cmd/spire-server",

@@ -32,7 +32,7 @@ fn go_client() -> &'static Path {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/go");
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spiffe-interop");
         let output = Command::new("go")
-            .args(["build", "-o"])
+            .args(["build", "-buildvcs=false", "-o"])
             .arg(&out)
             .arg(".")
             .current_dir(&source)
