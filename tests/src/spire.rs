@@ -69,7 +69,8 @@ pub struct SpireAgent {
     socket: PathBuf,
 }
 
-fn free_port() -> u16 {
+/// A TCP port free on the loopback interface right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

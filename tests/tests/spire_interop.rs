@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use enclaveid_tests::pca::TestPca;
-use enclaveid_tests::spire::{DiskUpstream, SpireAgent, SpireServer};
+use enclaveid_tests::spire::{DiskUpstream, SpireAgent, SpireServer, free_port};
 use enclaveid_tests::{AgentProcess, enclaveid_bin, euid};
 
 /// Builds the Go client once per test run.
@@ -143,11 +143,7 @@ struct GoServer {
 
 impl GoServer {
     fn start(endpoint: &str, client_id: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let address = format!("127.0.0.1:{port}");
         let child = Command::new(go_client())
             .args(["serve", &address, client_id])
@@ -433,11 +429,7 @@ fn spire_federates_with_the_enclaveid_bundle_endpoint() {
     std::fs::write(d.join("web-root.pem"), &web.root_pem).unwrap();
     std::fs::write(d.join("endpoint.pem"), &cert.cert_pem).unwrap();
     std::fs::write(d.join("endpoint.key"), &cert.key_pem).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let enclaveid = agent(
         "go",
         &format!(
@@ -495,11 +487,7 @@ fn spire_federates_with_the_enclaveid_bundle_endpoint() {
 fn spire_federates_over_https_spiffe_after_a_bootstrap() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let enclaveid = agent(
         "go",
         &format!(

@@ -118,14 +118,23 @@ func rotation(ctx context.Context, timeout string) error {
 	}
 }
 
-func serve(ctx context.Context, addr, allowed string) error {
+// peerAndSource parses the peer ID to authorise and opens an X509Source.
+func peerAndSource(ctx context.Context, allowed string) (spiffeid.ID, *workloadapi.X509Source, error) {
 	id, err := spiffeid.FromString(allowed)
 	if err != nil {
-		return err
+		return spiffeid.ID{}, nil, err
 	}
 	source, err := workloadapi.NewX509Source(ctx)
 	if err != nil {
-		return fmt.Errorf("NewX509Source: %w", err)
+		return spiffeid.ID{}, nil, fmt.Errorf("NewX509Source: %w", err)
+	}
+	return id, source, nil
+}
+
+func serve(ctx context.Context, addr, allowed string) error {
+	id, source, err := peerAndSource(ctx, allowed)
+	if err != nil {
+		return err
 	}
 	defer source.Close()
 	listener, err := tls.Listen("tcp", addr, tlsconfig.MTLSServerConfig(source, source, tlsconfig.AuthorizeID(id)))
@@ -152,13 +161,9 @@ func serve(ctx context.Context, addr, allowed string) error {
 }
 
 func call(ctx context.Context, addr, allowed, message string) error {
-	id, err := spiffeid.FromString(allowed)
+	id, source, err := peerAndSource(ctx, allowed)
 	if err != nil {
 		return err
-	}
-	source, err := workloadapi.NewX509Source(ctx)
-	if err != nil {
-		return fmt.Errorf("NewX509Source: %w", err)
 	}
 	defer source.Close()
 	conn, err := tls.Dial("tcp", addr, tlsconfig.MTLSClientConfig(source, source, tlsconfig.AuthorizeID(id)))
