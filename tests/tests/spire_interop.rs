@@ -575,3 +575,107 @@ fn federated_bundle(endpoint: &str, enclaveid: &AgentProcess) -> String {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Streams, compared message by message: both agents send the full state first, then the
+/// full state again on a change (EnclaveID: a forced rotation; SPIRE: an entry's hint
+/// updated), and key bundles by trust-domain ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spire_streams_and_bundle_keys_match() {
+    use enclaveid_tests::{raw_client, with_header};
+    use enclaveid_workload_api::proto::{JwtBundlesRequest, X509BundlesRequest, X509svidRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let root = hierarchy(dir.path());
+    let enclaveid = agent("go", "", Some(dir.path()));
+    let selector = format!("unix:uid:{}", euid());
+    let (server, spire_agent, entry) = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        let (root_pem, key_pem) = (root.root_pem.clone(), root.key_pem.clone());
+        let selector = selector.clone();
+        move || {
+            let server = SpireServer::start(
+                &dir,
+                "example.org",
+                Some(DiskUpstream {
+                    cert_pem: &root_pem,
+                    key_pem: &key_pem,
+                    bundle_pem: &root_pem,
+                }),
+            );
+            let entry = server.entry_create("spiffe://example.org/go", &[&selector], "");
+            let agent = server.start_agent(&dir);
+            go_eventually(&agent.endpoint(), &["fetch"]);
+            (server, agent, entry)
+        }
+    })
+    .await
+    .unwrap();
+
+    let mut shapes = Vec::new();
+    for (socket, is_spire) in [
+        (enclaveid.socket().to_owned(), false),
+        (spire_agent.socket().to_owned(), true),
+    ] {
+        let mut client = raw_client(&socket).await;
+        let x509_bundles = client
+            .fetch_x509_bundles(with_header(X509BundlesRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap();
+        let jwt_bundles = client
+            .fetch_jwt_bundles(with_header(JwtBundlesRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap();
+        let mut stream = client
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        if is_spire {
+            let server = &server;
+            server.entry_update(&entry, "spiffe://example.org/go", &[&selector], "changed");
+        } else {
+            let status = std::process::Command::new("kill")
+                .args(["-HUP", &enclaveid.pid().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let second = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .expect("a second message after the change")
+            .unwrap()
+            .unwrap();
+        let shape = |m: &enclaveid_workload_api::proto::X509svidResponse| {
+            (
+                m.svids.len(),
+                m.svids
+                    .iter()
+                    .map(|s| s.spiffe_id.clone())
+                    .collect::<Vec<_>>(),
+                m.svids
+                    .iter()
+                    .all(|s| !s.bundle.is_empty() && !s.x509_svid_key.is_empty()),
+                m.federated_bundles.keys().cloned().collect::<Vec<_>>(),
+            )
+        };
+        shapes.push((
+            shape(&first),
+            shape(&second),
+            x509_bundles.bundles.keys().cloned().collect::<Vec<_>>(),
+            jwt_bundles.bundles.keys().cloned().collect::<Vec<_>>(),
+        ));
+    }
+    assert_eq!(shapes[0], shapes[1], "EnclaveID, then spire-agent");
+    assert_eq!(shapes[0].2, ["spiffe://example.org"]);
+    drop(spire_agent);
+}
