@@ -34,31 +34,38 @@ pub fn document(
     sequence: u64,
     refresh_hint: Duration,
 ) -> Result<Vec<u8>, Error> {
-    Ok(json!({
-        "keys": keys(snapshot, trust_domain)?,
+    Ok(render(
+        keys(snapshot, trust_domain)?,
+        sequence,
+        refresh_hint,
+    ))
+}
+
+fn render(keys: Vec<Value>, sequence: u64, refresh_hint: Duration) -> Vec<u8> {
+    json!({
+        "keys": keys,
         "spiffe_sequence": sequence,
         "spiffe_refresh_hint": refresh_hint.as_secs(),
     })
     .to_string()
-    .into_bytes())
+    .into_bytes()
 }
 
 /// The JWKs of the trust domain: X.509 roots, then JWT signing keys.
 fn keys(snapshot: &Snapshot, trust_domain: &str) -> Result<Vec<Value>, Error> {
     let mut keys = Vec::new();
-    let mut der = snapshot
+    let roots = snapshot
         .bundles
         .get(trust_domain)
         .map(|b| &b[..])
         .unwrap_or_default();
-    while !der.is_empty() {
-        let (rest, cert) = x509_parser::parse_x509_certificate(der)
+    for der in split_certs(roots)? {
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| Error::Certificate(format!("a bundle certificate: {e}")))?;
         let mut jwk = public_jwk(&cert)?;
         jwk["use"] = "x509-svid".into();
-        jwk["x5c"] = json!([STANDARD.encode(&der[..der.len() - rest.len()])]);
+        jwk["x5c"] = json!([STANDARD.encode(&der)]);
         keys.push(jwk);
-        der = rest;
     }
     if let Some(jwks) = snapshot.jwt_bundles.get(trust_domain) {
         let document: Value = serde_json::from_slice(jwks)
@@ -136,13 +143,11 @@ impl ResolvesServerCert for SvidResolver {
             .iter()
             .find(|i| i.spiffe_id == self.spiffe_id)?;
         let svid = identity.svid.as_ref()?;
-        certified_key(
-            split_certs(svid.cert_chain_der()),
-            svid.private_key_der().to_vec(),
-        )
-        .map_err(|error| tracing::error!(%error, "bundle endpoint: the SVID is unusable"))
-        .ok()
-        .map(Arc::new)
+        split_certs(svid.cert_chain_der())
+            .and_then(|chain| certified_key(chain, svid.private_key_der().to_vec()))
+            .map_err(|error| tracing::error!(%error, "bundle endpoint: the SVID is unusable"))
+            .ok()
+            .map(Arc::new)
     }
 }
 
@@ -156,13 +161,16 @@ impl ResolvesServerCert for Fixed {
     }
 }
 
-fn split_certs(mut der: &[u8]) -> Vec<CertificateDer<'static>> {
+/// The certificates of concatenated DER, each with its own bytes.
+fn split_certs(mut der: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
     let mut certs = Vec::new();
-    while let Ok((rest, _)) = x509_parser::parse_x509_certificate(der) {
+    while !der.is_empty() {
+        let (rest, _) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| Error::Certificate(format!("a bundle or SVID certificate: {e}")))?;
         certs.push(CertificateDer::from(der[..der.len() - rest.len()].to_vec()));
         der = rest;
     }
-    certs
+    Ok(certs)
 }
 
 fn certified_key(
@@ -253,14 +261,9 @@ impl Server {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            *state = (keys, now.max(state.1 + 1));
+            *state = (keys.clone(), now.max(state.1 + 1));
         }
-        document(
-            &snapshot,
-            &self.trust_domain,
-            state.1,
-            self.config.refresh_hint,
-        )
+        Ok(render(keys, state.1, self.config.refresh_hint))
     }
 
     /// Serves until `shutdown` resolves.

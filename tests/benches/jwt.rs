@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use enclaveid_tests::bench::p50_p99;
 use enclaveid_tests::{AgentProcess, euid, raw_client, with_header};
 use enclaveid_workload_api::proto::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
 
@@ -36,8 +37,7 @@ where
         call(i).await;
         samples.push(start.elapsed());
     }
-    samples.sort();
-    (samples[n / 2], samples[n * 99 / 100])
+    p50_p99(samples)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use enclaveid_tests::bench::{first_message_latency, open_streams, rss_kib};
+use enclaveid_tests::bench::{first_message_latency, open_streams, p50_p99, rss_kib};
 use enclaveid_tests::spire::SpireServer;
 use enclaveid_tests::{AgentProcess, euid, raw_client, with_header};
 use enclaveid_workload_api::proto::X509svidRequest;
@@ -66,8 +66,7 @@ async fn new_connection_latency(socket: &Path, samples: usize) -> (Duration, Dur
         stream.message().await.unwrap().unwrap();
         times.push(started.elapsed());
     }
-    times.sort();
-    (times[samples / 2], times[samples * 99 / 100])
+    p50_p99(times)
 }
 
 /// User + system CPU time of a process.
@@ -139,10 +138,7 @@ async fn run(streams: usize, samples: usize) {
 
     let e_cpu = cpu(enclaveid.pid());
     let pushed = e_streams.wait_for_change();
-    std::process::Command::new("kill")
-        .args(["-HUP", &enclaveid.pid().to_string()])
-        .status()
-        .unwrap();
+    enclaveid.hangup();
     let e_fanout = pushed.await;
     let e_push_cpu = cpu(enclaveid.pid()) - e_cpu;
 

@@ -105,11 +105,14 @@ pub async fn first_message_latency(
             }
         }
     }
-    times.map(|mut times| {
-        times.sort();
-        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-        (at(0.50), at(0.99))
-    })
+    times.map(p50_p99)
+}
+
+/// The median and the 99th percentile of `samples` (not empty).
+pub fn p50_p99(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (at(0.50), at(0.99))
 }
 
 pub fn rss_kib(pid: u32) -> u64 {

@@ -161,6 +161,15 @@ impl AgentProcess {
         self.child.as_ref().map(Child::id).unwrap_or_default()
     }
 
+    /// Sends SIGHUP: the agent re-mints every SVID now (and replaces its `dev` JWT key).
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -HUP {} failed", self.pid());
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for the process to exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;
@@ -218,13 +227,18 @@ pub async fn raw_client(
 /// The first message of a `FetchX509SVID` stream (with the security header) on a new
 /// connection to `socket`.
 pub async fn first_x509_response(socket: &Path) -> enclaveid_workload_api::proto::X509svidResponse {
-    raw_client(socket)
-        .await
-        .fetch_x509svid(with_header(
-            enclaveid_workload_api::proto::X509svidRequest {},
-        ))
-        .await
-        .expect("FetchX509SVID")
+    first_message(raw_client(socket).await.fetch_x509svid(with_header(
+        enclaveid_workload_api::proto::X509svidRequest {},
+    )))
+    .await
+}
+
+/// The first message of a streaming call that must succeed.
+pub async fn first_message<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+) -> T {
+    call.await
+        .expect("the call")
         .into_inner()
         .message()
         .await

@@ -581,7 +581,7 @@ fn federated_bundle(endpoint: &str, enclaveid: &AgentProcess) -> String {
 /// updated), and key bundles by trust-domain ID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spire_streams_and_bundle_keys_match() {
-    use enclaveid_tests::{raw_client, with_header};
+    use enclaveid_tests::{first_message, raw_client, with_header};
     use enclaveid_workload_api::proto::{JwtBundlesRequest, X509BundlesRequest, X509svidRequest};
     let dir = tempfile::tempdir().unwrap();
     let root = hierarchy(dir.path());
@@ -616,24 +616,10 @@ async fn spire_streams_and_bundle_keys_match() {
         (spire_agent.socket().to_owned(), true),
     ] {
         let mut client = raw_client(&socket).await;
-        let x509_bundles = client
-            .fetch_x509_bundles(with_header(X509BundlesRequest {}))
-            .await
-            .unwrap()
-            .into_inner()
-            .message()
-            .await
-            .unwrap()
-            .unwrap();
-        let jwt_bundles = client
-            .fetch_jwt_bundles(with_header(JwtBundlesRequest {}))
-            .await
-            .unwrap()
-            .into_inner()
-            .message()
-            .await
-            .unwrap()
-            .unwrap();
+        let x509_bundles =
+            first_message(client.fetch_x509_bundles(with_header(X509BundlesRequest {}))).await;
+        let jwt_bundles =
+            first_message(client.fetch_jwt_bundles(with_header(JwtBundlesRequest {}))).await;
         let mut stream = client
             .fetch_x509svid(with_header(X509svidRequest {}))
             .await
@@ -644,11 +630,7 @@ async fn spire_streams_and_bundle_keys_match() {
             let server = &server;
             server.entry_update(&entry, "spiffe://example.org/go", &[&selector], "changed");
         } else {
-            let status = std::process::Command::new("kill")
-                .args(["-HUP", &enclaveid.pid().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
+            enclaveid.hangup();
         }
         let second = tokio::time::timeout(Duration::from_secs(60), stream.message())
             .await
