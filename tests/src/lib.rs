@@ -21,43 +21,53 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The `enclaveid` binary, built once per test run with the same profile as the tests.
+pub fn enclaveid_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("enclaveid-agent", "enclaveid"))
+}
+
+/// The `enclaveid-nitro-attestor` binary (the SPIRE plugins), built like
+/// [`enclaveid_bin`].
+pub fn nitro_attestor_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("enclaveid-spire-plugin", "enclaveid-nitro-attestor"))
+}
+
+/// Builds binary `bin` of workspace package `package` with the tests' profile.
 ///
 /// Cargo only hands `CARGO_BIN_EXE_*` to the tests of the package that owns the binary,
 /// so this crate builds it explicitly; cargo releases its build lock before tests run,
 /// so the nested build does not wait on the outer one.
-pub fn enclaveid_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let mut build = Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "enclaveid-agent",
-            "--bin",
-            "enclaveid",
-            "--manifest-path",
-        ]);
-        build.arg(&manifest);
-        if !cfg!(debug_assertions) {
-            build.arg("--release");
-        }
-        let status = build
-            .status()
-            .expect("running cargo build for the enclaveid binary");
-        assert!(status.success(), "building the enclaveid binary failed");
-        // target/<profile>/deps/<test-binary> -> target/<profile>/enclaveid
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in target/<profile>/deps");
-        let bin = profile_dir.join("enclaveid");
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
+fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let mut build = Command::new(cargo);
+    build.args([
+        "build",
+        "--quiet",
+        "-p",
+        package,
+        "--bin",
+        bin,
+        "--manifest-path",
+    ]);
+    build.arg(&manifest);
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo build for {bin}: {e}"));
+    assert!(status.success(), "building {bin} failed");
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<bin>
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = profile_dir.join(bin);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
 }
 
 /// A running `enclaveid run` process with its own temporary directory; killed on drop.

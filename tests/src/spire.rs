@@ -1,7 +1,8 @@
 //! Real SPIRE (v1.13.3, built from `tests/interop/spire`'s tools module) for the interop
 //! tests: a server with the `join_token` node attestor, an in-memory key manager, SQLite,
-//! and optionally the `disk` UpstreamAuthority; an agent with the `unix` workload
-//! attestor. Both are killed on drop.
+//! and optionally the `disk` UpstreamAuthority or other plugins (the `aws_nitro` node
+//! attestor); an agent with the `unix` workload attestor, attested with a join token or
+//! another node attestor. Both are killed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -67,6 +68,7 @@ pub struct SpireServer {
 pub struct SpireAgent {
     child: Child,
     socket: PathBuf,
+    stderr: PathBuf,
 }
 
 /// A TCP port free on the loopback interface right now.
@@ -103,6 +105,23 @@ impl SpireServer {
         trust_domain: &str,
         upstream: Option<DiskUpstream<'_>>,
         server_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::launch(dir, trust_domain, upstream, server_extra, "", env)
+    }
+
+    /// [`SpireServer::start`] with `plugins` (such as another `NodeAttestor`) added to
+    /// the `plugins` block.
+    pub fn start_with_plugins(dir: &Path, trust_domain: &str, plugins: &str) -> Self {
+        Self::launch(dir, trust_domain, None, "", plugins, &[])
+    }
+
+    fn launch(
+        dir: &Path,
+        trust_domain: &str,
+        upstream: Option<DiskUpstream<'_>>,
+        server_extra: &str,
+        plugins_extra: &str,
         env: &[(&str, &str)],
     ) -> Self {
         let dir = dir.join("spire-server");
@@ -153,6 +172,7 @@ plugins {{
     plugin_data {{}}
   }}
   {upstream}
+  {plugins_extra}
 }}
 "#,
             socket = socket.display(),
@@ -183,6 +203,21 @@ plugins {{
             &server.dir.join("server.stderr"),
         );
         server
+    }
+
+    /// What the server has logged so far.
+    pub fn log_text(&self) -> String {
+        ["server.log", "server.stderr"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .collect()
+    }
+
+    /// `spire-server ARGS -socketPath …`, which must succeed; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(output.status.success(), "spire-server {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// `spire-server ARGS -socketPath …`.
@@ -264,24 +299,28 @@ plugins {{
     /// Starts an agent attested with a fresh join token, and waits for its health check.
     pub fn start_agent(&self, dir: &Path) -> SpireAgent {
         let agent = self.spawn_agent(dir);
-        let stderr = dir.join("spire-agent/agent.stderr");
-        wait_until(
-            "spire-agent",
-            Duration::from_secs(60),
-            || {
-                Command::new(spire_bin_dir().join("spire-agent"))
-                    .args(["healthcheck", "-socketPath"])
-                    .arg(&agent.socket)
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            },
-            &stderr,
-        );
+        agent.wait_healthy(Duration::from_secs(60));
         agent
     }
 
     /// Starts an agent attested with a fresh join token, without waiting for it.
     pub fn spawn_agent(&self, dir: &Path) -> SpireAgent {
+        let token = format!("join_token = \"{}\"", self.join_token());
+        self.spawn_agent_with(
+            dir,
+            &token,
+            "NodeAttestor \"join_token\" {\n    plugin_data {}\n  }",
+        )
+    }
+
+    /// Starts an agent with `agent_extra` in its `agent` block and `node_attestor` as its
+    /// node attestor plugin block, without waiting for it.
+    pub fn spawn_agent_with(
+        &self,
+        dir: &Path,
+        agent_extra: &str,
+        node_attestor: &str,
+    ) -> SpireAgent {
         let dir = dir.join("spire-agent");
         std::fs::create_dir_all(&dir).expect("agent dir");
         let socket = dir.join("agent.sock");
@@ -294,15 +333,13 @@ plugins {{
   socket_path = "{socket}"
   trust_domain = "{td}"
   insecure_bootstrap = true
-  join_token = "{token}"
+  {agent_extra}
 }}
 plugins {{
   KeyManager "memory" {{
     plugin_data {{}}
   }}
-  NodeAttestor "join_token" {{
-    plugin_data {{}}
-  }}
+  {node_attestor}
   WorkloadAttestor "unix" {{
     plugin_data {{}}
   }}
@@ -312,7 +349,6 @@ plugins {{
             port = self.port,
             socket = socket.display(),
             td = self.trust_domain,
-            token = self.join_token(),
         );
         std::fs::write(dir.join("agent.conf"), config).expect("write agent.conf");
         let stderr = dir.join("agent.stderr");
@@ -320,11 +356,15 @@ plugins {{
             .args(["run", "-config"])
             .arg(dir.join("agent.conf"))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("agent.log")).expect("log"))
             .stderr(std::fs::File::create(&stderr).expect("log"))
             .spawn()
             .expect("spawn spire-agent");
-        SpireAgent { child, socket }
+        SpireAgent {
+            child,
+            socket,
+            stderr,
+        }
     }
 }
 
@@ -342,6 +382,44 @@ impl SpireAgent {
     /// The process ID.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// What the agent has logged so far (stdout, then stderr).
+    pub fn log_text(&self) -> String {
+        [self.stderr.with_file_name("agent.log"), self.stderr.clone()]
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until the agent answers its health check; fails the test after `within`.
+    pub fn wait_healthy(&self, within: Duration) {
+        wait_until(
+            "spire-agent",
+            within,
+            || {
+                Command::new(spire_bin_dir().join("spire-agent"))
+                    .args(["healthcheck", "-socketPath"])
+                    .arg(&self.socket)
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            },
+            &self.stderr,
+        );
+    }
+
+    /// Waits up to `within` for the agent to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
