@@ -579,6 +579,48 @@ mod nitro_attestor_tests {
         assert!(why.contains("cannot be an agent ID path segment"), "{why}");
     }
 
+    /// A real AWS-signed document (`../shared/fixtures/nitro/`), wrapped as an answer.
+    fn captured_aws_answer(name: &str) -> (Vec<u8>, SystemTime) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/nitro")
+            .join(name);
+        let document = std::fs::read(&path).unwrap();
+        let made_at = enclaveid_attestor::Verifier::aws()
+            .verify(
+                &document,
+                &enclaveid_attestor::Policy {
+                    allow_debug: true,
+                    ..Default::default()
+                },
+                enclaveid_attestor::VerifyAt::DocumentTime,
+            )
+            .unwrap()
+            .timestamp;
+        let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
+        let answer = serde_json::json!({"document": b64(&document), "signature": b64(&[0; 70])});
+        (answer.to_string().into_bytes(), made_at)
+    }
+
+    #[test]
+    fn captured_aws_documents_are_refused_by_the_default_configuration() {
+        let aws = ServerConfig::parse("", TD).unwrap();
+        // A production document replayed a minute after it was made: the built-in root
+        // is AWS's (no "untrusted root"), the chain and signature hold, the nonce does not.
+        let (answer, made_at) = captured_aws_answer("2025-01-06-nitro-attest-fixture.cose");
+        let why = refusal(aws.verify(&CHALLENGE, &answer, made_at + Duration::from_secs(60)));
+        assert!(
+            why.contains("a replayed document, or one made for another challenge"),
+            "{why}"
+        );
+        // The same, today: its certificates expired long ago.
+        let why = refusal(aws.verify(&CHALLENGE, &answer, SystemTime::now()));
+        assert!(why.contains("expired"), "{why}");
+        // A real debug-mode document, at its own time.
+        let (answer, made_at) = captured_aws_answer("2022-10-12-evervault-beta-debug.cose");
+        let why = refusal(aws.verify(&CHALLENGE, &answer, made_at + Duration::from_secs(60)));
+        assert!(why.contains("debug mode"), "{why}");
+    }
+
     #[test]
     fn the_payload_must_name_this_protocol() {
         protocol::check_payload(&protocol::payload()).unwrap();
