@@ -619,11 +619,9 @@ fn parse_attestor(raw: RawAttestor, invalid: &Invalid<'_>) -> Result<AttestorCon
                     .ok()
                     .filter(|i| *i < 16)
                     .ok_or_else(|| invalid(&key, value, &"PCR indices are 0 to 15"))?;
-                let bytes = enclaveid_attestor::parse_hex(value)
-                    .filter(|b| b.len() == 48)
-                    .ok_or_else(|| {
-                        invalid(&key, value, &"accepted: 96 hex digits (a SHA-384 PCR)")
-                    })?;
+                let bytes = enclaveid_attestor::parse_pcr(value).ok_or_else(|| {
+                    invalid(&key, value, &"accepted: 96 hex digits (a SHA-384 PCR)")
+                })?;
                 fake.pcrs.insert(i, bytes);
             }
             AttestorKind::Fake(fake)

@@ -390,9 +390,7 @@ impl Measurements {
 
     /// Adds an accepted value of PCR `index`.
     pub fn add(&mut self, index: u8, hex: &str, what: &str) -> Result<(), Error> {
-        let ok = index <= 8
-            && hex.len() == 96
-            && enclaveid_attestor::parse_hex(hex).is_some_and(|b| b.len() == 48);
+        let ok = index <= 8 && enclaveid_attestor::parse_pcr(hex).is_some();
         if !ok {
             return Err(Error::Config(format!(
                 "{what} = {hex:?}: accepted: PCR0 to PCR8, each 96 hex digits (SHA-384)"

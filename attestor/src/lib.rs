@@ -49,7 +49,7 @@ pub use fake::{FakeAttestor, FakeConfig, FakeRoot};
 pub use nsm::{NSM_DEVICE, NsmAttestor};
 pub use verify::{
     AWS_NITRO_ROOT_G1_PEM, AWS_NITRO_ROOT_G1_SHA256, MAX_FUTURE_SKEW, Policy, VerifiedDocument,
-    Verifier, VerifyAt, hex, parse_hex,
+    Verifier, VerifyAt, hex, parse_hex, parse_pcr,
 };
 
 /// Errors of the attestor crate: producing documents, and each reason a document is

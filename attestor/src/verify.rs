@@ -383,6 +383,11 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A SHA-384 PCR value from its 96 hex digits (either case); `None` for anything else.
+pub fn parse_pcr(value: &str) -> Option<Vec<u8>> {
+    parse_hex(value).filter(|bytes| bytes.len() == 48)
+}
+
 /// The bytes of a hex string (either case, even length); `None` for anything else.
 pub fn parse_hex(value: &str) -> Option<Vec<u8>> {
     if !value.len().is_multiple_of(2) || !value.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -139,11 +139,9 @@ pub(crate) fn pcr_index(key: &str, name: &str) -> Result<u8, Error> {
 
 /// A PCR value: 96 hex digits (SHA-384).
 pub(crate) fn pcr_value(key: &str, value: &str) -> Result<Vec<u8>, Error> {
-    enclaveid_attestor::parse_hex(value)
-        .filter(|b| b.len() == 48)
-        .ok_or_else(|| Error::Config {
-            key: key.into(),
-            value: value.into(),
-            accepted: "96 hex digits (a SHA-384 PCR value)".into(),
-        })
+    enclaveid_attestor::parse_pcr(value).ok_or_else(|| Error::Config {
+        key: key.into(),
+        value: value.into(),
+        accepted: "96 hex digits (a SHA-384 PCR value)".into(),
+    })
 }

@@ -493,17 +493,10 @@ mod nitro_attestor_tests {
         let s = setup(FakeConfig::default());
         let mine = protocol::respond(&s.enclave, TD, &CHALLENGE).unwrap();
         let theirs = protocol::respond(&s.enclave, TD, &CHALLENGE).unwrap();
-        let mine: serde_json::Value = serde_json::from_slice(&mine).unwrap();
-        let theirs: serde_json::Value = serde_json::from_slice(&theirs).unwrap();
-        let spliced = serde_json::json!({
-            "document": mine["document"],
-            "signature": theirs["signature"],
-        });
-        let why = refusal(server(&s, "").verify(
-            &CHALLENGE,
-            spliced.to_string().as_bytes(),
-            SystemTime::now(),
-        ));
+        let (document, _) = protocol::parse_response(&mine).unwrap();
+        let (_, signature) = protocol::parse_response(&theirs).unwrap();
+        let spliced = protocol::encode_response(&document, &signature);
+        let why = refusal(server(&s, "").verify(&CHALLENGE, &spliced, SystemTime::now()));
         assert!(
             why.contains("proof-of-possession signature does not verify"),
             "{why}"
@@ -529,14 +522,8 @@ mod nitro_attestor_tests {
         let (mut document, signature) = protocol::parse_response(&response).unwrap();
         // The last byte belongs to the COSE signature.
         *document.last_mut().unwrap() ^= 1;
-        let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
-        let tampered =
-            serde_json::json!({"document": b64(&document), "signature": b64(&signature)});
-        let why = refusal(server(&s, "").verify(
-            &CHALLENGE,
-            tampered.to_string().as_bytes(),
-            SystemTime::now(),
-        ));
+        let tampered = protocol::encode_response(&document, &signature);
+        let why = refusal(server(&s, "").verify(&CHALLENGE, &tampered, SystemTime::now()));
         assert!(why.contains("signature does not verify"), "{why}");
     }
 
@@ -596,9 +583,7 @@ mod nitro_attestor_tests {
             )
             .unwrap()
             .timestamp;
-        let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
-        let answer = serde_json::json!({"document": b64(&document), "signature": b64(&[0; 70])});
-        (answer.to_string().into_bytes(), made_at)
+        (protocol::encode_response(&document, &[0; 70]), made_at)
     }
 
     #[test]

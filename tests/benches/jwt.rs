@@ -20,7 +20,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use enclaveid_tests::bench::p50_p99;
-use enclaveid_tests::{AgentProcess, euid, raw_client, with_header};
+use enclaveid_tests::{AgentProcess, euid, first_message, raw_client, with_header};
 use enclaveid_workload_api::proto::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
 
 async fn percentiles<F, Fut>(n: usize, mut call: F) -> (Duration, Duration)
@@ -75,12 +75,7 @@ async fn main() {
     let x509 = percentiles(n, |_| {
         let mut client = client.clone();
         async move {
-            let mut stream = client
-                .fetch_x509svid(with_header(X509svidRequest {}))
-                .await
-                .unwrap()
-                .into_inner();
-            stream.message().await.unwrap().unwrap();
+            first_message(client.fetch_x509svid(with_header(X509svidRequest {}))).await;
         }
     })
     .await;

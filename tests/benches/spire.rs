@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use enclaveid_tests::bench::{first_message_latency, open_streams, p50_p99, rss_kib};
 use enclaveid_tests::spire::SpireServer;
-use enclaveid_tests::{AgentProcess, euid, raw_client, with_header};
+use enclaveid_tests::{AgentProcess, euid, first_message, raw_client, with_header};
 use enclaveid_workload_api::proto::X509svidRequest;
 
 const ID: &str = "spiffe://example.org/bench";
@@ -58,12 +58,7 @@ async fn new_connection_latency(socket: &Path, samples: usize) -> (Duration, Dur
     for _ in 0..samples {
         let started = Instant::now();
         let mut client = raw_client(socket).await;
-        let mut stream = client
-            .fetch_x509svid(with_header(X509svidRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
-        stream.message().await.unwrap().unwrap();
+        first_message(client.fetch_x509svid(with_header(X509svidRequest {}))).await;
         times.push(started.elapsed());
     }
     p50_p99(times)

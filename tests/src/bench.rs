@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use enclaveid_workload_api::proto::X509svidRequest;
 
-use crate::{raw_client, with_header};
+use crate::{first_message, raw_client, with_header};
 
 /// N open FetchX509SVID streams, one connection each, each past its first message.
 pub struct OpenStreams {
@@ -94,12 +94,7 @@ pub async fn first_message_latency(
     for round in 0..(samples + 50) {
         for (client, times) in clients.iter_mut().zip(times.iter_mut()) {
             let started = Instant::now();
-            let mut stream = client
-                .fetch_x509svid(with_header(X509svidRequest {}))
-                .await
-                .unwrap()
-                .into_inner();
-            stream.message().await.unwrap().unwrap();
+            first_message(client.fetch_x509svid(with_header(X509svidRequest {}))).await;
             if round >= 50 {
                 times.push(started.elapsed());
             }

@@ -26,23 +26,37 @@ pub fn spire_bin_dir() -> &'static Path {
         if dir.join("spire-server").exists() && dir.join("spire-agent").exists() {
             return dir;
         }
-        let output = Command::new("go")
-            .args(["build", "-buildvcs=false", "-o"])
-            .arg(format!("{}/", dir.display()))
-            .args([
+        go_build(
+            "SPIRE",
+            &manifest.join("interop/spire"),
+            // A trailing slash: a directory for several binaries.
+            Path::new(&format!("{}/", dir.display())),
+            &[
                 "github.com/spiffe/spire/cmd/spire-server",
                 "github.com/spiffe/spire/cmd/spire-agent",
-            ])
-            .current_dir(manifest.join("interop/spire"))
-            .output()
-            .expect("`go` is needed to build SPIRE (skip these tests with -- --skip spire)");
-        assert!(
-            output.status.success(),
-            "building SPIRE failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
+            ],
         );
         dir
     })
+}
+
+/// `go build -buildvcs=false -o OUT PACKAGES` in module directory `module`; fails the
+/// test with Go's output, naming `what`.
+pub fn go_build(what: &str, module: &Path, out: &Path, packages: &[&str]) {
+    let output = Command::new("go")
+        .args(["build", "-buildvcs=false", "-o"])
+        .arg(out)
+        .args(packages)
+        .current_dir(module)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("`go` is needed to build {what} (skip these tests with -- --skip spire): {e}")
+        });
+    assert!(
+        output.status.success(),
+        "building {what} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A CA for the server's `disk` UpstreamAuthority.

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use enclaveid_tests::pca::TestPca;
-use enclaveid_tests::spire::{DiskUpstream, SpireAgent, SpireServer, free_port};
+use enclaveid_tests::spire::{DiskUpstream, SpireAgent, SpireServer, free_port, go_build};
 use enclaveid_tests::{AgentProcess, enclaveid_bin, euid};
 
 /// Builds the Go client once per test run.
@@ -31,18 +31,7 @@ fn go_client() -> &'static Path {
     BIN.get_or_init(|| {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/go");
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spiffe-interop");
-        let output = Command::new("go")
-            .args(["build", "-buildvcs=false", "-o"])
-            .arg(&out)
-            .arg(".")
-            .current_dir(&source)
-            .output()
-            .expect("`go` is needed for the interop tests (skip them with -- --skip spire)");
-        assert!(
-            output.status.success(),
-            "building tests/interop/go failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        go_build("tests/interop/go", &source, &out, &["."]);
         out
     })
 }
@@ -209,18 +198,23 @@ fn spire_interop_go_spiffe_jwt_round_trip() {
     assert!(out.contains("audience interop\n"), "{out}");
 }
 
-/// A SPIRE server under `root` (disk UpstreamAuthority) registering `spiffe_id` for this
-/// uid, and its agent.
-fn spire(dir: &Path, root: &TestPca, spiffe_id: &str, hint: &str) -> (SpireServer, SpireAgent) {
-    let server = SpireServer::start(
+/// A SPIRE server for `example.org` under the root `root_pem` (disk UpstreamAuthority with
+/// its key `key_pem`).
+fn spire_server(dir: &Path, root_pem: &str, key_pem: &str) -> SpireServer {
+    SpireServer::start(
         dir,
         "example.org",
         Some(DiskUpstream {
-            cert_pem: &root.root_pem,
-            key_pem: &root.key_pem,
-            bundle_pem: &root.root_pem,
+            cert_pem: root_pem,
+            key_pem,
+            bundle_pem: root_pem,
         }),
-    );
+    )
+}
+
+/// A SPIRE server under `root` registering `spiffe_id` for this uid, and its agent.
+fn spire(dir: &Path, root: &TestPca, spiffe_id: &str, hint: &str) -> (SpireServer, SpireAgent) {
+    let server = spire_server(dir, &root.root_pem, &root.key_pem);
     server.entry_create(spiffe_id, &[&format!("unix:uid:{}", euid())], hint);
     let agent = server.start_agent(dir);
     (server, agent)
@@ -333,15 +327,7 @@ async fn spire_status_codes_match_for_what_clients_rely_on() {
         let root_pem = root.root_pem.clone();
         let key_pem = root.key_pem.clone();
         move || {
-            let server = SpireServer::start(
-                &dir,
-                "example.org",
-                Some(DiskUpstream {
-                    cert_pem: &root_pem,
-                    key_pem: &key_pem,
-                    bundle_pem: &root_pem,
-                }),
-            );
+            let server = spire_server(&dir, &root_pem, &key_pem);
             server.entry_create(
                 "spiffe://example.org/go",
                 &[&format!("unix:uid:{}", euid())],
@@ -592,15 +578,7 @@ async fn spire_streams_and_bundle_keys_match() {
         let (root_pem, key_pem) = (root.root_pem.clone(), root.key_pem.clone());
         let selector = selector.clone();
         move || {
-            let server = SpireServer::start(
-                &dir,
-                "example.org",
-                Some(DiskUpstream {
-                    cert_pem: &root_pem,
-                    key_pem: &key_pem,
-                    bundle_pem: &root_pem,
-                }),
-            );
+            let server = spire_server(&dir, &root_pem, &key_pem);
             let entry = server.entry_create("spiffe://example.org/go", &[&selector], "");
             let agent = server.start_agent(&dir);
             go_eventually(&agent.endpoint(), &["fetch"]);
