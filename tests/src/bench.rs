@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use enclaveid_workload_api::proto::X509svidRequest;
 
-use crate::{first_message, raw_client, with_header};
+use crate::{first_message, open_stream, raw_client, with_header};
 
 /// N open FetchX509SVID streams, one connection each, each past its first message.
 pub struct OpenStreams {
@@ -30,12 +30,8 @@ pub async fn open_streams(socket: &Path, n: usize) -> OpenStreams {
             changed.push(rx);
             tasks.push(tokio::spawn(async move {
                 let mut client = raw_client(&socket).await;
-                let mut stream = client
-                    .fetch_x509svid(with_header(X509svidRequest {}))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                let first = stream.message().await.unwrap().unwrap();
+                let (first, mut stream) =
+                    open_stream(client.fetch_x509svid(with_header(X509svidRequest {}))).await;
                 ready.send(()).await.unwrap();
                 while let Ok(Some(next)) = stream.message().await {
                     if next != first {

@@ -247,13 +247,21 @@ pub async fn first_x509_response(socket: &Path) -> enclaveid_workload_api::proto
 pub async fn first_message<T>(
     call: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
 ) -> T {
-    call.await
-        .expect("the call")
-        .into_inner()
+    open_stream(call).await.0
+}
+
+/// A streaming call that must succeed: its first message, and the stream kept open for
+/// the messages that follow (a rotation, a changed entry).
+pub async fn open_stream<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+) -> (T, tonic::Streaming<T>) {
+    let mut stream = call.await.expect("the call").into_inner();
+    let first = stream
         .message()
         .await
         .expect("a first message")
-        .expect("a first message, not the end of the stream")
+        .expect("a first message, not the end of the stream");
+    (first, stream)
 }
 
 /// The first message of a `FetchX509SVID` stream on a new connection, or the call's

@@ -567,7 +567,7 @@ fn federated_bundle(endpoint: &str, enclaveid: &AgentProcess) -> String {
 /// updated), and key bundles by trust-domain ID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spire_streams_and_bundle_keys_match() {
-    use enclaveid_tests::{first_message, raw_client, with_header};
+    use enclaveid_tests::{first_message, open_stream, raw_client, with_header};
     use enclaveid_workload_api::proto::{JwtBundlesRequest, X509BundlesRequest, X509svidRequest};
     let dir = tempfile::tempdir().unwrap();
     let root = hierarchy(dir.path());
@@ -598,12 +598,8 @@ async fn spire_streams_and_bundle_keys_match() {
             first_message(client.fetch_x509_bundles(with_header(X509BundlesRequest {}))).await;
         let jwt_bundles =
             first_message(client.fetch_jwt_bundles(with_header(JwtBundlesRequest {}))).await;
-        let mut stream = client
-            .fetch_x509svid(with_header(X509svidRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
-        let first = stream.message().await.unwrap().unwrap();
+        let (first, mut stream) =
+            open_stream(client.fetch_x509svid(with_header(X509svidRequest {}))).await;
         if is_spire {
             let server = &server;
             server.entry_update(&entry, "spiffe://example.org/go", &[&selector], "changed");

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use enclaveid_tests::{AgentProcess, first_x509_response, raw_client, with_header};
+use enclaveid_tests::{AgentProcess, first_x509_response, open_stream, raw_client, with_header};
 use enclaveid_workload_api::proto::X509svidRequest;
 use tonic::Code;
 
@@ -56,12 +56,7 @@ async fn garbage_half_open_connections_and_churn_leave_the_agent_serving() {
 async fn sigterm_ends_streams_removes_the_socket_and_exits_zero() {
     let mut agent = AgentProcess::start(&config_for_me());
     let mut client = raw_client(agent.socket()).await;
-    let mut stream = client
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    stream.message().await.unwrap().unwrap();
+    let (_, mut stream) = open_stream(client.fetch_x509svid(with_header(X509svidRequest {}))).await;
 
     let socket = agent.socket().to_owned();
     let started = Instant::now();

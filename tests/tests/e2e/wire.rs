@@ -4,7 +4,8 @@
 use std::process::Command;
 
 use enclaveid_tests::{
-    AgentProcess, can_switch_uid, enclaveid_bin, euid, first_x509_response, raw_client, with_header,
+    AgentProcess, can_switch_uid, enclaveid_bin, euid, first_x509_response, open_stream,
+    raw_client, with_header,
 };
 use enclaveid_workload_api::proto::{JwtsvidRequest, X509BundlesRequest, X509svidRequest};
 use tonic::Code;
@@ -46,12 +47,8 @@ async fn calls_without_the_security_header_are_invalid_argument() {
     );
 
     // With the header the same connection works.
-    let mut stream = client
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = stream.message().await.unwrap().unwrap();
+    let (first, _stream) =
+        open_stream(client.fetch_x509svid(with_header(X509svidRequest {}))).await;
     assert_eq!(first.svids.len(), 1);
 }
 
