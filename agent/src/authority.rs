@@ -1,7 +1,7 @@
 //! The signing CA and SVID minting.
 //!
 //! The `dev` upstream's CA is generated at start (or loaded from PEM files); the `kms`
-//! upstream will hand over a Private CA's material through the same [`Authority`].
+//! upstream hands over a Private CA's material through the same [`Authority`].
 //!
 //! Every X.509-SVID follows the SPIFFE X.509-SVID spec
 //! (<https://github.com/spiffe/spiffe/blob/main/standards/X509-SVID.md>): exactly one URI
@@ -13,27 +13,85 @@
 use std::time::{Duration, SystemTime};
 
 use enclaveid_attestor::hex;
+use enclaveid_checks::certs;
+use enclaveid_checks::keys::{KeyError, SigningKey};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
-use spiffe::TrustDomain;
+use spiffe::{SpiffeId, TrustDomain};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::Error;
-use crate::config::{CaFiles, Entry};
-use crate::keys::SigningKey;
+use crate::config::{CaFiles, ConfigError, Entry};
 
 /// How long a generated development CA is valid.
-pub const DEV_CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const DEV_CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How far a certificate's notBefore is set in the past, for peers whose clocks lag.
-pub const BACKDATE: Duration = Duration::from_secs(60);
+pub(crate) const BACKDATE: Duration = Duration::from_secs(60);
+
+/// Why an SVID (or the development CA) could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MintError {
+    /// The CA's validity has ended.
+    #[error("the CA expired at {}; no SVID can be issued", humantime::format_rfc3339(*not_after))]
+    CaExpired {
+        /// The CA's notAfter.
+        not_after: SystemTime,
+    },
+    /// A key could not be generated or serialized.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A SAN rcgen refuses.
+    #[error("{what} {value:?} cannot go into a certificate")]
+    San {
+        /// `URI SAN` or `DNS name`.
+        what: &'static str,
+        /// The value.
+        value: String,
+        /// rcgen's reason.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// Signing failed.
+    #[error("signing {what}")]
+    Sign {
+        /// What was being signed.
+        what: String,
+        /// rcgen's reason.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// The minted certificate is not an X.509-SVID the `spiffe` crate accepts.
+    #[error("the minted SVID of {spiffe_id} does not parse as an X.509-SVID")]
+    NotSvid {
+        /// The entry's SPIFFE ID.
+        spiffe_id: SpiffeId,
+        /// The `spiffe` crate's reason.
+        #[source]
+        source: spiffe::X509SvidError,
+    },
+    /// The minted certificate names another SPIFFE ID.
+    #[error("the minted SVID names {found} instead of {spiffe_id}")]
+    WrongId {
+        /// The entry's SPIFFE ID.
+        spiffe_id: SpiffeId,
+        /// What the certificate names.
+        found: SpiffeId,
+    },
+    /// A CA certificate handed over by the upstream cannot sign (rcgen refuses it).
+    #[error("the CA certificate cannot issue certificates")]
+    Issuer(#[source] rcgen::Error),
+    /// A CA certificate handed over by the upstream does not parse.
+    #[error("the CA certificate")]
+    Certificate(#[source] certs::CertificateError),
+}
 
 /// A CA that signs SVIDs of one trust domain.
-pub struct Authority {
+pub(crate) struct Authority {
     issuer: Issuer<'static, SigningKey>,
     /// Certificates sent after the leaf: the CA's own certificate when it is not a root,
     /// then any intermediates above it.
@@ -46,7 +104,7 @@ pub struct Authority {
 }
 
 /// A freshly minted X.509-SVID.
-pub struct Minted {
+pub(crate) struct Minted {
     /// The DER chain, leaf first, concatenated.
     pub cert_chain_der: Vec<u8>,
     /// The PKCS#8 DER private key.
@@ -64,7 +122,7 @@ pub struct Minted {
 impl Authority {
     /// Generates a self-signed development root for `trust_domain`, valid from now for
     /// [`DEV_CA_VALIDITY`].
-    pub fn generate_dev(trust_domain: &TrustDomain) -> Result<Self, Error> {
+    pub(crate) fn generate_dev(trust_domain: &TrustDomain) -> Result<Self, MintError> {
         let key = SigningKey::generate_p256()?;
         let now = SystemTime::now();
         let mut params = CertificateParams::default();
@@ -84,9 +142,10 @@ impl Authority {
         let not_after = now + DEV_CA_VALIDITY;
         params.not_before = OffsetDateTime::from(not_before);
         params.not_after = OffsetDateTime::from(not_after);
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| Error::Mint(format!("self-signing the dev CA: {e}")))?;
+        let cert = params.self_signed(&key).map_err(|source| MintError::Sign {
+            what: "the development CA".into(),
+            source,
+        })?;
         Ok(Self {
             issuer: Issuer::new(params, key),
             chain: Vec::new(),
@@ -100,53 +159,55 @@ impl Authority {
     /// Loads a CA from PEM files: the CA certificate (optionally followed by the
     /// intermediates above it), its PKCS#8 key, and the trust bundle when the CA is not
     /// itself a root.
-    pub fn load(files: &CaFiles, trust_domain: &TrustDomain) -> Result<Self, Error> {
-        // The files are the operator's input: an unreadable one is a configuration error.
-        let read = |key: &str, path: &std::path::Path| {
-            std::fs::read(path)
-                .map_err(|e| Error::Config(format!("{key} = {path:?} cannot be read: {e}")))
-        };
-        let cert_pem = read("upstream.cert_path", &files.cert_path)?;
-        let certs = parse_pem_certs(&cert_pem, "upstream.cert_path")?;
-        let key_pem = Zeroizing::new(read("upstream.key_path", &files.key_path)?);
+    pub(crate) fn load(files: &CaFiles, trust_domain: &TrustDomain) -> Result<Self, ConfigError> {
+        let certs = crate::config::read_certs("upstream.cert_path", &files.cert_path)?;
+        let key_pem = Zeroizing::new(crate::config::read_file(
+            "upstream.key_path",
+            &files.key_path,
+        )?);
         let key_der = pem::parse(&*key_pem)
             .ok()
             .filter(|p| p.tag() == "PRIVATE KEY")
             .map(|p| Zeroizing::new(p.into_contents()))
-            .ok_or_else(|| {
-                Error::Key(format!(
-                    "upstream.key_path = {:?}: not a PEM `PRIVATE KEY` (PKCS#8); convert with `openssl pkcs8 -topk8 -nocrypt`",
-                    files.key_path
-                ))
+            .ok_or_else(|| ConfigError::NotPkcs8 {
+                key: "upstream.key_path",
+                path: files.key_path.clone(),
             })?;
-        let key = SigningKey::from_pkcs8_der(&key_der, "upstream.key_path")?;
+        let key = SigningKey::from_pkcs8_der(&key_der, "upstream.key_path").map_err(|source| {
+            ConfigError::Key {
+                key: "upstream.key_path",
+                path: files.key_path.clone(),
+                source,
+            }
+        })?;
 
         let ca = &certs[0];
-        let (_, parsed) = x509_parser::parse_x509_certificate(ca)
-            .map_err(|e| Error::Certificate(format!("upstream.cert_path: {e}")))?;
+        let parsed = certs::parse(ca, "upstream.cert_path", 0).map_err(|source| {
+            ConfigError::Certificates {
+                key: "upstream.cert_path",
+                path: files.cert_path.clone(),
+                source,
+            }
+        })?;
         if !parsed.is_ca() {
-            return Err(Error::Certificate(format!(
-                "upstream.cert_path = {:?}: the first certificate is not a CA (basicConstraints cA=true is required)",
-                files.cert_path
-            )));
+            return Err(ConfigError::NotCa {
+                path: files.cert_path.clone(),
+            });
         }
         if parsed.public_key().raw != key.subject_public_key_info() {
-            return Err(Error::Certificate(format!(
-                "upstream.key_path = {:?} does not belong to the certificate in upstream.cert_path = {:?}",
-                files.key_path, files.cert_path
-            )));
+            return Err(ConfigError::KeyMismatch {
+                key_path: files.key_path.clone(),
+                cert_path: files.cert_path.clone(),
+            });
         }
         let self_signed = parsed.subject() == parsed.issuer();
         let bundle = match &files.bundle_path {
-            Some(path) => {
-                parse_pem_certs(&read("upstream.bundle_path", path)?, "upstream.bundle_path")?
-            }
+            Some(path) => crate::config::read_certs("upstream.bundle_path", path)?,
             None if self_signed => vec![ca.clone()],
             None => {
-                return Err(Error::Config(format!(
-                    "upstream.bundle_path is required: upstream.cert_path = {:?} is not a self-signed root, so the trust bundle cannot be derived from it",
-                    files.cert_path
-                )));
+                return Err(ConfigError::BundleRequired {
+                    path: files.cert_path.clone(),
+                });
             }
         };
         let chain = if self_signed {
@@ -154,35 +215,53 @@ impl Authority {
         } else {
             certs.clone()
         };
-        Self::from_ca(ca.clone(), key, chain, bundle, trust_domain)
-            .map_err(|e| Error::Certificate(format!("upstream.cert_path: {e}")))
+        Self::from_ca(ca.clone(), key, chain, bundle, trust_domain).map_err(|e| match e {
+            MintError::Issuer(source) => ConfigError::Issuer {
+                path: files.cert_path.clone(),
+                source,
+            },
+            MintError::Certificate(source) => ConfigError::Certificates {
+                key: "upstream.cert_path",
+                path: files.cert_path.clone(),
+                source,
+            },
+            other => ConfigError::Invalid {
+                origin: "upstream".into(),
+                key: "upstream.cert_path".into(),
+                value: format!("{:?}", files.cert_path),
+                reason: enclaveid_checks::Chain(&other).to_string(),
+            },
+        })
     }
 
     /// A CA from its certificate and key. `chain` is what follows an SVID: the CA's own
     /// certificate (unless it is a root) and the intermediates above it. No SVID outlives
     /// the earliest notAfter of the CA and `chain`.
-    pub fn from_ca(
+    pub(crate) fn from_ca(
         ca: CertificateDer<'static>,
         key: SigningKey,
         chain: Vec<CertificateDer<'static>>,
         bundle: Vec<CertificateDer<'static>>,
         trust_domain: &TrustDomain,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, MintError> {
         let mut not_before = SystemTime::UNIX_EPOCH;
         let mut not_after = None::<SystemTime>;
-        for cert in std::iter::once(&ca).chain(&chain) {
-            let (_, parsed) = x509_parser::parse_x509_certificate(cert)
-                .map_err(|e| Error::Certificate(e.to_string()))?;
+        let all: Vec<_> = std::iter::once(&ca).chain(&chain).cloned().collect();
+        let der: Vec<u8> = all.iter().flat_map(|c| c.iter().copied()).collect();
+        certs::split_der(&der, "the CA chain").map_err(MintError::Certificate)?;
+        for cert in &all {
+            let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+                continue;
+            };
             let validity = parsed.validity();
             let start = SystemTime::from(validity.not_before.to_datetime());
             let end = SystemTime::from(validity.not_after.to_datetime());
-            if cert == &ca {
+            if *cert == ca {
                 not_before = start;
             }
             not_after = Some(not_after.map_or(end, |t| t.min(end)));
         }
-        let issuer =
-            Issuer::from_ca_cert_der(&ca, key).map_err(|e| Error::Certificate(e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_der(&ca, key).map_err(MintError::Issuer)?;
         Ok(Self {
             issuer,
             chain,
@@ -194,30 +273,24 @@ impl Authority {
     }
 
     /// The trust bundle as concatenated DER, as the Workload API sends it.
-    pub fn bundle_der(&self) -> Vec<u8> {
+    pub(crate) fn bundle_der(&self) -> Vec<u8> {
         self.bundle.iter().flat_map(|c| c.iter().copied()).collect()
     }
 
-    /// The trust domain this CA signs for.
-    pub fn trust_domain(&self) -> &TrustDomain {
-        &self.trust_domain
-    }
-
     /// The end of the CA's validity; no SVID outlives it.
-    pub fn not_after(&self) -> SystemTime {
+    pub(crate) fn not_after(&self) -> SystemTime {
         self.not_after
     }
 
     /// Mints an X.509-SVID for `entry`, valid from `now` for the entry's TTL but never
     /// past the CA's own notAfter, and checks it with the `spiffe` crate's parser.
-    pub fn mint(&self, entry: &Entry, now: SystemTime) -> Result<Minted, Error> {
+    pub(crate) fn mint(&self, entry: &Entry, now: SystemTime) -> Result<Minted, MintError> {
         // Certificates carry whole seconds; truncating first keeps `not_after` exact.
         let now = truncate_to_seconds(now);
         if now >= self.not_after {
-            return Err(Error::Mint(format!(
-                "the CA expired at {}; no SVID can be issued",
-                humantime::format_rfc3339(self.not_after)
-            )));
+            return Err(MintError::CaExpired {
+                not_after: self.not_after,
+            });
         }
         let key = SigningKey::generate_p256()?;
         let not_after = (now + entry.ttl).min(self.not_after);
@@ -239,7 +312,11 @@ impl Authority {
                 name.clone()
                     .try_into()
                     .map(SanType::DnsName)
-                    .map_err(|e| Error::Mint(format!("DNS name {name:?}: {e}")))
+                    .map_err(|source| MintError::San {
+                        what: "DNS name",
+                        value: name.clone(),
+                        source,
+                    })
             }))
             .collect::<Result<_, _>>()?;
         let serial = random_serial();
@@ -252,7 +329,10 @@ impl Authority {
 
         let leaf = params
             .signed_by(&key, &self.issuer)
-            .map_err(|e| Error::Mint(format!("signing the SVID of {}: {e}", entry.spiffe_id)))?;
+            .map_err(|source| MintError::Sign {
+                what: format!("the SVID of {}", entry.spiffe_id),
+                source,
+            })?;
         let mut cert_chain_der = leaf.der().to_vec();
         for cert in &self.chain {
             cert_chain_der.extend_from_slice(cert);
@@ -260,19 +340,17 @@ impl Authority {
         let private_key_der = key.to_pkcs8_der()?;
 
         // Verify before publishing: an SVID the `spiffe` crate refuses is never served.
-        let parsed =
-            spiffe::X509Svid::parse_from_der(&cert_chain_der, &private_key_der).map_err(|e| {
-                Error::Mint(format!(
-                    "the minted SVID of {} does not parse as an X.509-SVID: {e}",
-                    entry.spiffe_id
-                ))
-            })?;
+        let parsed = spiffe::X509Svid::parse_from_der(&cert_chain_der, &private_key_der).map_err(
+            |source| MintError::NotSvid {
+                spiffe_id: entry.spiffe_id.clone(),
+                source,
+            },
+        )?;
         if parsed.spiffe_id() != &entry.spiffe_id {
-            return Err(Error::Mint(format!(
-                "the minted SVID names {} instead of {}",
-                parsed.spiffe_id(),
-                entry.spiffe_id
-            )));
+            return Err(MintError::WrongId {
+                spiffe_id: entry.spiffe_id.clone(),
+                found: parsed.spiffe_id().clone(),
+            });
         }
         Ok(Minted {
             cert_chain_der,
@@ -295,12 +373,16 @@ impl std::fmt::Debug for Authority {
     }
 }
 
-fn uri(value: &str) -> Result<SanType, Error> {
+fn uri(value: &str) -> Result<SanType, MintError> {
     value
         .to_owned()
         .try_into()
         .map(SanType::URI)
-        .map_err(|e| Error::Mint(format!("URI SAN {value:?}: {e}")))
+        .map_err(|source| MintError::San {
+            what: "URI SAN",
+            value: value.to_owned(),
+            source,
+        })
 }
 
 /// A random serial of 128 bits. rcgen writes it as a positive DER INTEGER (a leading
@@ -313,27 +395,6 @@ fn random_serial() -> SerialNumber {
 fn truncate_to_seconds(t: SystemTime) -> SystemTime {
     let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs())
-}
-
-/// All `CERTIFICATE` blocks of a PEM file, in order; at least one.
-pub fn parse_pem_certs(pem_bytes: &[u8], key: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let blocks = pem::parse_many(pem_bytes)
-        .map_err(|e| Error::Certificate(format!("{key}: not PEM: {e}")))?;
-    let certs: Vec<_> = blocks
-        .into_iter()
-        .filter(|p| p.tag() == "CERTIFICATE")
-        .map(|p| CertificateDer::from(p.into_contents()))
-        .collect();
-    if certs.is_empty() {
-        return Err(Error::Certificate(format!(
-            "{key}: no PEM `CERTIFICATE` block found"
-        )));
-    }
-    for cert in &certs {
-        x509_parser::parse_x509_certificate(cert)
-            .map_err(|e| Error::Certificate(format!("{key}: {e}")))?;
-    }
-    Ok(certs)
 }
 
 #[cfg(test)]

@@ -24,8 +24,50 @@ use spiffe::{SpiffeId, TrustDomain};
 use tokio::sync::watch;
 use x509_parser::public_key::PublicKey;
 
+use enclaveid_checks::certs::{self, CertificateError};
+use enclaveid_io::AddressExt as _;
+
 use crate::Error;
-use crate::config::{BundleEndpoint, EndpointProfile};
+use crate::config::{BundleEndpoint, ConfigError, EndpointProfile};
+
+/// Why the bundle endpoint could not build its document or serve it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleEndpointError {
+    /// A certificate of the bundle or of the endpoint's SVID does not parse.
+    #[error("the bundle endpoint")]
+    Certificate(#[source] CertificateError),
+    /// A bundle certificate's public key does not parse.
+    #[error("a bundle certificate's key does not parse")]
+    PublicKey(#[source] x509_parser::error::X509Error),
+    /// A bundle certificate's EC curve has no JWK name.
+    #[error("a bundle certificate's EC curve {oid:?} has no JWK name")]
+    Curve {
+        /// The curve's OID.
+        oid: Option<String>,
+    },
+    /// A bundle certificate's EC point is compressed or malformed.
+    #[error("a bundle certificate's EC point is not uncompressed")]
+    Point,
+    /// A bundle certificate's key is neither EC nor RSA.
+    #[error("a bundle certificate's key is neither EC nor RSA")]
+    KeyType,
+    /// The JWT bundle is not a JWKS.
+    #[error("the JWT bundle is not a JWKS document")]
+    JwtBundle(#[source] serde_json::Error),
+    /// rustls refused the configuration or the key.
+    #[error("the bundle endpoint's TLS configuration")]
+    Tls(#[source] rustls::Error),
+    /// The listen address cannot be bound.
+    #[error("bundle_endpoint.listen = {listen}")]
+    Listen {
+        /// The address.
+        listen: enclaveid_io::Address,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The bundle document of `trust_domain` (ID form) from the snapshot's bundles.
 pub fn document(
@@ -33,7 +75,7 @@ pub fn document(
     trust_domain: &str,
     sequence: u64,
     refresh_hint: Duration,
-) -> Result<Vec<u8>, Error> {
+) -> Result<Vec<u8>, BundleEndpointError> {
     Ok(render(
         keys(snapshot, trust_domain)?,
         sequence,
@@ -52,35 +94,34 @@ fn render(keys: Vec<Value>, sequence: u64, refresh_hint: Duration) -> Vec<u8> {
 }
 
 /// The JWKs of the trust domain: X.509 roots, then JWT signing keys.
-fn keys(snapshot: &Snapshot, trust_domain: &str) -> Result<Vec<Value>, Error> {
+fn keys(snapshot: &Snapshot, trust_domain: &str) -> Result<Vec<Value>, BundleEndpointError> {
     let mut keys = Vec::new();
     let roots = snapshot
         .bundles
         .get(trust_domain)
         .map(|b| &b[..])
         .unwrap_or_default();
-    for der in split_certs(roots)? {
-        let (_, cert) = x509_parser::parse_x509_certificate(&der)
-            .map_err(|e| Error::Certificate(format!("a bundle certificate: {e}")))?;
+    for der in certs::split_der(roots, "a bundle").map_err(BundleEndpointError::Certificate)? {
+        let cert = certs::parse(&der, "a bundle", 0).map_err(BundleEndpointError::Certificate)?;
         let mut jwk = public_jwk(&cert)?;
         jwk["use"] = "x509-svid".into();
         jwk["x5c"] = json!([STANDARD.encode(&der)]);
         keys.push(jwk);
     }
     if let Some(jwks) = snapshot.jwt_bundles.get(trust_domain) {
-        let document: Value = serde_json::from_slice(jwks)
-            .map_err(|e| Error::Crypto(format!("the JWT bundle: {e}")))?;
+        let document: Value =
+            serde_json::from_slice(jwks).map_err(BundleEndpointError::JwtBundle)?;
         keys.extend(document["keys"].as_array().cloned().unwrap_or_default());
     }
     Ok(keys)
 }
 
 /// The public key of a certificate as a JWK (`kty` and its parameters).
-fn public_jwk(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Value, Error> {
+fn public_jwk(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<Value, BundleEndpointError> {
     let spki = cert.public_key();
-    let parsed = spki
-        .parsed()
-        .map_err(|e| Error::Certificate(format!("a bundle certificate's key: {e}")))?;
+    let parsed = spki.parsed().map_err(BundleEndpointError::PublicKey)?;
     match parsed {
         PublicKey::EC(point) => {
             let curve = spki
@@ -94,16 +135,14 @@ fn public_jwk(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Va
                 Some("1.3.132.0.34") => ("P-384", 48),
                 Some("1.3.132.0.35") => ("P-521", 66),
                 other => {
-                    return Err(Error::Certificate(format!(
-                        "a bundle certificate's EC curve {other:?} has no JWK name"
-                    )));
+                    return Err(BundleEndpointError::Curve {
+                        oid: other.map(str::to_owned),
+                    });
                 }
             };
             let data = point.data();
             if data.len() != 1 + 2 * size || data[0] != 4 {
-                return Err(Error::Certificate(
-                    "a bundle certificate's EC point is not uncompressed".into(),
-                ));
+                return Err(BundleEndpointError::Point);
             }
             Ok(json!({
                 "kty": "EC",
@@ -117,9 +156,7 @@ fn public_jwk(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Va
             "n": URL_SAFE_NO_PAD.encode(strip_zeros(rsa.modulus)),
             "e": URL_SAFE_NO_PAD.encode(strip_zeros(rsa.exponent)),
         })),
-        _ => Err(Error::Certificate(
-            "a bundle certificate's key is neither EC nor RSA".into(),
-        )),
+        _ => Err(BundleEndpointError::KeyType),
     }
 }
 
@@ -143,9 +180,10 @@ impl ResolvesServerCert for SvidResolver {
             .iter()
             .find(|i| i.spiffe_id == self.spiffe_id)?;
         let svid = identity.svid.as_ref()?;
-        split_certs(svid.cert_chain_der())
+        certs::split_der(svid.cert_chain_der(), "the endpoint's SVID")
+            .map_err(BundleEndpointError::Certificate)
             .and_then(|chain| certified_key(chain, svid.private_key_der().to_vec()))
-            .map_err(|error| tracing::error!(%error, "bundle endpoint: the SVID is unusable"))
+            .map_err(|error| tracing::error!(error = %enclaveid_checks::Chain(&error), "bundle endpoint: the SVID is unusable"))
             .ok()
             .map(Arc::new)
     }
@@ -161,30 +199,18 @@ impl ResolvesServerCert for Fixed {
     }
 }
 
-/// The certificates of concatenated DER, each with its own bytes.
-fn split_certs(mut der: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let mut certs = Vec::new();
-    while !der.is_empty() {
-        let (rest, _) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| Error::Certificate(format!("a bundle or SVID certificate: {e}")))?;
-        certs.push(CertificateDer::from(der[..der.len() - rest.len()].to_vec()));
-        der = rest;
-    }
-    Ok(certs)
-}
-
 fn certified_key(
     chain: Vec<CertificateDer<'static>>,
     pkcs8: Vec<u8>,
-) -> Result<CertifiedKey, Error> {
+) -> Result<CertifiedKey, BundleEndpointError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
     let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-        .map_err(|e| Error::Key(format!("bundle endpoint key: {e}")))?;
+        .map_err(BundleEndpointError::Tls)?;
     Ok(CertifiedKey::new(chain, signing))
 }
 
 /// The bundle endpoint, ready to serve.
-pub struct Server {
+pub(crate) struct Server {
     config: BundleEndpoint,
     trust_domain: String,
     tls: Arc<rustls::ServerConfig>,
@@ -194,7 +220,7 @@ pub struct Server {
 
 impl Server {
     /// Prepares the endpoint: an `https_web` certificate and key are read now.
-    pub fn new(
+    pub(crate) fn new(
         config: BundleEndpoint,
         trust_domain: &TrustDomain,
         snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -202,7 +228,7 @@ impl Server {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Crypto(e.to_string()))?
+            .map_err(BundleEndpointError::Tls)?
             .with_no_client_auth();
         let mut tls = match &config.profile {
             EndpointProfile::HttpsSpiffe(spiffe_id) => {
@@ -215,25 +241,17 @@ impl Server {
                 cert_path,
                 key_path,
             } => {
-                let read = |key: &str, path: &std::path::Path| {
-                    std::fs::read(path).map_err(|e| {
-                        Error::Config(format!(
-                            "bundle_endpoint.{key} = {path:?} cannot be read: {e}"
-                        ))
-                    })
-                };
-                let chain = crate::authority::parse_pem_certs(
-                    &read("cert_path", cert_path)?,
-                    "bundle_endpoint.cert_path",
-                )?;
-                let key_pem = zeroize::Zeroizing::new(read("key_path", key_path)?);
+                let chain = crate::config::read_certs("bundle_endpoint.cert_path", cert_path)?;
+                let key_pem = zeroize::Zeroizing::new(crate::config::read_file(
+                    "bundle_endpoint.key_path",
+                    key_path,
+                )?);
                 let key = pem::parse(&*key_pem)
                     .ok()
                     .filter(|p| p.tag() == "PRIVATE KEY")
-                    .ok_or_else(|| {
-                        Error::Key(format!(
-                            "bundle_endpoint.key_path = {key_path:?}: not a PEM `PRIVATE KEY` (PKCS#8)"
-                        ))
+                    .ok_or_else(|| ConfigError::NotPkcs8 {
+                        key: "bundle_endpoint.key_path",
+                        path: key_path.clone(),
                     })?;
                 let certified = certified_key(chain, key.into_contents())?;
                 builder.with_cert_resolver(Arc::new(Fixed(Arc::new(certified))))
@@ -250,7 +268,7 @@ impl Server {
     }
 
     /// The current document; `spiffe_sequence` rises whenever the keys change.
-    pub fn current(&self) -> Result<Vec<u8>, Error> {
+    pub(crate) fn current(&self) -> Result<Vec<u8>, BundleEndpointError> {
         let snapshot = self.snapshots.borrow().clone();
         let keys = keys(&snapshot, &self.trust_domain)?;
         let mut state = self
@@ -267,13 +285,19 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves.
-    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
-        let listener = self.config.listen.bind().await.map_err(|e| {
-            Error::Socket(format!(
-                "bundle_endpoint.listen = {}: {e}",
-                self.config.listen
-            ))
-        })?;
+    pub(crate) async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), BundleEndpointError> {
+        let listener =
+            self.config
+                .listen
+                .bind()
+                .await
+                .map_err(|source| BundleEndpointError::Listen {
+                    listen: self.config.listen.clone(),
+                    source,
+                })?;
         tracing::info!(listen = %self.config.listen, "serving the SPIFFE bundle endpoint");
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
         let this = Arc::new(self);
@@ -337,7 +361,7 @@ impl Server {
         match self.current() {
             Ok(document) => reply(StatusCode::OK, "application/json", document),
             Err(error) => {
-                tracing::error!(%error, "bundle endpoint: no document");
+                tracing::error!(error = %enclaveid_checks::Chain(&error), "bundle endpoint: no document");
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",

@@ -40,8 +40,146 @@ use std::time::Duration;
 use serde::Deserialize;
 use spiffe::{SpiffeId, TrustDomain};
 
-use crate::Error;
 use crate::selector::Selector;
+
+/// Why a configuration was refused. Every message is one line that names the key, the
+/// value and what is accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The configuration file cannot be read.
+    #[error("{}: cannot be read", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, or not the shape of an agent configuration (unknown key, wrong type).
+    #[error("{origin}: {location}{message}")]
+    Toml {
+        /// The file.
+        origin: String,
+        /// `line N (`text`): `, when the parser knows where.
+        location: String,
+        /// What the TOML parser says (for unknown keys: the accepted ones).
+        message: String,
+    },
+    /// A value that is not accepted.
+    #[error("{origin}: {key} = {value} is not valid: {reason}")]
+    Invalid {
+        /// The file.
+        origin: String,
+        /// The key.
+        key: String,
+        /// The value, as written.
+        value: String,
+        /// Why, and what is accepted.
+        reason: String,
+    },
+    /// A key of one upstream kind set for the other.
+    #[error("{origin}: upstream.{key} does not apply to upstream.kind = {kind:?}")]
+    Misplaced {
+        /// The file.
+        origin: String,
+        /// The key.
+        key: &'static str,
+        /// The upstream kind.
+        kind: String,
+    },
+    /// Keys that go together, set alone.
+    #[error("{origin}: {message}")]
+    Incomplete {
+        /// The file.
+        origin: String,
+        /// Which keys, and what to set.
+        message: &'static str,
+    },
+    /// A file the configuration names cannot be read.
+    #[error("{key} = {path:?} cannot be read")]
+    File {
+        /// The key naming it.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate file the configuration names holds no usable certificate.
+    #[error("{key} = {path:?}")]
+    Certificates {
+        /// The key naming it.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: enclaveid_checks::certs::CertificateError,
+    },
+    /// A key file the configuration names holds no usable key.
+    #[error("{key} = {path:?}")]
+    Key {
+        /// The key naming it.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: enclaveid_checks::keys::KeyError,
+    },
+    /// A key file that is not PEM PKCS#8.
+    #[error(
+        "{key} = {path:?}: not a PEM `PRIVATE KEY` (PKCS#8); convert with `openssl pkcs8 -topk8 -nocrypt`"
+    )]
+    NotPkcs8 {
+        /// The key naming it.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// The `dev` CA certificate is not a CA.
+    #[error(
+        "upstream.cert_path = {path:?}: the first certificate is not a CA (basicConstraints cA=true is required)"
+    )]
+    NotCa {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// The `dev` CA key is not its certificate's.
+    #[error(
+        "upstream.key_path = {key_path:?} does not belong to the certificate in upstream.cert_path = {cert_path:?}"
+    )]
+    KeyMismatch {
+        /// The key file.
+        key_path: PathBuf,
+        /// The certificate file.
+        cert_path: PathBuf,
+    },
+    /// A `dev` CA that is not a root, without a trust bundle.
+    #[error(
+        "upstream.bundle_path is required: upstream.cert_path = {path:?} is not a self-signed root, so the trust bundle cannot be derived from it"
+    )]
+    BundleRequired {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// The `dev` CA certificate cannot sign.
+    #[error("upstream.cert_path = {path:?} cannot issue certificates")]
+    Issuer {
+        /// The certificate file.
+        path: PathBuf,
+        /// rcgen's reason.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// `--dev` in a build without the fake attestor.
+    #[error(
+        "development mode needs the fake attestor, which this build leaves out (an enclave image); use `enclaveid run --config` with attestor kind = \"nsm\""
+    )]
+    NoDevelopmentMode,
+}
 
 /// Where the agent listens when `socket_path` is not set.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/enclaveid/agent.sock";
@@ -81,7 +219,7 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BundleEndpoint {
     /// Where to listen (`tcp://HOST:PORT`; `vsock://` behind a proxy on the parent).
-    pub listen: crate::transport::Address,
+    pub listen: enclaveid_io::Address,
     /// How the endpoint authenticates itself.
     pub profile: EndpointProfile,
     /// `spiffe_refresh_hint`: how often federated servers should poll.
@@ -122,19 +260,109 @@ pub enum Upstream {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KmsConfig {
     /// Where `enclaveid host` listens.
-    pub host: crate::transport::Address,
+    pub host: enclaveid_io::Address,
     /// The Private CA root(s), PEM, built into the enclave image.
     pub trust_bundle_path: PathBuf,
     /// The AWS region (SigV4 scope and default endpoint).
     pub region: String,
     /// The KMS endpoint; reached through the host's tunnel.
-    pub kms_endpoint: crate::kms::remote::KmsEndpoint,
+    pub kms_endpoint: KmsEndpoint,
     /// How often the material is re-fetched.
     pub resync_interval: Duration,
     /// Refuse material when the host offers no CRL.
     pub require_crl: bool,
     /// Where to write the CRL each sync checked (PEM), for workloads to check peers with.
     pub crl_export_path: Option<PathBuf>,
+}
+
+/// A KMS endpoint: where the enclave's HTTP request goes (through the host's tunnel) and
+/// what TLS checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KmsEndpoint {
+    /// TLS (`https://`), or plain HTTP for test servers.
+    pub tls: bool,
+    /// Host name.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// Why a KMS endpoint URL was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}; accepted: https://HOST[:PORT] (or http://HOST:PORT for a test server)")]
+pub struct KmsEndpointError {
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+// === impl KmsEndpoint ===
+
+impl KmsEndpoint {
+    /// AWS's endpoint for `region`.
+    pub fn for_region(region: &str) -> Self {
+        Self {
+            tls: true,
+            host: format!("kms.{region}.amazonaws.com"),
+            port: 443,
+        }
+    }
+
+    /// Parses `https://HOST[:PORT]` or `http://HOST:PORT`.
+    pub fn parse(url: &str) -> Result<Self, KmsEndpointError> {
+        let bad = |reason| KmsEndpointError { reason };
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(bad("not an http(s) URL"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(bad("only a scheme, a host and a port"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse().map_err(|_| bad("the port is not a number"))?,
+            ),
+            None if tls => (rest, 443),
+            None => return Err(bad("an http:// endpoint needs a port")),
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(Self {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// `HOST:PORT`, the tunnel's target.
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The `Host` header: the host, with the port unless it is the scheme's default.
+    pub fn host_header(&self) -> String {
+        match (self.tls, self.port) {
+            (true, 443) | (false, 80) => self.host.clone(),
+            _ => self.authority(),
+        }
+    }
+
+    /// The URL of the endpoint's root.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/", self.host_header())
+    }
+}
+
+impl std::fmt::Display for KmsEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.url().trim_end_matches('/'))
+    }
 }
 
 /// A CA loaded from PEM files.
@@ -258,11 +486,15 @@ struct RawEntry {
 
 impl Config {
     /// Parses and checks a configuration file's text; `origin` names the file in errors.
-    pub fn from_toml(text: &str, origin: &str) -> Result<Self, Error> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| Error::Config(toml_error(text, origin, &e)))?;
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, origin, &e))?;
         let invalid = |key: &str, value: &dyn std::fmt::Debug, why: &dyn std::fmt::Display| {
-            Error::Config(format!("{origin}: {key} = {value:?} is not valid: {why}"))
+            ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key: key.to_owned(),
+                value: format!("{value:?}"),
+                reason: why.to_string(),
+            }
         };
 
         let trust_domain = TrustDomain::new(&raw.trust_domain).map_err(|e| {
@@ -307,10 +539,11 @@ impl Config {
             _ => None,
         };
         if let Some((key, _)) = misplaced {
-            return Err(Error::Config(format!(
-                "{origin}: upstream.{key} does not apply to upstream.kind = {:?}",
-                up.kind
-            )));
+            return Err(ConfigError::Misplaced {
+                origin: origin.to_owned(),
+                key,
+                kind: up.kind.clone(),
+            });
         }
         let upstream = match raw.upstream.kind.as_str() {
             "kms" => Upstream::Kms(parse_kms(raw.upstream, &invalid)?),
@@ -322,9 +555,10 @@ impl Config {
                     bundle_path: raw.upstream.bundle_path,
                 }),
                 _ => {
-                    return Err(Error::Config(format!(
-                        "{origin}: upstream.cert_path and upstream.key_path go together (bundle_path needs them too): set both to load a CA, or neither to generate one"
-                    )));
+                    return Err(ConfigError::Incomplete {
+                        origin: origin.to_owned(),
+                        message: "upstream.cert_path and upstream.key_path go together (bundle_path needs them too): set both to load a CA, or neither to generate one",
+                    });
                 }
             }),
             other => {
@@ -430,11 +664,20 @@ impl Config {
 
     /// The `--dev` configuration: trust domain `enclaveid.dev`, a generated CA, and one
     /// entry `spiffe://enclaveid.dev/uid/UID` for the given user.
-    pub fn dev(uid: u32, socket_path: PathBuf) -> Result<Self, Error> {
-        let trust_domain =
-            TrustDomain::new("enclaveid.dev").map_err(|e| Error::Config(e.to_string()))?;
-        let spiffe_id = SpiffeId::new(format!("spiffe://enclaveid.dev/uid/{uid}"))
-            .map_err(|e| Error::Config(e.to_string()))?;
+    pub fn dev(uid: u32, socket_path: PathBuf) -> Result<Self, ConfigError> {
+        if !cfg!(feature = "fake") {
+            return Err(ConfigError::NoDevelopmentMode);
+        }
+        let invalid = |key: &str, value: String, e: spiffe::SpiffeIdError| ConfigError::Invalid {
+            origin: "--dev".to_owned(),
+            key: key.to_owned(),
+            value,
+            reason: e.to_string(),
+        };
+        let trust_domain = TrustDomain::new("enclaveid.dev")
+            .map_err(|e| invalid("trust_domain", "enclaveid.dev".into(), e))?;
+        let id = format!("spiffe://enclaveid.dev/uid/{uid}");
+        let spiffe_id = SpiffeId::new(&id).map_err(|e| invalid("spiffe_id", id, e))?;
         Ok(Self {
             trust_domain,
             socket_path,
@@ -458,9 +701,9 @@ impl Config {
     }
 }
 
-type Invalid<'a> = dyn Fn(&str, &dyn std::fmt::Debug, &dyn std::fmt::Display) -> Error + 'a;
+type Invalid<'a> = dyn Fn(&str, &dyn std::fmt::Debug, &dyn std::fmt::Display) -> ConfigError + 'a;
 
-fn parse_kms(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<KmsConfig, Error> {
+fn parse_kms(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<KmsConfig, ConfigError> {
     let region = raw.region.ok_or_else(|| {
         invalid(
             "upstream.region",
@@ -495,9 +738,10 @@ fn parse_kms(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<KmsConfig, Error
             .map_err(|e| invalid("upstream.host", &DEFAULT_HOST, &e))?,
     };
     let kms_endpoint = match &raw.kms_endpoint {
-        Some(url) => crate::kms::remote::KmsEndpoint::parse(url)
-            .map_err(|e| invalid("upstream.kms_endpoint", url, &e))?,
-        None => crate::kms::remote::KmsEndpoint::for_region(&region),
+        Some(url) => {
+            KmsEndpoint::parse(url).map_err(|e| invalid("upstream.kms_endpoint", url, &e))?
+        }
+        None => KmsEndpoint::for_region(&region),
     };
     let resync_interval = match &raw.resync_interval {
         Some(value) => {
@@ -529,7 +773,7 @@ fn parse_bundle_endpoint(
     raw: RawBundleEndpoint,
     entries: &[Entry],
     invalid: &Invalid<'_>,
-) -> Result<BundleEndpoint, Error> {
+) -> Result<BundleEndpoint, ConfigError> {
     let listen = raw
         .listen
         .parse()
@@ -577,8 +821,15 @@ fn parse_bundle_endpoint(
     })
 }
 
-fn parse_attestor(raw: RawAttestor, invalid: &Invalid<'_>) -> Result<AttestorConfig, Error> {
+fn parse_attestor(raw: RawAttestor, invalid: &Invalid<'_>) -> Result<AttestorConfig, ConfigError> {
     let kind = match raw.kind.as_str() {
+        "fake" if !cfg!(feature = "fake") => {
+            return Err(invalid(
+                "attestor.kind",
+                &raw.kind,
+                &"this enclaveid was built without the fake attestor (an enclave image); accepted: \"nsm\"",
+            ));
+        }
         "fake" => {
             let mut fake = enclaveid_attestor::FakeConfig {
                 debug: raw.debug.unwrap_or(false),
@@ -673,18 +924,47 @@ fn parse_ttl(value: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+/// The bytes of a file the configuration names under `key`: an unreadable one is the
+/// operator's input, a configuration error.
+pub(crate) fn read_file(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::File {
+        key,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The certificates (PEM) of a file the configuration names under `key`.
+pub(crate) fn read_certs(
+    key: &'static str,
+    path: &std::path::Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
+    enclaveid_checks::certs::parse_pem(&read_file(key, path)?, key).map_err(|source| {
+        ConfigError::Certificates {
+            key,
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
 /// One line from a TOML error: the file, the line and its text, and what was wrong
 /// (serde's message names the accepted keys or type).
-fn toml_error(text: &str, origin: &str, error: &toml::de::Error) -> String {
+fn toml_error(text: &str, origin: &str, error: &toml::de::Error) -> ConfigError {
     let message = error.message().trim().replace('\n', " ");
-    match error.span() {
+    let location = match error.span() {
         Some(span) => {
             let start = span.start.min(text.len());
             let line_no = text[..start].matches('\n').count() + 1;
             let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
-            format!("{origin}: line {line_no} (`{line}`): {message}")
+            format!("line {line_no} (`{line}`): ")
         }
-        None => format!("{origin}: {message}"),
+        None => String::new(),
+    };
+    ConfigError::Toml {
+        origin: origin.to_owned(),
+        location,
+        message,
     }
 }
 
@@ -923,6 +1203,32 @@ selectors = ["unix:uid:1001"]
         );
         assert_eq!(kms.resync_interval, Duration::from_secs(600));
         assert!(kms.require_crl, "revocation is checked unless turned off");
+    }
+
+    #[test]
+    fn kms_endpoints_parse_with_aws_defaults() {
+        assert_eq!(
+            KmsEndpoint::parse("https://kms.eu-west-1.amazonaws.com").unwrap(),
+            KmsEndpoint::for_region("eu-west-1")
+        );
+        let local = KmsEndpoint::parse("http://127.0.0.1:4000/").unwrap();
+        assert_eq!(local.authority(), "127.0.0.1:4000");
+        assert_eq!(local.url(), "http://127.0.0.1:4000/");
+        assert_eq!(
+            KmsEndpoint::for_region("us-east-2").url(),
+            "https://kms.us-east-2.amazonaws.com/"
+        );
+        for bad in [
+            "kms.amazonaws.com",
+            "http://h",
+            "https://h/path",
+            "https://:443",
+            "https://u@h",
+            "https://h:x",
+        ] {
+            let error = KmsEndpoint::parse(bad).unwrap_err().to_string();
+            assert!(error.contains("accepted: https://HOST"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -26,14 +26,35 @@ use serde_json::Value;
 use spiffe::{SpiffeId, TrustDomain};
 use tokio::time::Instant;
 
-use crate::Error;
+use enclaveid_checks::keys::{KeyError, SigningKey};
 
 /// Extra time a replaced key stays in the bundle past the longest token lifetime, for
 /// clock skew between the agent and validators.
 const RETIRED_MARGIN: Duration = Duration::from_secs(30);
 
+/// Why a JWT-SVID signing key could not be made or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtKeyError {
+    /// aws-lc could not generate a key.
+    #[error("generating a JWT-SVID signing key failed")]
+    Generate,
+    /// The provisioned key could not be serialized.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The provisioned key is of a type JWT-SVIDs are not signed with here.
+    #[error("the JWT signing key is neither ECDSA P-256/P-384 nor RSA")]
+    Unsupported,
+    /// The public key does not fit a JWK.
+    #[error("the JWT signing key's public key does not fit a JWK: {reason}")]
+    Jwk {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// One signing key: private in memory only, public as a JWK.
-pub struct JwtKey {
+pub(crate) struct JwtKey {
     kid: String,
     alg: Alg,
     pair: Pair,
@@ -56,12 +77,13 @@ impl std::fmt::Debug for JwtKey {
 
 impl JwtKey {
     /// A new ES256 key with a random key ID.
-    pub fn generate() -> Result<Self, Error> {
-        let crypto = |e: aws_lc_rs::error::Unspecified| Error::Crypto(format!("JWT key: {e}"));
-        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(crypto)?;
+    pub(crate) fn generate() -> Result<Self, JwtKeyError> {
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+            .map_err(|_| JwtKeyError::Generate)?;
         let id: [u8; 16] = rand::random();
         let kid = enclaveid_attestor::hex(&id);
-        let jwk = jwt::ec_jwk(&kid, "P-256", pair.public_key().as_ref()).map_err(Error::Crypto)?;
+        let jwk = jwt::ec_jwk(&kid, "P-256", pair.public_key().as_ref())
+            .map_err(|reason| JwtKeyError::Jwk { reason })?;
         Ok(Self {
             kid,
             alg: Alg::Es256,
@@ -73,7 +95,7 @@ impl JwtKey {
     /// The provisioned key (already checked against its certificate): ES256 for P-256,
     /// ES384 for P-384, RS256 for RSA. The key ID is the first 16 bytes of the SHA-256 of
     /// the SubjectPublicKeyInfo, in hex.
-    pub fn from_signing_key(key: &crate::keys::SigningKey) -> Result<Self, Error> {
+    pub(crate) fn from_signing_key(key: &SigningKey) -> Result<Self, JwtKeyError> {
         let der = key.to_pkcs8_der()?;
         let digest =
             aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.subject_public_key_info());
@@ -89,11 +111,7 @@ impl JwtKey {
         {
             Some(found) => found,
             None => {
-                let pair = RsaKeyPair::from_pkcs8(&der).map_err(|e| {
-                    Error::Key(format!(
-                        "the JWT signing key is neither ECDSA P-256/P-384 nor RSA: {e}"
-                    ))
-                })?;
+                let pair = RsaKeyPair::from_pkcs8(&der).map_err(|_| JwtKeyError::Unsupported)?;
                 let public =
                     aws_lc_rs::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
                 let jwk = Ok(jwt::rsa_jwk(&kid, &public.n, &public.e));
@@ -101,7 +119,7 @@ impl JwtKey {
             }
         };
         Ok(Self {
-            jwk: jwk.map_err(Error::Crypto)?,
+            jwk: jwk.map_err(|reason| JwtKeyError::Jwk { reason })?,
             kid,
             alg,
             pair,
@@ -109,13 +127,9 @@ impl JwtKey {
     }
 
     /// The key ID.
-    pub fn id(&self) -> &str {
+    #[cfg(test)]
+    fn id(&self) -> &str {
         &self.kid
-    }
-
-    /// The public key as a JWK (`use: "jwt-svid"`).
-    pub fn jwk(&self) -> &Value {
-        &self.jwk
     }
 }
 
@@ -153,7 +167,7 @@ impl JwtIssuer for JwtKey {
 }
 
 /// The current key, the replaced ones still in the bundle, and when to replace.
-pub struct JwtKeys {
+pub(crate) struct JwtKeys {
     trust_domain: String,
     current: Option<Arc<JwtKey>>,
     retired: Vec<(Value, SystemTime)>,
@@ -166,11 +180,11 @@ pub struct JwtKeys {
 impl JwtKeys {
     /// Keys for `trust_domain`, each used for `lifetime`; `longest_token` is the longest
     /// JWT-SVID lifetime of any entry.
-    pub fn new(
+    pub(crate) fn new(
         trust_domain: &TrustDomain,
         lifetime: Duration,
         longest_token: Duration,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, JwtKeyError> {
         Ok(Self {
             trust_domain: trust_domain.id_string(),
             current: Some(Arc::new(JwtKey::generate()?)),
@@ -182,7 +196,7 @@ impl JwtKeys {
     }
 
     /// Keys that come from outside (the `kms` upstream); none until [`JwtKeys::set`].
-    pub fn provisioned(trust_domain: &TrustDomain, longest_token: Duration) -> Self {
+    pub(crate) fn provisioned(trust_domain: &TrustDomain, longest_token: Duration) -> Self {
         Self {
             trust_domain: trust_domain.id_string(),
             current: None,
@@ -195,25 +209,25 @@ impl JwtKeys {
 
     /// Replaces the signing key now with a generated one (only for generated keys); the
     /// old public key stays until its tokens expire.
-    pub fn rotate(&mut self) -> Result<(), Error> {
+    pub(crate) fn rotate(&mut self, wall: SystemTime) -> Result<(), JwtKeyError> {
         let Some(lifetime) = self.lifetime else {
             return Ok(());
         };
-        self.set(JwtKey::generate()?);
+        self.set(JwtKey::generate()?, wall);
         self.rotate_at = Some(Instant::now() + lifetime);
         Ok(())
     }
 
     /// Signs with `key` from now on; the previous key, if another, stays in the bundle
     /// until its tokens expire. Whether anything changed.
-    pub fn set(&mut self, key: JwtKey) -> bool {
+    pub(crate) fn set(&mut self, key: JwtKey, wall: SystemTime) -> bool {
         if self.current.as_ref().is_some_and(|c| c.kid == key.kid) {
             return false;
         }
         self.retired
             .retain(|(jwk, _)| jwk["kid"] != key.kid.as_str());
         if let Some(old) = self.current.take() {
-            let keep_until = SystemTime::now() + self.longest_token + RETIRED_MARGIN;
+            let keep_until = wall + self.longest_token + RETIRED_MARGIN;
             self.retired.push((old.jwk.clone(), keep_until));
             tracing::info!(kid = %key.kid, retired_kid = %old.kid, "JWT-SVID signing key replaced");
         } else {
@@ -225,7 +239,7 @@ impl JwtKeys {
 
     /// Stops signing and drops the current key from the bundle at once (it was revoked):
     /// tokens it signed no longer validate.
-    pub fn withdraw(&mut self) {
+    pub(crate) fn withdraw(&mut self) {
         if let Some(old) = self.current.take() {
             tracing::error!(kid = %old.kid, "JWT-SVID signing key withdrawn: revoked");
         }
@@ -233,15 +247,15 @@ impl JwtKeys {
 
     /// Rotates if due and drops retired keys whose tokens have all expired; whether the
     /// bundle changed.
-    pub fn update(&mut self, now: Instant, wall: SystemTime) -> bool {
+    pub(crate) fn update(&mut self, now: Instant, wall: SystemTime) -> bool {
         let before = self.retired.len();
         self.retired.retain(|(_, keep_until)| *keep_until > wall);
         let mut changed = self.retired.len() != before;
         if self.rotate_at.is_some_and(|at| now >= at) {
-            match self.rotate() {
+            match self.rotate(wall) {
                 Ok(()) => changed = true,
                 Err(error) => {
-                    tracing::error!(%error, "could not replace the JWT-SVID signing key; retrying in a minute");
+                    tracing::error!(error = %enclaveid_checks::Chain(&error), "could not replace the JWT-SVID signing key; retrying in a minute");
                     self.rotate_at = Some(now + Duration::from_secs(60));
                 }
             }
@@ -250,7 +264,7 @@ impl JwtKeys {
     }
 
     /// When [`JwtKeys::update`] has something to do next.
-    pub fn next_wakeup(&self, now: Instant, wall: SystemTime) -> Option<Instant> {
+    pub(crate) fn next_wakeup(&self, now: Instant, wall: SystemTime) -> Option<Instant> {
         self.retired
             .iter()
             .map(|(_, until)| now + until.duration_since(wall).unwrap_or_default())
@@ -259,7 +273,7 @@ impl JwtKeys {
     }
 
     /// The JWT bundle: the current key, then the retired ones.
-    pub fn bundles(&self) -> BTreeMap<String, Bytes> {
+    pub(crate) fn bundles(&self) -> BTreeMap<String, Bytes> {
         let keys: Vec<Value> = self
             .current
             .iter()
@@ -270,7 +284,7 @@ impl JwtKeys {
     }
 
     /// The current signer, if any.
-    pub fn issuer(&self) -> Option<Arc<dyn JwtIssuer>> {
+    pub(crate) fn issuer(&self) -> Option<Arc<dyn JwtIssuer>> {
         self.current.clone().map(|key| key as Arc<dyn JwtIssuer>)
     }
 }
@@ -296,7 +310,7 @@ mod tests {
         };
         assert_eq!(validate(&keys, &old, now), Ok(id.clone()));
 
-        keys.rotate().unwrap();
+        keys.rotate(now).unwrap();
         let new = keys
             .issuer()
             .unwrap()
@@ -331,7 +345,7 @@ mod tests {
             (p384.serialize_der(), "ES384"),
             (rsa_der.as_ref().to_vec(), "RS256"),
         ] {
-            let signing = crate::keys::SigningKey::from_pkcs8_der(&der, "test").unwrap();
+            let signing = SigningKey::from_pkcs8_der(&der, "test").unwrap();
             let key = JwtKey::from_signing_key(&signing).unwrap();
             let again = JwtKey::from_signing_key(&signing).unwrap();
             assert_eq!(key.id(), again.id(), "the key ID depends on the key only");
@@ -355,7 +369,7 @@ mod tests {
             let td = TrustDomain::new("example.org").unwrap();
             let mut keys = JwtKeys::provisioned(&td, Duration::from_secs(60));
             assert!(keys.issuer().is_none());
-            assert!(keys.set(key));
+            assert!(keys.set(key, SystemTime::now()));
             let validated = jwt::validate(&token, "a", &keys.bundles(), SystemTime::now()).unwrap();
             assert_eq!(validated.spiffe_id, id);
             keys.withdraw();

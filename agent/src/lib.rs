@@ -1,119 +1,115 @@
-//! The EnclaveID agent: it turns a configuration into SPIFFE identities served on the
-//! Workload API socket.
+//! The EnclaveID agent, the program inside the enclave: it turns a configuration into
+//! SPIFFE identities served on the Workload API socket, and keeps them current.
 //!
 //! Owns: the configuration ([`config`]), selectors ([`selector`]), Unix workload
-//! attestation ([`workload_attestor`]), the signing CA and SVID minting ([`authority`],
-//! [`keys`]), rotation ([`rotation`]) and the socket ([`server`]). Leaves the wire
-//! protocol to `enclaveid-workload-api` and enclave attestation to `enclaveid-attestor`.
+//! attestation, the signing CA and SVID minting, rotation, JWT-SVID signing keys, the
+//! SPIFFE bundle endpoint, the `kms` upstream (material through `enclaveid host`, key
+//! released by KMS to this enclave's attestation) and the socket.
+//!
+//! Leaves to others: the Workload API's wire contract (`enclaveid-workload-api`), Nitro
+//! attestation documents (`enclaveid-attestor`), the formats and certificate checks the
+//! enclave shares with the parent and the operator (`enclaveid-checks`), sockets and file
+//! writes (`enclaveid-io`). It links no AWS SDK: the one AWS call made from the enclave,
+//! KMS `Decrypt`, is signed here with `aws-sigv4` and sent through the host's tunnel.
+//!
+//! The public surface is what a binary or a workload in the enclave needs:
+//!
+//! | item | for |
+//! | --- | --- |
+//! | [`Agent`], [`Config`], [`Renewer`] | running the agent (`enclaveid run`) |
+//! | [`Enclave`], [`Release`] | a workload's own secret released by KMS to this enclave (a model key) |
+//! | [`bundle_document`] | the SPIFFE bundle document (`enclaveid api fetch bundle`) |
+//! | [`STATUS_HEADER`] | the health reason (`enclaveid healthcheck`) |
+//!
+//! | feature | what it adds |
+//! | --- | --- |
+//! | `fake` | the fake attestor: `attestor kind = "fake"` and `--dev` (development builds) |
+//! | `nsm` | the Nitro Secure Module attestor, for builds that run in an enclave |
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), enclaveid_agent::Error> {
-//! let config = enclaveid_agent::config::Config::dev(1000, "/tmp/agent.sock".into())?;
+//! let config = enclaveid_agent::Config::dev(1000, "/tmp/agent.sock".into())?;
 //! let agent = enclaveid_agent::Agent::start(config)?; // CA ready, SVIDs minted, socket bound
 //! agent.serve(async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-pub mod authority;
-pub mod bundle_endpoint;
+mod authority;
+mod bundle_endpoint;
 pub mod config;
-pub mod host;
-pub mod jwt;
-pub mod keys;
-pub mod kms;
-#[cfg(feature = "aws")]
-pub mod provision;
-pub mod revocation;
-pub mod rotation;
+mod enclave;
+mod host_client;
+mod jwt;
+mod kms;
+mod release;
+mod rotation;
 pub mod selector;
-pub mod server;
-pub mod transport;
-pub mod workload_attestor;
+mod server;
+mod upstream;
+mod workload_attestor;
 
 use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
-use enclaveid_attestor::{AttestationRequest, Policy, VerifiedDocument, Verifier, VerifyAt};
+pub use authority::MintError;
+pub use bundle_endpoint::{BundleEndpointError, document as bundle_document};
+pub use config::{Config, ConfigError};
+pub use enclave::{Enclave, EnclaveError};
+pub use host_client::{AnswerError, HostError};
+pub use jwt::JwtKeyError;
+pub use kms::KmsError;
+pub use release::{Release, ReleaseError};
+pub use rotation::Renewer;
+pub use server::{STATUS_HEADER, SocketError};
 
 use crate::authority::Authority;
-use crate::config::{AttestorConfig, AttestorKind, Config, Upstream};
-use crate::kms::upstream::KmsUpstream;
+use crate::config::Upstream;
 use crate::rotation::{Rotator, Signer};
-use crate::selector::Selector;
 use crate::server::BoundSocket;
+use crate::upstream::KmsUpstream;
 use crate::workload_attestor::UnixAttestor;
 
-/// Errors of the agent.
+/// Why the agent could not start or serve.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The configuration is malformed or inconsistent; the message names the key, the
-    /// value and what is accepted.
-    #[error("{0}")]
-    Config(String),
-    /// A private key could not be used.
-    #[error("{0}")]
-    Key(String),
-    /// A certificate could not be used.
-    #[error("{0}")]
-    Certificate(String),
-    /// A cryptographic operation failed.
-    #[error("{0}")]
-    Crypto(String),
+    /// The configuration, or a file it names, is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The enclave's attestor could not be opened.
+    #[error(transparent)]
+    Enclave(#[from] EnclaveError),
     /// The enclave could not attest itself, or its own document was refused.
-    #[error("enclave attestation: {0}")]
+    #[error("enclave attestation")]
     Attestation(#[from] enclaveid_attestor::Error),
-    /// A key-material object is malformed.
-    #[error("key material: {0}")]
-    KeyMaterial(String),
-    /// A KMS `CiphertextForRecipient` is malformed, or does not decrypt with our key.
-    #[error("CiphertextForRecipient: {0}")]
-    Cms(String),
-    /// The host (parent instance) did not deliver, or delivered something malformed.
-    #[error("{0}")]
-    Host(String),
-    /// KMS refused or failed the call; the message carries AWS's error code and text.
-    #[error("{0}")]
-    Kms(String),
-    /// `enclaveid provision` could not issue, encrypt or write the material.
-    #[error("{0}")]
-    Provision(String),
-    /// A certificate (the `kms` material's, or a peer's) is on its issuer's CRL.
-    #[error("revoked: {message}")]
-    Revoked {
-        /// The revoked certificate's serial, hex.
-        serial: String,
-        /// What the CRL says.
-        message: String,
-    },
-    /// An SVID could not be minted.
-    #[error("{0}")]
-    Mint(String),
+    /// The development CA could not be made.
+    #[error("the development CA")]
+    Mint(#[from] MintError),
+    /// The JWT-SVID signing key could not be made.
+    #[error("the JWT-SVID signing key")]
+    JwtKey(#[from] JwtKeyError),
     /// The Workload API socket could not be prepared or served.
-    #[error("{0}")]
-    Socket(String),
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The SPIFFE bundle endpoint could not be prepared.
+    #[error("the SPIFFE bundle endpoint")]
+    BundleEndpoint(#[from] BundleEndpointError),
 }
 
 impl Error {
     /// Whether the error is the operator's input (configuration or the files it names),
     /// for exit code 64 (EX_USAGE).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Config(_) | Self::Key(_) | Self::Certificate(_))
-            || matches!(
-                self,
-                Self::Attestation(enclaveid_attestor::Error::DebugMode)
-            )
+        matches!(
+            self,
+            Self::Config(_)
+                | Self::Enclave(EnclaveError::Config(_))
+                | Self::Attestation(enclaveid_attestor::Error::DebugMode)
+        )
     }
 }
 
@@ -128,13 +124,15 @@ pub struct Agent {
     bundle_endpoint: Option<bundle_endpoint::Server>,
 }
 
+// === impl Agent ===
+
 impl Agent {
     /// Prepares everything that can fail on bad input before the socket is bound, then
     /// binds it. Must run inside a tokio runtime.
     pub fn start(config: Config) -> Result<Self, Error> {
         let enclave = Enclave::open(&config.attestor)?;
         let (_, verified) = enclave.attest(None)?;
-        let mut node_selectors = node_selectors(&verified);
+        let mut node_selectors = enclave::node_selectors(&verified);
         // Only node selectors some entry names can change a match; every caller's stream
         // carries its selectors, so the others would only cost memory.
         node_selectors.retain(|s| config.entries.iter().any(|e| e.selectors.contains(s)));
@@ -170,15 +168,8 @@ impl Agent {
                 (rotator.with_jwt_keys(jwt), snapshots, None)
             }
             Upstream::Kms(kms) => {
-                let roots = authority::parse_pem_certs(
-                    &std::fs::read(&kms.trust_bundle_path).map_err(|e| {
-                        Error::Config(format!(
-                            "upstream.trust_bundle_path = {:?} cannot be read: {e}",
-                            kms.trust_bundle_path
-                        ))
-                    })?,
-                    "upstream.trust_bundle_path",
-                )?;
+                let roots =
+                    config::read_certs("upstream.trust_bundle_path", &kms.trust_bundle_path)?;
                 let bundle = roots.iter().flat_map(|c| c.iter().copied()).collect();
                 let (rotator, snapshots) =
                     Rotator::new(&config.trust_domain, bundle, None, &config.entries);
@@ -191,7 +182,7 @@ impl Agent {
                     enclave,
                     config.trust_domain.clone(),
                     config.entries.iter().map(|e| e.spiffe_id.clone()).collect(),
-                    kms::upstream::Outlets {
+                    upstream::Outlets {
                         signers: tx,
                         jwt_keys: jwt_tx,
                         problems: problem_tx,
@@ -232,7 +223,7 @@ impl Agent {
     }
 
     /// A handle that forces every SVID to be re-minted now (a rotation on demand).
-    pub fn renewer(&self) -> rotation::Renewer {
+    pub fn renewer(&self) -> Renewer {
         self.rotator.renewer()
     }
 
@@ -256,7 +247,7 @@ impl Agent {
             let stopped = stop.clone().cancelled_owned();
             tokio::spawn(async move {
                 if let Err(error) = endpoint.serve(stopped).await {
-                    tracing::error!(%error, "the SPIFFE bundle endpoint stopped; workloads are still served");
+                    tracing::error!(error = %enclaveid_checks::Chain(&error), "the SPIFFE bundle endpoint stopped; workloads are still served");
                 }
             });
         }
@@ -276,7 +267,7 @@ impl Agent {
         .await;
         stop.cancel();
         let _ = rotation.await;
-        served
+        Ok(served?)
     }
 }
 
@@ -288,122 +279,6 @@ fn longest_jwt_ttl(config: &Config) -> std::time::Duration {
         .map(|e| e.jwt_ttl)
         .max()
         .unwrap_or(config::DEFAULT_JWT_TTL)
-}
-
-/// The enclave's attestor, and the verifier its own documents are checked with (the AWS
-/// root for NSM, the fake's own root for the fake) before anything relies on them.
-pub struct Enclave {
-    attestor: Box<dyn enclaveid_attestor::Attestor>,
-    verifier: Verifier,
-    allow_debug: bool,
-}
-
-// === impl Enclave ===
-
-impl Enclave {
-    /// Opens the configured attestor.
-    pub fn open(config: &AttestorConfig) -> Result<Self, Error> {
-        let (attestor, verifier): (Box<dyn enclaveid_attestor::Attestor>, _) = match &config.kind {
-            AttestorKind::Fake(fake) => {
-                tracing::warn!(
-                    "attestor kind = \"fake\": documents are signed by a fake root and prove nothing"
-                );
-                let attestor = enclaveid_attestor::FakeAttestor::new(fake.clone())?;
-                let verifier = Verifier::with_root_der(attestor.root_der());
-                (Box::new(attestor), verifier)
-            }
-            #[cfg(feature = "nsm")]
-            AttestorKind::Nsm => (
-                Box::new(enclaveid_attestor::NsmAttestor::open()?),
-                Verifier::aws(),
-            ),
-            #[cfg(not(feature = "nsm"))]
-            AttestorKind::Nsm => {
-                return Err(Error::Config(
-                    "attestor kind = \"nsm\" needs a build with `--features nsm`".into(),
-                ));
-            }
-        };
-        Ok(Self {
-            attestor,
-            verifier,
-            allow_debug: config.allow_debug,
-        })
-    }
-
-    /// A fresh document binding `public_key` and a random nonce, verified as a relying
-    /// party would verify it.
-    pub fn attest(
-        &self,
-        public_key: Option<Vec<u8>>,
-    ) -> Result<(Vec<u8>, VerifiedDocument), Error> {
-        let nonce: [u8; 32] = rand::random();
-        let request = AttestationRequest {
-            nonce: Some(nonce.to_vec()),
-            public_key,
-            ..AttestationRequest::default()
-        };
-        let document = self.attestor.attest(&request)?;
-        let policy = Policy {
-            allow_debug: self.allow_debug,
-            nonce: request.nonce.clone(),
-            ..Policy::default()
-        };
-        let verified = self.verifier.verify(
-            &document,
-            &policy,
-            VerifyAt::Time(std::time::SystemTime::now()),
-        )?;
-        Ok((document, verified))
-    }
-}
-
-/// The node selectors (`nitro:pcr0..8`, `nitro:module_id`) of the enclave's document.
-fn node_selectors(verified: &VerifiedDocument) -> Vec<Selector> {
-    let mut selectors: Vec<Selector> = verified
-        .pcrs
-        .iter()
-        .filter(|(i, _)| **i <= 8)
-        .map(|(i, v)| Selector::Pcr(*i, enclaveid_attestor::hex(v)))
-        .collect();
-    selectors.push(Selector::ModuleId(verified.module_id.clone()));
-    tracing::info!(
-        module_id = %verified.module_id,
-        pcr0 = %verified.pcrs.get(&0).map(|v| enclaveid_attestor::hex(v)).unwrap_or_default(),
-        debug_mode = verified.debug_mode,
-        "enclave attested"
-    );
-    selectors
-}
-
-/// Writes `bytes` to `path` with `mode` through a temporary file (created 0600) in the
-/// same directory, synced and renamed into place: never a partial file, and a key is
-/// never readable by others, not even before the rename.
-pub fn write_file_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
-    use std::io::Write as _;
-    use std::os::unix::fs::PermissionsExt as _;
-    let io = |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut file = tempfile::Builder::new()
-        .prefix(".enclaveid-")
-        .permissions(std::fs::Permissions::from_mode(0o600))
-        .tempfile_in(dir)
-        .map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.as_file().sync_all().map_err(io)?;
-    if mode != 0o600 {
-        file.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(io)?;
-    }
-    file.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
 }
 
 /// The `--dev` socket: `$XDG_RUNTIME_DIR/enclaveid/agent.sock`, or

@@ -8,6 +8,10 @@
 //!
 //! The [`Signer`] can change while the agent runs (the `kms` upstream re-syncs its
 //! material): a new CA re-mints every SVID at once; leaf material is served as it is.
+//!
+//! Time comes from a [`Clock`]: the wall clock for certificate validity, tokio's clock
+//! for timers. Tests pause tokio's clock and derive the wall clock from it, so that a
+//! rotation at half-life is seen without waiting for it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use zeroize::Zeroizing;
 
 use crate::authority::Authority;
 use crate::config::Entry;
-use crate::jwt::JwtKeys;
+use crate::jwt::{JwtKey, JwtKeys};
 
 /// After a failed mint, the first retry waits this long, doubling up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -31,8 +35,23 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 /// How long a slot that has nothing to do sleeps.
 const IDLE: Duration = Duration::from_secs(3600);
 
+/// Where the rotator reads the wall-clock time from.
+pub(crate) trait Clock: Send + Sync + 'static {
+    /// Now, on the wall clock certificates are dated by.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's wall clock.
+pub(crate) struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
 /// What SVIDs come from.
-pub enum Signer {
+pub(crate) enum Signer {
     /// A CA: SVIDs are minted under it.
     Ca(Authority),
     /// One X.509-SVID made elsewhere, served to the entries with its SPIFFE ID.
@@ -40,7 +59,7 @@ pub enum Signer {
 }
 
 /// An X.509-SVID issued by the Private CA itself.
-pub struct LeafSvid {
+pub(crate) struct LeafSvid {
     /// Its SPIFFE ID.
     pub spiffe_id: SpiffeId,
     /// The DER chain, leaf first, concatenated.
@@ -54,7 +73,8 @@ pub struct LeafSvid {
 }
 
 /// Keeps one SVID per entry current and publishes every change.
-pub struct Rotator {
+pub(crate) struct Rotator {
+    clock: Arc<dyn Clock>,
     signer: Option<Signer>,
     entries: Vec<Slot>,
     bundles: BTreeMap<String, Bytes>,
@@ -62,7 +82,7 @@ pub struct Rotator {
     updates: Option<mpsc::Receiver<Option<Signer>>>,
     renew: Arc<tokio::sync::Notify>,
     jwt: Option<JwtKeys>,
-    jwt_updates: Option<mpsc::Receiver<Option<crate::jwt::JwtKey>>>,
+    jwt_updates: Option<mpsc::Receiver<Option<JwtKey>>>,
 }
 
 /// Asks a running [`Rotator`] to re-mint every SVID now (see [`Renewer::renew_now`]).
@@ -92,7 +112,7 @@ impl Rotator {
     /// A rotator for `entries` of `trust_domain`, whose bundle is `bundle_der`, signing
     /// with `signer` (none yet: SVIDs come with the first [`Rotator::set_signer`]).
     /// Nothing is minted until [`Rotator::rotate_due`] or [`Rotator::run`].
-    pub fn new(
+    pub(crate) fn new(
         trust_domain: &TrustDomain,
         bundle_der: Vec<u8>,
         signer: Option<Signer>,
@@ -112,6 +132,7 @@ impl Rotator {
             .collect();
         let (snapshots, rx) = watch::channel(Arc::new(Snapshot::default()));
         let mut rotator = Self {
+            clock: Arc::new(SystemClock),
             signer: None,
             entries,
             bundles,
@@ -128,15 +149,22 @@ impl Rotator {
         (rotator, rx)
     }
 
+    /// Reads the wall clock from `clock` instead of the system's.
+    #[cfg(test)]
+    fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Signers sent on `updates` replace the current one while [`Rotator::run`] runs;
     /// `None` withdraws the signer and every SVID (the material was revoked).
-    pub fn with_updates(mut self, updates: mpsc::Receiver<Option<Signer>>) -> Self {
+    pub(crate) fn with_updates(mut self, updates: mpsc::Receiver<Option<Signer>>) -> Self {
         self.updates = Some(updates);
         self
     }
 
     /// Signs JWT-SVIDs with `keys` and publishes their bundle.
-    pub fn with_jwt_keys(mut self, keys: JwtKeys) -> Self {
+    pub(crate) fn with_jwt_keys(mut self, keys: JwtKeys) -> Self {
         self.jwt = Some(keys);
         self.publish();
         self
@@ -144,23 +172,26 @@ impl Rotator {
 
     /// Keys sent on `updates` become the JWT signing key while [`Rotator::run`] runs;
     /// `None` withdraws the current one (revoked).
-    pub fn with_jwt_updates(mut self, updates: mpsc::Receiver<Option<crate::jwt::JwtKey>>) -> Self {
+    pub(crate) fn with_jwt_updates(mut self, updates: mpsc::Receiver<Option<JwtKey>>) -> Self {
         self.jwt_updates = Some(updates);
         self
     }
 
     /// A handle that forces a rotation while [`Rotator::run`] runs.
-    pub fn renewer(&self) -> Renewer {
+    pub(crate) fn renewer(&self) -> Renewer {
         Renewer(self.renew.clone())
     }
 
     /// Makes every SVID due now (a CA signer re-mints them at the next pass) and
     /// replaces the JWT signing key.
-    pub fn renew_all(&mut self) {
+    pub(crate) fn renew_all(&mut self) {
+        let wall = self.clock.now();
         if let Some(jwt) = &mut self.jwt {
-            match jwt.rotate() {
+            match jwt.rotate(wall) {
                 Ok(()) => self.publish(),
-                Err(error) => tracing::error!(%error, "could not replace the JWT-SVID signing key"),
+                Err(error) => {
+                    tracing::error!(error = %enclaveid_checks::Chain(&error), "could not replace the JWT-SVID signing key")
+                }
             }
         }
         if !matches!(self.signer, Some(Signer::Ca(_))) {
@@ -176,12 +207,13 @@ impl Rotator {
     }
 
     /// A new JWT signing key (`None`: withdraw the current one).
-    fn set_jwt_key(&mut self, key: Option<crate::jwt::JwtKey>) {
+    fn set_jwt_key(&mut self, key: Option<JwtKey>) {
+        let wall = self.clock.now();
         let Some(jwt) = &mut self.jwt else {
             return;
         };
         let changed = match key {
-            Some(key) => jwt.set(key),
+            Some(key) => jwt.set(key, wall),
             None => {
                 jwt.withdraw();
                 true
@@ -193,7 +225,7 @@ impl Rotator {
     }
 
     /// Withdraws the signer and every SVID it issued.
-    pub fn withdraw(&mut self) {
+    pub(crate) fn withdraw(&mut self) {
         self.signer = None;
         for slot in &mut self.entries {
             slot.svid = None;
@@ -205,7 +237,7 @@ impl Rotator {
 
     /// Replaces the signer: a CA re-mints every SVID at the next pass; a leaf is
     /// served at once to the entries with its SPIFFE ID, and no other.
-    pub fn set_signer(&mut self, signer: Signer) {
+    pub(crate) fn set_signer(&mut self, signer: Signer) {
         let now = Instant::now();
         match &signer {
             Signer::Ca(_) => {
@@ -235,9 +267,9 @@ impl Rotator {
 
     /// Mints what is due, withdraws what expired, publishes if anything changed, and
     /// returns when to look again.
-    pub fn rotate_due(&mut self) -> Instant {
+    pub(crate) fn rotate_due(&mut self) -> Instant {
         let now = Instant::now();
-        let wall = SystemTime::now();
+        let wall = self.clock.now();
         let mut changed = self.jwt.as_mut().is_some_and(|jwt| jwt.update(now, wall));
         for slot in &mut self.entries {
             if slot
@@ -256,8 +288,10 @@ impl Rotator {
                 slot.rotate_at = now + IDLE;
                 continue;
             };
+            let started = std::time::Instant::now();
             match authority.mint(&slot.entry, wall) {
                 Ok(minted) => {
+                    let mint_us = started.elapsed().as_micros() as u64;
                     let lifetime = minted
                         .not_after
                         .duration_since(minted.issued_at)
@@ -268,6 +302,7 @@ impl Rotator {
                         serial = %minted.serial,
                         not_after = %humantime::format_rfc3339(minted.not_after),
                         rotate_in = ?delay,
+                        mint_us,
                         "issued X.509-SVID"
                     );
                     slot.svid = Some(Svid::new(
@@ -283,7 +318,7 @@ impl Rotator {
                     let delay = retry_delay(slot.failures);
                     slot.failures = slot.failures.saturating_add(1);
                     slot.rotate_at = now + delay;
-                    tracing::error!(%error, spiffe_id = %slot.entry.spiffe_id, retry_in = ?delay, "could not issue X.509-SVID");
+                    tracing::error!(error = %enclaveid_checks::Chain(&error), spiffe_id = %slot.entry.spiffe_id, retry_in = ?delay, "could not issue X.509-SVID");
                 }
             }
         }
@@ -295,7 +330,7 @@ impl Rotator {
 
     /// Runs until `shutdown` resolves; dropping the rotator then closes the snapshot
     /// channel, which ends every open Workload API stream.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+    pub(crate) async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut updates = self.updates.take();
         let mut jwt_updates = self.jwt_updates.take();
@@ -369,7 +404,7 @@ impl Rotator {
 
 /// When to replace an SVID valid for `lifetime`: at half of it, moved by `jitter` (in
 /// -1..=1) times 10 % of that half.
-pub fn rotation_delay(lifetime: Duration, jitter: f64) -> Duration {
+pub(crate) fn rotation_delay(lifetime: Duration, jitter: f64) -> Duration {
     let half = lifetime.as_secs_f64() / 2.0;
     Duration::from_secs_f64(half * (1.0 + 0.1 * jitter.clamp(-1.0, 1.0)))
 }
@@ -454,6 +489,135 @@ mod tests {
             Arc::ptr_eq(&first, &again),
             "no new snapshot when nothing is due"
         );
+    }
+
+    /// A wall clock that moves with tokio's clock, which these tests pause and advance.
+    struct TokioClock {
+        wall: SystemTime,
+        start: Instant,
+    }
+
+    impl TokioClock {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                wall: SystemTime::now(),
+                start: Instant::now(),
+            })
+        }
+    }
+
+    impl Clock for TokioClock {
+        fn now(&self) -> SystemTime {
+            self.wall + (Instant::now() - self.start)
+        }
+    }
+
+    fn entry(path: &str, ttl: Duration) -> Entry {
+        Entry {
+            spiffe_id: spiffe::SpiffeId::new(format!("spiffe://example.org/{path}")).unwrap(),
+            selectors: vec![crate::selector::Selector::Uid(1)],
+            dns_names: vec![],
+            ttl,
+            jwt_ttl: Duration::from_secs(300),
+            hint: String::new(),
+        }
+    }
+
+    /// Lets the spawned rotator run what is due, without letting the paused clock move.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn chain(rx: &watch::Receiver<Arc<Snapshot>>) -> Option<Vec<u8>> {
+        rx.borrow().identities[0]
+            .svid
+            .as_ref()
+            .map(|svid| svid.cert_chain_der().to_vec())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rotation_replaces_an_svid_at_half_its_lifetime_on_the_injected_clock() {
+        let td = spiffe::TrustDomain::new("example.org").unwrap();
+        let clock = TokioClock::new();
+        let authority = Authority::generate_dev(&td).unwrap();
+        let (rotator, rx) = Rotator::new(
+            &td,
+            authority.bundle_der(),
+            Some(Signer::Ca(authority)),
+            &[entry("a", Duration::from_secs(600))],
+        );
+        let rotator = rotator.with_clock(clock.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let running = tokio::spawn(rotator.run(stop.clone().cancelled_owned()));
+        settle().await;
+        let first = chain(&rx).expect("an SVID at start");
+
+        // Half of 600 s, ±10 %: nothing before 270 s, a new SVID by 330 s.
+        tokio::time::advance(Duration::from_secs(265)).await;
+        settle().await;
+        assert_eq!(
+            chain(&rx).unwrap(),
+            first,
+            "rotated before 45 % of its lifetime"
+        );
+        tokio::time::advance(Duration::from_secs(70)).await;
+        settle().await;
+        let second = chain(&rx).unwrap();
+        assert_ne!(second, first, "not rotated by 55 % of its lifetime");
+
+        // The new SVID is dated by the injected clock, not the system's.
+        let (_, cert) = x509_parser::parse_x509_certificate(&second).unwrap();
+        let not_after = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(cert.validity().not_after.timestamp().unsigned_abs());
+        let expected = clock.now() + Duration::from_secs(600);
+        let skew = expected
+            .duration_since(not_after)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            skew <= Duration::from_secs(70),
+            "notAfter {not_after:?}, expected near {expected:?}"
+        );
+        stop.cancel();
+        running.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rotation_withdraws_an_svid_that_cannot_be_replaced_when_it_expires() {
+        let td = spiffe::TrustDomain::new("example.org").unwrap();
+        let clock = TokioClock::new();
+        // Leaf material from the Private CA is served as it is and cannot be re-minted.
+        let authority = Authority::generate_dev(&td).unwrap();
+        let minted = authority
+            .mint(&entry("a", Duration::from_secs(60)), clock.now())
+            .unwrap();
+        let leaf = LeafSvid {
+            spiffe_id: spiffe::SpiffeId::new("spiffe://example.org/a").unwrap(),
+            chain_der: minted.cert_chain_der,
+            key_der: minted.private_key_der,
+            not_after: minted.not_after,
+            serial: minted.serial,
+        };
+        let (rotator, rx) = Rotator::new(
+            &td,
+            authority.bundle_der(),
+            Some(Signer::Leaf(leaf)),
+            &[entry("a", Duration::from_secs(60))],
+        );
+        let rotator = rotator.with_clock(clock.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let running = tokio::spawn(rotator.run(stop.clone().cancelled_owned()));
+        settle().await;
+        assert!(chain(&rx).is_some(), "served while valid");
+        tokio::time::advance(Duration::from_secs(55)).await;
+        settle().await;
+        assert!(chain(&rx).is_some(), "still valid at 55 s");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        settle().await;
+        assert!(chain(&rx).is_none(), "served past its notAfter");
+        stop.cancel();
+        running.await.unwrap();
     }
 
     #[tokio::test]

@@ -19,23 +19,58 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::Error;
 use crate::workload_attestor::UnixAttestor;
 
+/// Why the Workload API socket could not be prepared or served.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SocketError {
+    /// A file system operation on the socket or its directory failed.
+    #[error("{}", path.display())]
+    Io {
+        /// The socket or its directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another agent answers on the socket.
+    #[error(
+        "another agent is serving on {}; stop it or choose another socket_path",
+        path.display()
+    )]
+    Busy {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// Something other than a socket is at the path.
+    #[error("{} exists and is not a socket; refusing to replace it", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The socket was already handed to a server.
+    #[error("socket already served")]
+    AlreadyServed,
+    /// The gRPC server failed.
+    #[error("serving the Workload API")]
+    Serve(#[source] tonic::transport::Error),
+}
+
 /// How long in-flight calls may run after a shutdown signal.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A bound Workload API socket, removed when dropped.
 #[derive(Debug)]
-pub struct BoundSocket {
+pub(crate) struct BoundSocket {
     listener: Option<UnixListener>,
     path: PathBuf,
 }
 
 impl BoundSocket {
     /// Prepares `path` (directory, stale socket) and binds it, mode 0777.
-    pub fn bind(path: &Path) -> Result<Self, Error> {
-        let io = |source| Error::Io {
+    pub(crate) fn bind(path: &Path) -> Result<Self, SocketError> {
+        let io = |source| SocketError::Io {
             path: path.to_owned(),
             source,
         };
@@ -47,7 +82,7 @@ impl BoundSocket {
                 .recursive(true)
                 .mode(0o755)
                 .create(dir)
-                .map_err(|source| Error::Io {
+                .map_err(|source| SocketError::Io {
                     path: dir.to_owned(),
                     source,
                 })?;
@@ -56,10 +91,9 @@ impl BoundSocket {
             Ok(meta) if meta.file_type().is_socket() => {
                 match std::os::unix::net::UnixStream::connect(path) {
                     Ok(_) => {
-                        return Err(Error::Socket(format!(
-                            "another agent is serving on {}; stop it or choose another socket_path",
-                            path.display()
-                        )));
+                        return Err(SocketError::Busy {
+                            path: path.to_owned(),
+                        });
                     }
                     Err(_) => {
                         tracing::info!(path = %path.display(), "replacing stale socket");
@@ -68,10 +102,9 @@ impl BoundSocket {
                 }
             }
             Ok(_) => {
-                return Err(Error::Socket(format!(
-                    "{} exists and is not a socket; refusing to replace it",
-                    path.display()
-                )));
+                return Err(SocketError::NotASocket {
+                    path: path.to_owned(),
+                });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
@@ -85,7 +118,7 @@ impl BoundSocket {
     }
 
     /// The socket's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -101,17 +134,14 @@ impl Drop for BoundSocket {
 
 /// Serves the Workload API and gRPC health on `socket` until `shutdown` resolves. The
 /// caller must close `snapshots`' sender at shutdown so that open streams end.
-pub async fn serve(
+pub(crate) async fn serve(
     mut socket: BoundSocket,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     problems: watch::Receiver<Option<String>>,
     attestor: UnixAttestor,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let listener = socket
-        .listener
-        .take()
-        .ok_or_else(|| Error::Socket("socket already served".into()))?;
+) -> Result<(), SocketError> {
+    let listener = socket.listener.take().ok_or(SocketError::AlreadyServed)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let (status_tx, status) = watch::channel(String::new());
     tokio::spawn(report_health(
@@ -160,7 +190,7 @@ pub async fn serve(
         }
     };
     drop(socket);
-    result.map_err(|e| Error::Socket(format!("serving the Workload API: {e}")))
+    result.map_err(SocketError::Serve)
 }
 
 /// The response header of `grpc.health.v1.Health` that says why the agent is degraded

@@ -24,9 +24,55 @@ use sha2::{Digest, Sha256};
 
 use crate::selector::Selector;
 
+/// Why a caller could not be attested. The Workload API answers `Unavailable` with it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum AttestationError {
+    /// The peer credentials carry no PID, and an entry needs `/proc`.
+    #[error("the kernel reported no PID for the caller")]
+    NoPid,
+    /// `/proc/PID` could not be read.
+    #[error("process {pid} could not be inspected ({what}: {source}); it may have exited")]
+    Gone {
+        /// The caller's PID.
+        pid: i32,
+        /// What was being read.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The process behind the PID runs as another user than the one that connected.
+    #[error(
+        "process {pid} runs as uid {euid:?} but connected as uid {uid}; refusing (PID reused or credentials changed)"
+    )]
+    UidChanged {
+        /// The caller's PID.
+        pid: i32,
+        /// The process's effective uid now.
+        euid: Option<u32>,
+        /// The uid the socket reported.
+        uid: u32,
+    },
+    /// The process was replaced while it was inspected.
+    #[error("process {pid} was replaced during attestation (PID reused); refusing")]
+    Replaced {
+        /// The caller's PID.
+        pid: i32,
+    },
+    /// The blocking task failed.
+    #[error("attestation task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl From<AttestationError> for ApiError {
+    fn from(error: AttestationError) -> Self {
+        Self::Attestation(Box::new(error))
+    }
+}
+
 /// Attests callers of the Workload API from `/proc`.
 #[derive(Clone)]
-pub struct UnixAttestor {
+pub(crate) struct UnixAttestor {
     inner: Arc<Inner>,
 }
 
@@ -61,7 +107,7 @@ const HASH_CACHE_ENTRIES: usize = 256;
 impl UnixAttestor {
     /// An attestor that reads only what the given selectors need, and adds the
     /// enclave's own `node_selectors` to every caller's.
-    pub fn new<'a>(
+    pub(crate) fn new<'a>(
         selectors_in_use: impl IntoIterator<Item = &'a Selector>,
         node_selectors: Vec<Selector>,
     ) -> Self {
@@ -106,7 +152,7 @@ impl UnixAttestor {
     }
 
     /// The selectors of `caller`, doing any `/proc` and NSS lookups synchronously.
-    pub fn attest_blocking(&self, caller: Caller) -> Result<Selectors, ApiError> {
+    pub(crate) fn attest_blocking(&self, caller: Caller) -> Result<Selectors, AttestationError> {
         let inner = &self.inner;
         let mut selectors: Selectors = inner.node_selectors.iter().cloned().collect();
         selectors.insert(Selector::Uid(caller.uid).to_string());
@@ -123,15 +169,12 @@ impl UnixAttestor {
             return Ok(selectors);
         }
 
-        let pid = caller.pid.filter(|pid| *pid > 0).ok_or_else(|| {
-            ApiError::Attestation("the kernel reported no PID for the caller".into())
-        })?;
+        let pid = caller
+            .pid
+            .filter(|pid| *pid > 0)
+            .ok_or(AttestationError::NoPid)?;
         let proc_dir = inner.proc_root.join(pid.to_string());
-        let gone = |what: &str, e: std::io::Error| {
-            ApiError::Attestation(format!(
-                "process {pid} could not be inspected ({what}: {e}); it may have exited"
-            ))
-        };
+        let gone = |what, source| AttestationError::Gone { pid, what, source };
         let started = start_time(&proc_dir).map_err(|e| gone("stat", e))?;
 
         let status =
@@ -140,10 +183,11 @@ impl UnixAttestor {
             .and_then(|f| f.split_whitespace().nth(1))
             .and_then(|v| v.parse::<u32>().ok());
         if euid != Some(caller.uid) {
-            return Err(ApiError::Attestation(format!(
-                "process {pid} runs as uid {euid:?} but connected as uid {}; refusing (PID reused or credentials changed)",
-                caller.uid
-            )));
+            return Err(AttestationError::UidChanged {
+                pid,
+                euid,
+                uid: caller.uid,
+            });
         }
         if inner.need_supplementary_groups {
             for gid in status_field(&status, "Groups:")
@@ -173,9 +217,7 @@ impl UnixAttestor {
         }
 
         if start_time(&proc_dir).map_err(|e| gone("stat", e))? != started {
-            return Err(ApiError::Attestation(format!(
-                "process {pid} was replaced during attestation (PID reused); refusing"
-            )));
+            return Err(AttestationError::Replaced { pid });
         }
         Ok(selectors)
     }
@@ -218,12 +260,13 @@ impl WorkloadAttestor for UnixAttestor {
     async fn attest(&self, caller: Caller) -> Result<Selectors, ApiError> {
         if !self.needs_blocking_io() {
             // Peer credentials only: no I/O, no thread hop.
-            return self.attest_blocking(caller);
+            return Ok(self.attest_blocking(caller)?);
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.attest_blocking(caller))
+        let attested = tokio::task::spawn_blocking(move || this.attest_blocking(caller))
             .await
-            .map_err(|e| ApiError::Attestation(format!("attestation task failed: {e}")))?
+            .map_err(AttestationError::Task)?;
+        Ok(attested?)
     }
 }
 

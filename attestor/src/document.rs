@@ -149,6 +149,7 @@ impl CoseSign1 {
     }
 
     /// Encodes an untagged COSE_Sign1 with an empty unprotected header, as NSM does.
+    #[cfg(feature = "fake")]
     pub(crate) fn encode(&self) -> Vec<u8> {
         let value = Value::Array(vec![
             Value::Bytes(self.protected.clone()),

@@ -15,6 +15,7 @@
 //! `fn(document, policy, time) -> Result`.
 //!
 //! ```
+//! # #[cfg(feature = "fake")] {
 //! use enclaveid_attestor::{AttestationRequest, Attestor, FakeAttestor, FakeConfig, Policy, Verifier, VerifyAt};
 //!
 //! let attestor = FakeAttestor::new(FakeConfig::default()).unwrap();
@@ -25,16 +26,20 @@
 //! let policy = Policy { nonce: Some(b"challenge".to_vec()), ..Policy::default() };
 //! let verified = verifier.verify(&document, &policy, VerifyAt::Time(std::time::SystemTime::now())).unwrap();
 //! assert_eq!(verified.pcrs.len(), 16);
+//! # }
 //! ```
 //!
 //! | feature | what it adds |
 //! | --- | --- |
 //! | `nsm` | `NsmAttestor`, through AWS's `aws-nitro-enclaves-nsm-api` |
+//! | `fake` | `FakeAttestor`, documents signed under a generated root (development and tests; pulls in rcgen) |
 
 #![forbid(unsafe_code)]
 
 mod document;
+#[cfg(feature = "fake")]
 mod fake;
+mod fake_config;
 #[cfg(feature = "nsm")]
 mod nsm;
 mod verify;
@@ -44,7 +49,9 @@ use std::time::{Duration, SystemTime};
 pub use document::{
     MAX_DOCUMENT_BYTES, MAX_NONCE_BYTES, MAX_PUBLIC_KEY_BYTES, MAX_USER_DATA_BYTES, Payload,
 };
-pub use fake::{FakeAttestor, FakeConfig, FakeRoot};
+#[cfg(feature = "fake")]
+pub use fake::FakeAttestor;
+pub use fake_config::{FakeConfig, FakeRoot};
 #[cfg(feature = "nsm")]
 pub use nsm::{NSM_DEVICE, NsmAttestor};
 pub use verify::{

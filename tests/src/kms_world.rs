@@ -108,7 +108,7 @@ impl World {
     /// The key-material JSON for `issued` with `key_pem` encrypted as its key.
     pub fn material_with_key(&self, issued: &Issued, key_pem: &[u8]) -> Vec<u8> {
         let blob = self.kms.encrypt_to_blob(&self.key_arn, key_pem);
-        enclaveid_agent::kms::material::KeyMaterial::new(
+        enclaveid_checks::material::KeyMaterial::new(
             issued.cert_pem.clone(),
             self.pca.root_pem.clone(),
             &blob,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 /// The `enclaveid` binary, built once per test run with the same profile as the tests.
 pub fn enclaveid_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_bin("enclaveid-agent", "enclaveid"))
+    BIN.get_or_init(|| workspace_bin("enclaveid-cli", "enclaveid"))
 }
 
 /// The `enclaveid-nitro-attestor` binary (the SPIRE plugins), built like

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
-use enclaveid_agent::kms::cms::{EnvelopedData, RecipientKey};
+use enclaveid_checks::cms::{EnvelopedData, RecipientKey};
 use enclaveid_tests::fake_kms::cms::envelope;
 
 fn fixture(name: &str) -> Vec<u8> {

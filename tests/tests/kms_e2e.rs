@@ -243,7 +243,7 @@ async fn kms_refuses_a_tampered_ciphertext() {
             .encrypt_to_blob(&world.key_arn, ca.key_pem.as_bytes());
         let last = blob.len() - 1;
         blob[last] ^= 0x01;
-        let material = enclaveid_agent::kms::material::KeyMaterial::new(
+        let material = enclaveid_checks::material::KeyMaterial::new(
             ca.cert_pem.clone(),
             world.pca.root_pem.clone(),
             &blob,
@@ -637,7 +637,7 @@ async fn kms_jwt_key_from_another_ca_is_refused_and_x509_goes_on() {
     // A hostile host slips in a JWT key certified by a CA the enclave does not trust.
     let foreign = TestPca::new("hostile CA");
     let jwt = foreign.issue_for(jwt_profile(), DAY);
-    let material = enclaveid_agent::kms::material::KeyMaterial::new(
+    let material = enclaveid_checks::material::KeyMaterial::new(
         jwt.cert_pem.clone(),
         foreign.root_pem.clone(),
         &world

@@ -102,7 +102,7 @@ pub enum Error {
     /// The caller could not be attested: its process went away, `/proc` could not be
     /// read, or the connection carries no peer credentials (a TCP transport).
     #[error("workload attestation failed: {0}")]
-    Attestation(String),
+    Attestation(Box<dyn std::error::Error + Send + Sync>),
 }
 
 // === Snapshot ===

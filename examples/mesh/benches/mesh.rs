@@ -26,12 +26,16 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use enclaveid_agent::transport::Address;
+#[path = "../examples/demo/world.rs"]
+#[allow(dead_code, reason = "the demo's world; the benchmark uses part of it")]
+mod world;
+
 use enclaveid_attestor::{Policy, Verifier, VerifyAt};
-use mesh::demo::{Mesh, Transport};
+use enclaveid_io::{Address, AddressExt as _};
 use mesh::inference;
 use mesh::wire::{self, Request, Response};
 use tokio_util::sync::CancellationToken;
+use world::{Mesh, Transport};
 
 struct Stats {
     per_second: f64,

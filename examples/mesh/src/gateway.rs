@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use enclaveid_agent::transport::{Address, Stream};
+use enclaveid_io::{Address, AddressExt as _, Stream};
 use rustls_pki_types::ServerName;
 use spiffe::{SpiffeId, X509Source};
 use tokio::sync::Mutex;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use enclaveid_agent::transport::{Listener, Stream};
+use enclaveid_io::{Listener, Stream};
 use spiffe::X509Source;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;

@@ -8,19 +8,35 @@
 //! handshake. Peers' chains are also checked against CRLs ([`tls::CrlFiles`]).
 //!
 //! The inference service's model key is a KMS ciphertext that only the attested inference
-//! enclave can open ([`enclaveid_agent::kms::release`]). [`demo`] runs all of it on one
-//! machine: the fake KMS, a host, three agents, both services and an impostor.
+//! enclave can open ([`enclaveid_agent::Release`]). The demo (`cargo run -p mesh --example
+//! demo`) runs all of it on one machine: the fake KMS, a host, three agents, both services
+//! and an impostor.
 //!
-//! Addresses are the agent's ([`enclaveid_agent::transport::Address`]): `vsock://CID:PORT`
-//! in an enclave, `tcp://HOST:PORT` or `unix:///PATH` elsewhere.
+//! What it uses of EnclaveID is a small surface: addresses and sockets
+//! ([`enclaveid_io::Address`]: `vsock://CID:PORT` in an enclave, `tcp://HOST:PORT` or
+//! `unix:///PATH` elsewhere), peer CRL checks
+//! ([`enclaveid_checks::revocation::RevocationLists`]) and KMS release
+//! ([`enclaveid_agent::Release`]). Everything else comes from the Workload API.
 
 #![forbid(unsafe_code)]
 
-pub mod demo;
 pub mod gateway;
 pub mod inference;
 pub mod tls;
 pub mod wire;
+
+/// Installs the log subscriber of the mesh's programs (`mesh`, the demo): stderr, filtered
+/// by `MESH_LOG` (default `error`; the demo's agents use the fake attestor, which warns
+/// about it at every start, and `MESH_LOG=warn` shows those too).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .init();
+}
 
 /// Errors of the mesh services.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +56,16 @@ pub enum Error {
     Protocol(String),
     /// A bad option: the message names it, the value and what is accepted.
     #[error("{0}")]
-    Config(String),
-    /// An agent-side operation (transport, KMS release, agent start) failed.
+    Usage(String),
+    /// KMS did not release the model key to this enclave.
+    #[error("opening the model key with KMS")]
+    Release(#[from] enclaveid_agent::ReleaseError),
+    /// This enclave's attestor could not be opened.
     #[error(transparent)]
-    Agent(#[from] enclaveid_agent::Error),
+    Enclave(#[from] enclaveid_agent::EnclaveError),
+    /// The agent's configuration could not be read.
+    #[error(transparent)]
+    Config(#[from] enclaveid_agent::ConfigError),
     /// The network or a file.
     #[error("{0}")]
     Io(#[from] std::io::Error),

@@ -1,12 +1,13 @@
-//! `mesh`: the gateway and inference services, and the one-command demo.
+//! `mesh`: the gateway and inference services. The one-command demo is an example of
+//! this package (`cargo run --release -p mesh --example demo`): it links the fake KMS and
+//! the host, which this binary, deployed in enclaves, does not.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use enclaveid_agent::transport::Address;
-use mesh::demo::{self, Options, Transport};
+use enclaveid_io::{Address, AddressExt as _};
 use mesh::gateway::Gateway;
 use mesh::inference::Inference;
 use mesh::tls::{self, CrlFiles};
@@ -23,15 +24,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run everything on this machine without AWS (fake KMS, fake attestor, three agents)
-    /// and show it working; exits 0 when every check passed.
+    /// The demo moved: `cargo run --release -p mesh --example demo`.
+    #[command(hide = true)]
     Demo {
-        /// How the services talk: unix or tcp.
-        #[arg(long, default_value = "unix")]
-        transport: Transport,
-        /// Concurrent senders during the rotation under load.
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        rest: Vec<String>,
     },
     /// The inference service: accept the gateway over mTLS and answer prompts.
     Inference {
@@ -104,9 +101,10 @@ impl ModelKeyRelease {
         self,
         ciphertext: &std::path::Path,
     ) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
-        use enclaveid_agent::config::{AttestorConfig, AttestorKind, Config, Upstream};
-        use enclaveid_agent::kms::release::Release;
-        use enclaveid_agent::kms::remote::{HostClient, KmsEndpoint};
+        use enclaveid_agent::Release;
+        use enclaveid_agent::config::{
+            AttestorConfig, AttestorKind, Config, KmsEndpoint, Upstream,
+        };
         let blob = std::fs::read(ciphertext)
             .with_context(|| format!("--model-key-ciphertext {}", ciphertext.display()))?;
         let (attestor, kms) = match &self.agent_config {
@@ -146,7 +144,7 @@ impl ModelKeyRelease {
             (None, None) => KmsEndpoint::for_region(&region),
         };
         let enclave = enclaveid_agent::Enclave::open(&attestor)?;
-        let release = Release::new(enclave, HostClient::new(host), endpoint, region);
+        let release = Release::new(enclave, host, endpoint, region);
         release
             .decrypt(&blob)
             .await
@@ -156,15 +154,7 @@ impl ModelKeyRelease {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            // The demo's agents use the fake attestor, which warns about it at every
-            // start; MESH_LOG=warn shows those too.
-            tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .init();
+    mesh::init_tracing();
     match run(Cli::parse()).await {
         Ok(code) => code,
         Err(error) => {
@@ -180,29 +170,15 @@ async fn main() -> ExitCode {
 )]
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Demo {
-            transport,
-            concurrency,
-        } => {
-            let options = Options {
-                transport,
-                concurrency,
-                ..Options::default()
-            };
-            let say = |line: &str| println!("{line}");
-            let report = demo::run(&options, &say).await?;
-            let gateway = format!("spiffe://{}/gateway", demo::TRUST_DOMAIN);
-            let inference = format!("spiffe://{}/inference", demo::TRUST_DOMAIN);
-            let problems = report.problems((&gateway, &inference));
-            if problems.is_empty() {
-                println!("demo: every check passed");
-                Ok(ExitCode::SUCCESS)
-            } else {
-                for problem in &problems {
-                    println!("FAILED: {problem}");
-                }
-                Ok(ExitCode::FAILURE)
-            }
+        Command::Demo { rest } => {
+            let mut err = std::io::stderr().lock();
+            use std::io::Write as _;
+            writeln!(
+                err,
+                "mesh: the demo is an example of this package now (it links the fake KMS, which the mesh binary does not): cargo run --release -p mesh --example demo -- {}",
+                rest.join(" ")
+            )?;
+            Ok(ExitCode::from(64))
         }
         Command::Inference {
             listen,

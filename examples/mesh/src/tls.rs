@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use enclaveid_agent::revocation::RevocationLists;
+use enclaveid_checks::revocation::RevocationLists;
 use rustls_pki_types::CertificateDer;
 use spiffe::{SpiffeId, X509Source};
 
@@ -29,12 +29,12 @@ pub async fn source(endpoint: &str) -> Result<X509Source, Error> {
 /// Parses an allow-list of SPIFFE IDs.
 pub fn allow_list(ids: &[String]) -> Result<spiffe_rustls::authorizer::Exact, Error> {
     if ids.is_empty() {
-        return Err(Error::Config(
+        return Err(Error::Usage(
             "the allow-list is empty; name at least one peer SPIFFE ID (spiffe://TD/PATH)".into(),
         ));
     }
     spiffe_rustls::authorizer::exact(ids.iter().map(String::as_str)).map_err(|e| {
-        Error::Config(format!(
+        Error::Usage(format!(
             "allow-list {ids:?}: {e}; accepted: SPIFFE IDs such as spiffe://example.org/gateway"
         ))
     })

@@ -7,10 +7,15 @@
     reason = "test helpers: a failed step must fail the test loudly"
 )]
 
+#[path = "../examples/demo/world.rs"]
+#[allow(dead_code, reason = "the demo's world; the tests use part of it")]
+mod world;
+
 use std::time::Duration;
 
-use mesh::demo::{self, Mesh, Options, Report, TRUST_DOMAIN, Transport};
+use enclaveid_io::AddressExt as _;
 use mesh::inference;
+use world::{Mesh, Options, Report, TRUST_DOMAIN, Transport};
 
 fn ids() -> (String, String) {
     (
@@ -25,7 +30,7 @@ async fn run(transport: Transport) -> Report {
         concurrency: 4,
         load_phase: Duration::from_millis(600),
     };
-    demo::run(&options, &|line| eprintln!("{line}"))
+    world::run(&options, &|line| eprintln!("{line}"))
         .await
         .unwrap()
 }
@@ -128,7 +133,7 @@ async fn the_model_key_opens_only_in_the_inference_enclave() {
         "the same key each time KMS releases it"
     );
     for refused in [&mesh.gateway, &mesh.impostor] {
-        let error = mesh.open_model_key(refused).await.unwrap_err().to_string();
+        let error = format!("{:#}", mesh.open_model_key(refused).await.unwrap_err());
         assert!(error.contains("AccessDeniedException"), "{error}");
         // The refusal names this enclave's measurement, to compare with the key policy.
         assert!(
@@ -150,10 +155,11 @@ async fn the_model_key_opens_only_in_the_inference_enclave() {
     mesh.shutdown().await;
 }
 
+/// The README's command: the demo example, run as built, exits 0 and says so.
 #[test]
 fn the_readme_demo_command_exits_zero() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(["demo", "--transport", "tcp", "--concurrency", "2"])
+    let output = std::process::Command::new(demo_example())
+        .args(["--transport", "tcp", "--concurrency", "2"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -164,6 +170,26 @@ fn the_readme_demo_command_exits_zero() {
     );
     assert!(stdout.contains("demo: every check passed"), "{stdout}");
     assert!(stdout.contains("spiffe://mesh.demo/inference"), "{stdout}");
+}
+
+/// The demo example, which `cargo test` builds with the tests:
+/// target/<profile>/examples/demo.
+fn demo_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(std::path::Path::parent).unwrap();
+    profile_dir.join("examples/demo")
+}
+
+/// The old spelling, `mesh demo`, says where the demo went instead of failing obscurely.
+#[test]
+fn mesh_demo_points_to_the_example() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["demo", "--transport", "tcp"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--example demo"), "{stderr}");
 }
 
 #[test]
@@ -258,7 +284,7 @@ async fn the_inference_binary_opens_its_model_key_with_kms() {
     let gateway = mesh::gateway::Gateway::new(
         mesh.gateway.source.clone(),
         std::slice::from_ref(&mesh.inference.id),
-        enclaveid_agent::transport::Address::Unix(listen.clone()),
+        enclaveid_io::Address::Unix(listen.clone()),
         mesh::tls::CrlFiles::default(),
     )
     .unwrap();

@@ -1,0 +1,135 @@
+//! `enclaveid host`: the parent instance's side of the `kms` upstream.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use enclaveid_host::{Host, HostConfig, MaterialSource, ObjectLocation};
+use enclaveid_io::{Address, AddressExt as _};
+
+use crate::UsageError;
+
+/// Serve an enclave its key material, AWS credentials, a KMS tunnel and the CRL.
+///
+/// Runs on the parent EC2 instance, which the enclave does not trust: the enclave checks
+/// everything it is given (the certificate chains to its own Private CA root; only KMS,
+/// to the enclave's attestation, releases the key). AWS credentials and region come from
+/// the usual AWS environment (AWS_* variables, profile, instance role).
+#[derive(Args)]
+pub(crate) struct HostArgs {
+    /// Where to listen: vsock://any:PORT on the parent instance; tcp://HOST:PORT or
+    /// unix:///PATH to run both sides on one machine.
+    #[arg(long, value_name = "ADDRESS", default_value = "vsock://any:8090")]
+    listen: String,
+    /// The key-material object: s3://BUCKET/KEY (as `enclaveid provision` writes it) or
+    /// file:///PATH. Without it (and without --acm-certificate-arn) the host serves only
+    /// credentials and the KMS tunnel, for enclaves that decrypt their own secrets.
+    #[arg(long, value_name = "LOCATION", conflicts_with = "acm_certificate_arn")]
+    material: Option<String>,
+    /// Read the object ACM for Nitro Enclaves writes for this certificate instead:
+    /// s3://PARTITION-ec2-enclave-certificate-REGION-prod/ROLE_ARN/CERTIFICATE_ARN.
+    #[arg(long, value_name = "ARN", requires = "role_arn")]
+    acm_certificate_arn: Option<String>,
+    /// The IAM role the ACM certificate is associated with (with --acm-certificate-arn).
+    #[arg(long, value_name = "ARN", requires = "acm_certificate_arn")]
+    role_arn: Option<String>,
+    /// The Private CA's CRL: s3://BUCKET/crl/CA_ID.crl (as Private CA publishes it) or
+    /// file:///PATH. Without it the host answers "no CRL", which an enclave with
+    /// require_crl = true (the default) refuses.
+    #[arg(long, value_name = "LOCATION")]
+    crl: Option<String>,
+    /// The JWT-SVID signing key's material (`enclaveid provision jwt-key`): s3://BUCKET/KEY
+    /// or file:///PATH. Without it the enclave signs no JWT-SVID.
+    #[arg(long, value_name = "LOCATION")]
+    jwt_material: Option<String>,
+    /// HOST:PORT the KMS tunnel may reach; repeatable. Default kms.REGION.amazonaws.com:443.
+    #[arg(long = "kms-endpoint", value_name = "HOST:PORT")]
+    kms_endpoints: Vec<String>,
+    /// The AWS region. Default: from the AWS environment (AWS_REGION, profile, IMDS).
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+    /// An S3 endpoint URL instead of AWS's, with path-style addressing (test servers
+    /// such as moto).
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+}
+
+pub(crate) async fn run(
+    args: HostArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<ExitCode> {
+    let usage = UsageError;
+    let listen: Address = args
+        .listen
+        .parse()
+        .map_err(|e| usage(format!("--listen {e}")))?;
+    let location = |flag: &str, value: &str| {
+        value
+            .parse::<ObjectLocation>()
+            .map_err(|e| usage(format!("--{flag} {e}")))
+    };
+    let material = match (&args.material, args.acm_certificate_arn, args.role_arn) {
+        (Some(material), _, _) => Some(MaterialSource::Object(location("material", material)?)),
+        (None, Some(certificate_arn), Some(role_arn)) => Some(MaterialSource::Acm {
+            certificate_arn,
+            role_arn,
+        }),
+        (None, None, None) => None,
+        _ => {
+            return Err(usage("--acm-certificate-arn and --role-arn go together".into()).into());
+        }
+    };
+    let crl = args
+        .crl
+        .as_deref()
+        .map(|c| location("crl", c))
+        .transpose()?;
+    let mut kms_endpoints = args.kms_endpoints;
+    for endpoint in &kms_endpoints {
+        let port = endpoint.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+        if !matches!(port, Some(Ok(_))) {
+            return Err(usage(format!(
+                "--kms-endpoint {endpoint:?} is not HOST:PORT, such as kms.eu-west-1.amazonaws.com:443"
+            ))
+            .into());
+        }
+    }
+    if kms_endpoints.is_empty()
+        && let Some(region) = &args.region
+    {
+        kms_endpoints.push(format!("kms.{region}.amazonaws.com:443"));
+    }
+    let mut config = HostConfig {
+        material,
+        crl,
+        kms_endpoints,
+        region: args.region,
+        s3_endpoint: args.s3_endpoint,
+        credentials: None,
+        jwt_material: args
+            .jwt_material
+            .as_deref()
+            .map(|l| location("jwt-material", l))
+            .transpose()?,
+    };
+    if config.kms_endpoints.is_empty() {
+        // The region from the AWS environment names the endpoint.
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let region = sdk
+            .region()
+            .context("no AWS region: pass --region or set AWS_REGION")?;
+        config
+            .kms_endpoints
+            .push(format!("kms.{region}.amazonaws.com:443"));
+    }
+    let endpoints = config.kms_endpoints.join(", ");
+    let host = Host::new(config).await?;
+    let listener = listen
+        .bind()
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_address().unwrap_or(listen);
+    tracing::info!(listen = %bound, kms = %endpoints, "enclaveid host serving");
+    host.serve(listener, shutdown).await;
+    Ok(ExitCode::SUCCESS)
+}

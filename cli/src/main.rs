@@ -1,0 +1,455 @@
+//! `enclaveid`: the EnclaveID agent and its command-line tools, one program for every
+//! side of the trust boundary. This crate only composes: it parses arguments and calls
+//! the agent (`run`, `api`, `healthcheck`, `attest`), the parent instance's host
+//! (`host`, feature `host`) and the operator's tooling (`provision`, feature
+//! `provision`). An enclave image is built without those two:
+//! `cargo build -p enclaveid-cli --no-default-features --features nsm`.
+//!
+//! Thin on purpose: tracing, the version line, the CLI, then library code. Bad
+//! configuration exits 64 (EX_USAGE) before any socket is bound.
+
+#![forbid(unsafe_code)]
+
+mod api;
+mod attest;
+mod health;
+#[cfg(feature = "host")]
+mod host;
+#[cfg(feature = "provision")]
+mod provision;
+mod raw;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use enclaveid_agent::Agent;
+use enclaveid_agent::config::{Config, ConfigError, DEFAULT_SOCKET_PATH};
+
+/// EX_USAGE from sysexits.h: the command or its configuration is wrong.
+const EXIT_USAGE: u8 = 64;
+
+/// The environment variable that selects log levels (EnvFilter syntax).
+const ENV_LOG: &str = "ENCLAVEID_LOG";
+/// `plain` (default) or `json`.
+const ENV_LOG_FORMAT: &str = "ENCLAVEID_LOG_FORMAT";
+/// The SPIFFE-standard variable naming the Workload API endpoint.
+const ENV_ENDPOINT: &str = "SPIFFE_ENDPOINT_SOCKET";
+
+#[derive(Parser)]
+#[command(
+    name = "enclaveid",
+    version,
+    about = "SPIFFE identities for AWS Nitro Enclaves"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: mint SVIDs and serve the SPIFFE Workload API.
+    Run(RunArgs),
+    /// Talk to a running agent through the Workload API.
+    #[command(subcommand)]
+    Api(ApiCommand),
+    /// Exit 0 when the agent answers and serves current SVIDs, 1 otherwise.
+    Healthcheck(HealthcheckArgs),
+    /// Nitro attestation documents: verify one, or make a fake one for development.
+    #[command(subcommand)]
+    Attest(AttestCommand),
+    /// On the parent instance: serve an enclave's `kms` upstream (key material, AWS
+    /// credentials, a KMS tunnel, the CRL).
+    #[cfg(feature = "host")]
+    Host(Box<host::HostArgs>),
+    /// The operator's side: issue material with AWS Private CA, encrypt its key with KMS,
+    /// write it to S3; print the KMS key policy; rotate; revoke.
+    #[cfg(feature = "provision")]
+    #[command(subcommand)]
+    Provision(provision::ProvisionCommand),
+}
+
+#[derive(Subcommand)]
+enum AttestCommand {
+    /// Verify a document and print its fields as JSON (exit 1 with the reason if refused).
+    Verify(Box<attest::VerifyArgs>),
+    /// Write a fake document (development only), signed under a root generated now.
+    #[cfg(feature = "fake")]
+    Fake(Box<attest::FakeArgs>),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct RunArgs {
+    /// The agent's TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Development mode: trust domain enclaveid.dev, a generated CA, an identity for the
+    /// invoking user, a socket in a per-user runtime directory. No file needed.
+    #[arg(long)]
+    dev: bool,
+}
+
+#[derive(Subcommand)]
+enum ApiCommand {
+    /// Fetch once and print (or write) the result.
+    #[command(subcommand)]
+    Fetch(FetchCommand),
+    /// Stream X.509-SVID updates and print each one.
+    Watch(EndpointArgs),
+    /// Validate through the agent.
+    #[command(subcommand)]
+    Validate(ValidateCommand),
+}
+
+#[derive(Subcommand)]
+enum FetchCommand {
+    /// Fetch X.509-SVIDs and trust bundles.
+    X509(FetchX509Args),
+    /// Fetch JWT-SVIDs (one per identity, or the one named) for an audience.
+    Jwt(FetchJwtArgs),
+    /// Fetch the JWT bundles (JWKS per trust domain).
+    JwtBundles(TimeoutArgs),
+    /// Print the trust domain's SPIFFE bundle document (what the bundle endpoint serves),
+    /// to bootstrap a federated server: `spire-server bundle set -format spiffe`.
+    Bundle(FetchBundleArgs),
+}
+
+#[derive(Args)]
+struct FetchBundleArgs {
+    #[command(flatten)]
+    common: TimeoutArgs,
+    /// The trust domain, e.g. example.org.
+    #[arg(long, value_name = "TD", value_parser = |s: &str| spiffe::TrustDomain::new(s).map_err(|e| e.to_string()))]
+    trust_domain: spiffe::TrustDomain,
+}
+
+#[derive(Subcommand)]
+enum ValidateCommand {
+    /// Validate a JWT-SVID for an audience; prints its SPIFFE ID and claims.
+    Jwt(ValidateJwtArgs),
+}
+
+#[derive(Args)]
+struct TimeoutArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Give up after this long (humantime).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct FetchJwtArgs {
+    #[command(flatten)]
+    common: TimeoutArgs,
+    /// An audience the token is for (repeatable, at least one).
+    #[arg(long = "audience", required = true, value_name = "AUDIENCE")]
+    audience: Vec<String>,
+    /// Only this identity's token (one of the caller's SPIFFE IDs).
+    #[arg(long, value_name = "SPIFFE_ID")]
+    spiffe_id: Option<String>,
+}
+
+#[derive(Args)]
+struct ValidateJwtArgs {
+    #[command(flatten)]
+    common: TimeoutArgs,
+    /// The audience the token must carry.
+    #[arg(long, value_name = "AUDIENCE")]
+    audience: String,
+    /// The token.
+    token: String,
+}
+
+#[derive(Args)]
+struct EndpointArgs {
+    /// The Workload API socket: a path or a `unix://` URI. Default: $SPIFFE_ENDPOINT_SOCKET,
+    /// else /run/enclaveid/agent.sock or the `run --dev` socket, whichever exists.
+    #[arg(long, value_name = "SOCKET")]
+    socket: Option<String>,
+}
+
+#[derive(Args)]
+struct FetchX509Args {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Write svid.N.pem, svid.N.key (mode 0600) and bundle.N.pem into this directory, as
+    /// `spire-agent api fetch x509 -write` names them.
+    #[arg(long, value_name = "DIR")]
+    write: Option<PathBuf>,
+    /// Give up after this long (humantime).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct HealthcheckArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Give up after this long (humantime).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("enclaveid: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Api(ApiCommand::Fetch(FetchCommand::X509(args))) => {
+                api::fetch_x509(
+                    &endpoint(&args.endpoint)?,
+                    args.write.as_deref(),
+                    args.timeout,
+                )
+                .await
+            }
+            Command::Api(ApiCommand::Watch(args)) => api::watch(&endpoint(&args)?).await,
+            Command::Api(ApiCommand::Fetch(FetchCommand::Jwt(args))) => {
+                raw::fetch_jwt(
+                    &endpoint(&args.common.endpoint)?,
+                    &args.audience,
+                    args.spiffe_id.as_deref(),
+                    args.common.timeout,
+                )
+                .await
+            }
+            Command::Api(ApiCommand::Fetch(FetchCommand::Bundle(args))) => {
+                raw::fetch_bundle(
+                    &endpoint(&args.common.endpoint)?,
+                    &args.trust_domain,
+                    args.common.timeout,
+                )
+                .await
+            }
+            Command::Api(ApiCommand::Fetch(FetchCommand::JwtBundles(args))) => {
+                raw::fetch_jwt_bundles(&endpoint(&args.endpoint)?, args.timeout).await
+            }
+            Command::Api(ApiCommand::Validate(ValidateCommand::Jwt(args))) => {
+                raw::validate_jwt(
+                    &endpoint(&args.common.endpoint)?,
+                    &args.audience,
+                    &args.token,
+                    args.common.timeout,
+                )
+                .await
+            }
+            Command::Healthcheck(args) => {
+                health::check(&endpoint(&args.endpoint)?, args.timeout).await
+            }
+            Command::Attest(AttestCommand::Verify(args)) => attest::verify(*args),
+            #[cfg(feature = "fake")]
+            Command::Attest(AttestCommand::Fake(args)) => attest::fake(*args),
+            #[cfg(feature = "host")]
+            Command::Host(args) => host::run(*args, shutdown_signal()).await,
+            #[cfg(feature = "provision")]
+            Command::Provision(command) => provision::run(command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            let usage = is_usage(&error);
+            tracing::error!("{error:#}");
+            eprintln!("enclaveid: {error:#}");
+            if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Whether `error` is the operator's input (a flag, the configuration, a file it names),
+/// for exit code 64 (EX_USAGE).
+fn is_usage(error: &anyhow::Error) -> bool {
+    let agent = error
+        .downcast_ref::<enclaveid_agent::Error>()
+        .is_some_and(enclaveid_agent::Error::is_usage);
+    let config = error.downcast_ref::<ConfigError>().is_some();
+    #[cfg(feature = "host")]
+    let host = error.downcast_ref::<enclaveid_host::HostError>().is_some();
+    #[cfg(not(feature = "host"))]
+    let host = false;
+    #[cfg(feature = "provision")]
+    let provision = error
+        .downcast_ref::<enclaveid_provision::ProvisionError>()
+        .is_some_and(enclaveid_provision::ProvisionError::is_usage);
+    #[cfg(not(feature = "provision"))]
+    let provision = false;
+    agent || config || host || provision || error.downcast_ref::<UsageError>().is_some()
+}
+
+/// A flag whose value is not accepted; the message names the flag, the value and what is
+/// accepted.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        git = option_env!("ENCLAVEID_GIT_SHA").unwrap_or("unknown"),
+        "enclaveid starting"
+    );
+    let uid = nix::unistd::geteuid().as_raw();
+    let config = match &args.config {
+        Some(path) => {
+            // An unreadable config file is a usage error too.
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            Config::from_toml(&text, &path.display().to_string())?
+        }
+        None => {
+            let socket = enclaveid_agent::dev_socket_path(uid);
+            let config = Config::dev(uid, socket.clone())?;
+            check_dev_dir(&socket, uid)?;
+            config
+        }
+    };
+    let agent = Agent::start(config)?;
+    if args.dev {
+        let socket = agent.socket_path().display().to_string();
+        let mut out = std::io::stdout().lock();
+        use std::io::Write as _;
+        writeln!(
+            out,
+            "EnclaveID dev agent: trust domain enclaveid.dev, identity spiffe://enclaveid.dev/uid/{uid}\n\
+             Workload API socket: {socket}\n\n\
+             In another shell:\n  export {ENV_ENDPOINT}=unix://{socket}\n  enclaveid api fetch x509 --write ./svid\n"
+        )?;
+        out.flush()?;
+    }
+    // SIGHUP forces a rotation: every SVID is re-minted now.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            let renewer = agent.renewer();
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    renewer.renew_now();
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "cannot watch SIGHUP; forced rotation is off"),
+    }
+    agent.serve(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `--dev` socket may live under /tmp, where another user could have created the
+/// directory first; refuse one that is not ours.
+fn check_dev_dir(socket: &std::path::Path, uid: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(dir) = socket.parent()
+        && let Ok(meta) = std::fs::symlink_metadata(dir)
+        && (!meta.is_dir() || meta.uid() != uid)
+    {
+        anyhow::bail!(
+            "{} is not a directory owned by uid {uid}; remove it or use `enclaveid run --config`",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The Workload API endpoint as a URI: `--socket`, else `SPIFFE_ENDPOINT_SOCKET`, else
+/// the first existing of the default and the dev socket.
+fn endpoint(args: &EndpointArgs) -> anyhow::Result<String> {
+    let from_env = std::env::var(ENV_ENDPOINT).ok().filter(|v| !v.is_empty());
+    if let Some(value) = args.socket.clone().or(from_env) {
+        return Ok(if value.starts_with('/') {
+            format!("unix://{value}")
+        } else {
+            value
+        });
+    }
+    let candidates = [
+        PathBuf::from(DEFAULT_SOCKET_PATH),
+        enclaveid_agent::dev_socket_path(nix::unistd::geteuid().as_raw()),
+    ];
+    candidates
+        .iter()
+        .find(|path| path.exists())
+        .map(|path| format!("unix://{}", path.display()))
+        .with_context(|| {
+            format!(
+                "no Workload API socket found at {} or {}; pass --socket or set {ENV_ENDPOINT}",
+                candidates[0].display(),
+                candidates[1].display()
+            )
+        })
+}
+
+/// `future`'s output, or an error naming `endpoint` when it takes longer than `timeout`.
+/// The socket path of a `unix://` endpoint.
+fn unix_path(endpoint: &str) -> anyhow::Result<String> {
+    Ok(endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .with_context(|| format!("the Workload API is on a unix socket; {endpoint} is not one"))?
+        .to_owned())
+}
+
+async fn within<T>(
+    timeout: Duration,
+    endpoint: &str,
+    future: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(timeout, future)
+        .await
+        .with_context(|| {
+            format!(
+                "no answer from {endpoint} within {}",
+                humantime::format_duration(timeout)
+            )
+        })
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("warn,enclaveid=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if std::env::var(ENV_LOG_FORMAT).is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
