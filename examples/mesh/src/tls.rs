@@ -104,7 +104,7 @@ impl CrlFiles {
             match std::fs::read(path) {
                 Ok(bytes) => lists
                     .add(&bytes, &path.display().to_string())
-                    .map_err(|e| Error::Revoked(e.to_string()))?,
+                    .map_err(|e| Error::Revoked(enclaveid_checks::Chain(&e).to_string()))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(Error::Revoked(format!(
@@ -124,6 +124,6 @@ impl CrlFiles {
             .collect();
         lists
             .check_chain(chain, &roots, SystemTime::now())
-            .map_err(|e| Error::Revoked(e.to_string()))
+            .map_err(|e| Error::Revoked(enclaveid_checks::Chain(&e).to_string()))
     }
 }
