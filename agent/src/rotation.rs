@@ -85,7 +85,7 @@ pub(crate) struct Rotator {
     jwt_updates: Option<mpsc::Receiver<Option<JwtKey>>>,
 }
 
-/// Asks a running [`Rotator`] to re-mint every SVID now (see [`Renewer::renew_now`]).
+/// Asks the running agent to re-mint every SVID now (see [`Renewer::renew_now`]).
 #[derive(Clone, Debug)]
 pub struct Renewer(Arc<tokio::sync::Notify>);
 
