@@ -138,8 +138,8 @@ impl Authority {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.subject_alt_names = vec![uri(&trust_domain.id_string())?];
         params.serial_number = Some(random_serial());
-        let not_before = now - BACKDATE;
-        let not_after = now + DEV_CA_VALIDITY;
+        let not_before = crate::time::earlier_wall(now, BACKDATE);
+        let not_after = crate::time::later_wall(now, DEV_CA_VALIDITY);
         params.not_before = OffsetDateTime::from(not_before);
         params.not_after = OffsetDateTime::from(not_after);
         let cert = params.self_signed(&key).map_err(|source| MintError::Sign {
@@ -293,8 +293,8 @@ impl Authority {
             });
         }
         let key = SigningKey::generate_p256()?;
-        let not_after = (now + entry.ttl).min(self.not_after);
-        let not_before = (now - BACKDATE).max(self.not_before);
+        let not_after = crate::time::later_wall(now, entry.ttl).min(self.not_after);
+        let not_before = crate::time::earlier_wall(now, BACKDATE).max(self.not_before);
 
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();

@@ -17,6 +17,10 @@
 //! #      kms_endpoint = "https://kms.REGION.amazonaws.com"  (default)
 //! #      resync_interval = "10m"                            (default)
 //! #      require_crl = true                                 (default)
+//! #      crl_max_age = "1h"                                 (default) material is withdrawn
+//! #        after this long without a current, verified CRL
+//! #      sync_timeout = "1m"                                (default) a sync that takes
+//! #        longer (a stalled host or KMS) fails
 //! #      crl_export_path = "/run/enclaveid/crl.pem"         (optional) the CRL checked,
 //! #        written (0644, atomic) for workloads that check their peers' chains
 //! [attestor]
@@ -192,6 +196,10 @@ pub const DEFAULT_JWT_KEY_ROTATION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_SVID_TTL: Duration = Duration::from_secs(3600);
 /// The shortest lifetime accepted: rotation happens at half of it.
 pub const MIN_TTL: Duration = Duration::from_secs(5);
+/// The longest duration any key accepts: a year and a day. Longer lifetimes have no use
+/// for SVIDs or keys that rotate, and every instant the agent computes from a configured
+/// duration stays far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// A checked configuration.
 #[derive(Clone, Debug)]
@@ -212,6 +220,30 @@ pub struct Config {
     pub entries: Vec<Entry>,
     /// The SPIFFE bundle endpoint, if the trust domain is federated.
     pub bundle_endpoint: Option<BundleEndpoint>,
+    /// What one caller may take of the Workload API (`[limits]`).
+    pub limits: LimitsConfig,
+}
+
+/// The `[limits]` table: per-caller limits of the Workload API, and of what attesting a
+/// caller may cost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Connections, streams, call rate, idle timeout and cache budget.
+    pub api: enclaveid_workload_api::Limits,
+    /// The largest executable hashed for `unix:sha256` selectors.
+    pub max_executable_bytes: u64,
+}
+
+/// The largest executable hashed for a `unix:sha256` selector by default.
+pub const DEFAULT_MAX_EXECUTABLE_BYTES: u64 = 256 * 1024 * 1024;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            api: enclaveid_workload_api::Limits::default(),
+            max_executable_bytes: DEFAULT_MAX_EXECUTABLE_BYTES,
+        }
+    }
 }
 
 /// A SPIFFE bundle endpoint (SPIFFE Trust Domain and Bundle, §5): the trust domain's
@@ -245,6 +277,10 @@ pub enum EndpointProfile {
 pub const DEFAULT_HOST: &str = "vsock://3:8090";
 /// How often the `kms` upstream re-fetches its material by default.
 pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(600);
+/// How long material stays in service without a current, verified CRL by default.
+pub const DEFAULT_CRL_MAX_AGE: Duration = Duration::from_secs(3600);
+/// How long one sync may take by default.
+pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The source of the CA that signs SVIDs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,6 +307,11 @@ pub struct KmsConfig {
     pub resync_interval: Duration,
     /// Refuse material when the host offers no CRL.
     pub require_crl: bool,
+    /// With `require_crl`: how long material stays in service without a current,
+    /// verified CRL (the host withholding CRLs cannot keep revoked material served).
+    pub crl_max_age: Duration,
+    /// A sync that does not finish in this long fails (the host or KMS stalled).
+    pub sync_timeout: Duration,
     /// Where to write the CRL each sync checked (PEM), for workloads to check peers with.
     pub crl_export_path: Option<PathBuf>,
 }
@@ -426,6 +467,21 @@ struct RawConfig {
     #[serde(default, rename = "entry")]
     entries: Vec<RawEntry>,
     bundle_endpoint: Option<RawBundleEndpoint>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<u64>,
+    max_connections_per_uid: Option<u64>,
+    max_streams_per_connection: Option<u64>,
+    max_streams_per_uid: Option<u64>,
+    calls_per_second_per_uid: Option<u64>,
+    call_burst_per_uid: Option<u64>,
+    idle_timeout: Option<String>,
+    token_cache_bytes: Option<u64>,
+    max_executable_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -452,6 +508,8 @@ struct RawUpstream {
     resync_interval: Option<String>,
     require_crl: Option<bool>,
     crl_export_path: Option<PathBuf>,
+    crl_max_age: Option<String>,
+    sync_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -526,6 +584,8 @@ impl Config {
             ("kms_endpoint", up.kms_endpoint.is_some()),
             ("resync_interval", up.resync_interval.is_some()),
             ("require_crl", up.require_crl.is_some()),
+            ("crl_max_age", up.crl_max_age.is_some()),
+            ("sync_timeout", up.sync_timeout.is_some()),
             ("crl_export_path", up.crl_export_path.is_some()),
         ];
         let dev_keys = [
@@ -658,6 +718,11 @@ impl Config {
                 .bundle_endpoint
                 .map(|b| parse_bundle_endpoint(b, &entries, &invalid))
                 .transpose()?,
+            limits: raw
+                .limits
+                .map(|l| parse_limits(l, &invalid))
+                .transpose()?
+                .unwrap_or_default(),
             entries,
         })
     }
@@ -684,6 +749,7 @@ impl Config {
             svid_ttl: DEFAULT_SVID_TTL,
             jwt_key_rotation: DEFAULT_JWT_KEY_ROTATION,
             bundle_endpoint: None,
+            limits: LimitsConfig::default(),
             upstream: Upstream::Dev(None),
             attestor: AttestorConfig {
                 kind: AttestorKind::Fake(enclaveid_attestor::FakeConfig::default()),
@@ -756,6 +822,18 @@ fn parse_kms(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<KmsConfig, Confi
         kms_endpoint,
         resync_interval,
         require_crl: raw.require_crl.unwrap_or(true),
+        crl_max_age: match &raw.crl_max_age {
+            Some(value) => {
+                parse_ttl(value).map_err(|why| invalid("upstream.crl_max_age", value, &why))?
+            }
+            None => DEFAULT_CRL_MAX_AGE,
+        },
+        sync_timeout: match &raw.sync_timeout {
+            Some(value) => {
+                parse_ttl(value).map_err(|why| invalid("upstream.sync_timeout", value, &why))?
+            }
+            None => DEFAULT_SYNC_TIMEOUT,
+        },
         crl_export_path: match raw.crl_export_path {
             Some(path) if !path.is_absolute() => {
                 return Err(invalid(
@@ -819,6 +897,77 @@ fn parse_bundle_endpoint(
         profile,
         refresh_hint,
     })
+}
+
+fn parse_limits(raw: RawLimits, invalid: &Invalid<'_>) -> Result<LimitsConfig, ConfigError> {
+    let mut limits = LimitsConfig::default();
+    // Every count is at least 1 (0 would refuse every caller) and fits the type it ends
+    // up in; the upper bounds keep a typo from disabling a limit.
+    let count = |key: &str, value: Option<u64>, default: u64, max: u64| match value {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(invalid(
+            &format!("limits.{key}"),
+            &n,
+            &format!("accepted: 1 to {max}"),
+        )),
+    };
+    let api = &mut limits.api;
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let to_u32 = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    api.max_connections = to_usize(count(
+        "max_connections",
+        raw.max_connections,
+        api.max_connections as u64,
+        1 << 20,
+    )?);
+    api.max_connections_per_uid = to_usize(count(
+        "max_connections_per_uid",
+        raw.max_connections_per_uid,
+        api.max_connections_per_uid as u64,
+        1 << 20,
+    )?);
+    api.max_streams_per_connection = to_usize(count(
+        "max_streams_per_connection",
+        raw.max_streams_per_connection,
+        api.max_streams_per_connection as u64,
+        1 << 20,
+    )?);
+    api.max_streams_per_uid = to_usize(count(
+        "max_streams_per_uid",
+        raw.max_streams_per_uid,
+        api.max_streams_per_uid as u64,
+        1 << 24,
+    )?);
+    api.calls_per_second_per_uid = to_u32(count(
+        "calls_per_second_per_uid",
+        raw.calls_per_second_per_uid,
+        u64::from(api.calls_per_second_per_uid),
+        1 << 20,
+    )?);
+    api.call_burst_per_uid = to_u32(count(
+        "call_burst_per_uid",
+        raw.call_burst_per_uid,
+        u64::from(api.call_burst_per_uid),
+        1 << 20,
+    )?);
+    api.token_cache_bytes = to_usize(count(
+        "token_cache_bytes",
+        raw.token_cache_bytes,
+        api.token_cache_bytes as u64,
+        1 << 32,
+    )?);
+    if let Some(value) = &raw.idle_timeout {
+        api.idle_timeout =
+            parse_ttl(value).map_err(|why| invalid("limits.idle_timeout", value, &why))?;
+    }
+    limits.max_executable_bytes = count(
+        "max_executable_bytes",
+        raw.max_executable_bytes,
+        limits.max_executable_bytes,
+        1 << 40,
+    )?;
+    Ok(limits)
 }
 
 fn parse_attestor(raw: RawAttestor, invalid: &Invalid<'_>) -> Result<AttestorConfig, ConfigError> {
@@ -919,6 +1068,13 @@ fn parse_ttl(value: &str) -> Result<Duration, String> {
         return Err(format!(
             "it is shorter than the minimum of {}",
             humantime::format_duration(MIN_TTL)
+        ));
+    }
+    if ttl > MAX_DURATION {
+        let days = MAX_DURATION.as_secs() / 86_400;
+        return Err(format!(
+            "it is longer than the maximum of {days} days; accepted: {} to {days}d",
+            humantime::format_duration(MIN_TTL),
         ));
     }
     Ok(ttl)
@@ -1037,6 +1193,16 @@ selectors = ["unix:uid:1001"]
                 "ttl = \"30m\"",
                 "ttl = \"1s\"",
                 &["entry[0].ttl", "\"1s\"", "minimum"],
+            ),
+            (
+                "svid_ttl = \"1h\"",
+                "svid_ttl = \"300000000000y\"",
+                &["svid_ttl", "300000000000y", "maximum of 366 days"],
+            ),
+            (
+                "ttl = \"30m\"",
+                "ttl = \"30m\"\njwt_ttl = \"300000000000y\"",
+                &["entry[0].jwt_ttl", "maximum of 366 days"],
             ),
             (
                 "\"spiffe://example.org/gateway\"",
@@ -1203,6 +1369,8 @@ selectors = ["unix:uid:1001"]
         );
         assert_eq!(kms.resync_interval, Duration::from_secs(600));
         assert!(kms.require_crl, "revocation is checked unless turned off");
+        assert_eq!(kms.crl_max_age, Duration::from_secs(3600));
+        assert_eq!(kms.sync_timeout, Duration::from_secs(60));
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl JwtKeys {
             retired: Vec::new(),
             lifetime: Some(lifetime),
             longest_token,
-            rotate_at: Some(Instant::now() + lifetime),
+            rotate_at: Some(crate::time::later(Instant::now(), lifetime)),
         })
     }
 
@@ -214,7 +214,7 @@ impl JwtKeys {
             return Ok(());
         };
         self.set(JwtKey::generate()?, wall);
-        self.rotate_at = Some(Instant::now() + lifetime);
+        self.rotate_at = Some(crate::time::later(Instant::now(), lifetime));
         Ok(())
     }
 
@@ -227,7 +227,10 @@ impl JwtKeys {
         self.retired
             .retain(|(jwk, _)| jwk["kid"] != key.kid.as_str());
         if let Some(old) = self.current.take() {
-            let keep_until = wall + self.longest_token + RETIRED_MARGIN;
+            let keep_until = crate::time::later_wall(
+                wall,
+                self.longest_token.saturating_add(RETIRED_MARGIN),
+            );
             self.retired.push((old.jwk.clone(), keep_until));
             tracing::info!(kid = %key.kid, retired_kid = %old.kid, "JWT-SVID signing key replaced");
         } else {
@@ -256,7 +259,7 @@ impl JwtKeys {
                 Ok(()) => changed = true,
                 Err(error) => {
                     tracing::error!(error = %enclaveid_checks::Chain(&error), "could not replace the JWT-SVID signing key; retrying in a minute");
-                    self.rotate_at = Some(now + Duration::from_secs(60));
+                    self.rotate_at = Some(crate::time::later(now, Duration::from_secs(60)));
                 }
             }
         }
@@ -267,7 +270,7 @@ impl JwtKeys {
     pub(crate) fn next_wakeup(&self, now: Instant, wall: SystemTime) -> Option<Instant> {
         self.retired
             .iter()
-            .map(|(_, until)| now + until.duration_since(wall).unwrap_or_default())
+            .map(|(_, until)| crate::time::later(now, until.duration_since(wall).unwrap_or_default()))
             .chain(self.rotate_at)
             .min()
     }

@@ -48,6 +48,7 @@ mod release;
 mod rotation;
 pub mod selector;
 mod server;
+mod time;
 mod upstream;
 mod workload_attestor;
 
@@ -109,6 +110,7 @@ impl Error {
             Self::Config(_)
                 | Self::Enclave(EnclaveError::Config(_))
                 | Self::Attestation(enclaveid_attestor::Error::DebugMode)
+                | Self::Socket(SocketError::UnsafeDirectory { .. })
         )
     }
 }
@@ -122,6 +124,7 @@ pub struct Agent {
     upstream: Option<KmsUpstream>,
     problems: tokio::sync::watch::Receiver<Option<String>>,
     bundle_endpoint: Option<bundle_endpoint::Server>,
+    limits: enclaveid_workload_api::Limits,
 }
 
 // === impl Agent ===
@@ -139,6 +142,7 @@ impl Agent {
         let attestor = UnixAttestor::new(
             config.entries.iter().flat_map(|e| &e.selectors),
             node_selectors,
+            config.limits.max_executable_bytes,
         );
         let (problem_tx, problems) = tokio::sync::watch::channel(None);
         let (rotator, snapshots, upstream) = match &config.upstream {
@@ -219,6 +223,7 @@ impl Agent {
             upstream,
             problems,
             bundle_endpoint,
+            limits: config.limits.api.clone(),
         })
     }
 
@@ -262,6 +267,7 @@ impl Agent {
             self.snapshots,
             self.problems,
             self.attestor,
+            self.limits,
             stop.clone().cancelled_owned(),
         )
         .await;

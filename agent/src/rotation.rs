@@ -229,7 +229,7 @@ impl Rotator {
         self.signer = None;
         for slot in &mut self.entries {
             slot.svid = None;
-            slot.rotate_at = Instant::now() + IDLE;
+            slot.rotate_at = crate::time::later(Instant::now(), IDLE);
         }
         tracing::error!("every X.509-SVID withdrawn: the upstream material was revoked");
         self.publish();
@@ -248,7 +248,7 @@ impl Rotator {
             }
             Signer::Leaf(leaf) => {
                 for slot in &mut self.entries {
-                    slot.rotate_at = now + IDLE;
+                    slot.rotate_at = crate::time::later(now, IDLE);
                     slot.svid = (slot.entry.spiffe_id == leaf.spiffe_id).then(|| {
                         Svid::new(leaf.chain_der.clone(), leaf.key_der.clone(), leaf.not_after)
                     });
@@ -285,7 +285,7 @@ impl Rotator {
                 continue;
             }
             let Some(Signer::Ca(authority)) = &self.signer else {
-                slot.rotate_at = now + IDLE;
+                slot.rotate_at = crate::time::later(now, IDLE);
                 continue;
             };
             let started = std::time::Instant::now();
@@ -310,14 +310,14 @@ impl Rotator {
                         minted.private_key_der,
                         minted.not_after,
                     ));
-                    slot.rotate_at = now + delay;
+                    slot.rotate_at = crate::time::later(now, delay);
                     slot.failures = 0;
                     changed = true;
                 }
                 Err(error) => {
                     let delay = retry_delay(slot.failures);
                     slot.failures = slot.failures.saturating_add(1);
-                    slot.rotate_at = now + delay;
+                    slot.rotate_at = crate::time::later(now, delay);
                     tracing::error!(error = %enclaveid_checks::Chain(&error), spiffe_id = %slot.entry.spiffe_id, retry_in = ?delay, "could not issue X.509-SVID");
                 }
             }
@@ -373,12 +373,14 @@ impl Rotator {
                 let expiry = slot
                     .svid
                     .as_ref()
-                    .map(|svid| now + svid.not_after().duration_since(wall).unwrap_or_default());
+                    .map(|svid| {
+                        crate::time::later(now, svid.not_after().duration_since(wall).unwrap_or_default())
+                    });
                 std::iter::once(slot.rotate_at).chain(expiry)
             })
             .chain(self.jwt.as_ref().and_then(|jwt| jwt.next_wakeup(now, wall)))
             .min()
-            .unwrap_or(now + MAX_RETRY)
+            .unwrap_or_else(|| crate::time::later(now, MAX_RETRY))
     }
 
     fn publish(&mut self) {

@@ -2,8 +2,9 @@
 //!
 //! Contract (as SPIRE's agent): the socket file is mode 0777, since who gets which
 //! identity is decided by workload attestation, not by file mode; a missing directory is
-//! created 0755; a stale socket file is replaced; a socket another agent still answers
-//! on is left alone and the agent refuses to start. On SIGTERM/SIGINT the agent stops
+//! created 0755; a directory another user could write is refused (another user could
+//! swap the socket); a stale socket file is replaced; a socket another agent still
+//! answers on is left alone and the agent refuses to start. On SIGTERM/SIGINT the agent stops
 //! accepting, ends open streams with `Unavailable` (clients reconnect), lets in-flight
 //! unary calls finish for up to [`DRAIN_TIMEOUT`], and removes the socket.
 
@@ -12,11 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use enclaveid_workload_api::{LenientAuthority, Snapshot, WorkloadApi};
+use enclaveid_workload_api::{Limiter, Limits, MAX_HEADER_LIST_SIZE, Snapshot, WorkloadApi};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::workload_attestor::UnixAttestor;
@@ -42,6 +41,21 @@ pub enum SocketError {
     Busy {
         /// The socket.
         path: PathBuf,
+    },
+    /// The socket's directory is one another user could change.
+    #[error(
+        "{} (owner uid {owner}, mode {mode:04o}) is not safe for the Workload API socket: another user could replace the socket; accepted: a directory owned by uid {me} or root that only its owner can write, or a root-owned directory with the sticky bit such as /tmp",
+        dir.display()
+    )]
+    UnsafeDirectory {
+        /// The directory.
+        dir: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its mode.
+        mode: u32,
+        /// This process's effective uid.
+        me: u32,
     },
     /// Something other than a socket is at the path.
     #[error("{} exists and is not a socket; refusing to replace it", path.display())]
@@ -69,15 +83,25 @@ pub(crate) struct BoundSocket {
 
 impl BoundSocket {
     /// Prepares `path` (directory, stale socket) and binds it, mode 0777.
+    ///
+    /// The directory must be one no other user can change: owned by this user or root
+    /// and writable by its owner only, or root-owned with the sticky bit (as `/tmp`),
+    /// where others cannot remove or rename what this user creates. Otherwise another
+    /// user could swap the socket for their own and hand workloads their identities.
+    ///
+    /// The socket is made in a private directory (0700) beside its final path, given its
+    /// mode there, and renamed into place: no mode is ever set through a path another
+    /// user could replace with a symbolic link.
     pub(crate) fn bind(path: &Path) -> Result<Self, SocketError> {
         let io = |source| SocketError::Io {
             path: path.to_owned(),
             source,
         };
-        if let Some(dir) = path
+        let dir = path
             .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-        {
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
@@ -87,6 +111,7 @@ impl BoundSocket {
                     source,
                 })?;
         }
+        check_directory(dir)?;
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
                 match std::os::unix::net::UnixStream::connect(path) {
@@ -109,8 +134,20 @@ impl BoundSocket {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
-        let listener = UnixListener::bind(path).map_err(io)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).map_err(io)?;
+        let private = tempfile::Builder::new()
+            .prefix(".enclaveid-socket-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(dir)
+            .map_err(|source| SocketError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let staged = private.path().join("agent.sock");
+        let listener = UnixListener::bind(&staged).map_err(io)?;
+        // Only this user can write `private`: the path cannot be swapped under us.
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o777)).map_err(io)?;
+        std::fs::rename(&staged, path).map_err(io)?;
+        drop(private);
         Ok(Self {
             listener: Some(listener),
             path: path.to_owned(),
@@ -120,6 +157,32 @@ impl BoundSocket {
     /// The socket's path.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Refuses a socket directory another user could change (see [`BoundSocket::bind`]).
+fn check_directory(dir: &Path) -> Result<(), SocketError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(dir).map_err(|source| SocketError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    let mode = meta.mode();
+    let others_can_write = mode & 0o022 != 0;
+    let sticky = mode & 0o1000 != 0;
+    let trusted_owner = meta.uid() == me || meta.uid() == 0;
+    let safe = meta.is_dir()
+        && ((trusted_owner && !others_can_write) || (meta.uid() == 0 && sticky));
+    if safe {
+        Ok(())
+    } else {
+        Err(SocketError::UnsafeDirectory {
+            dir: dir.to_owned(),
+            owner: meta.uid(),
+            mode: mode & 0o7777,
+            me,
+        })
     }
 }
 
@@ -139,6 +202,7 @@ pub(crate) async fn serve(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     problems: watch::Receiver<Option<String>>,
     attestor: UnixAttestor,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SocketError> {
     let listener = socket.listener.take().ok_or(SocketError::AlreadyServed)?;
@@ -155,16 +219,23 @@ pub(crate) async fn serve(
         status,
     };
 
-    let api = WorkloadApi::new(snapshots, attestor).into_server();
-    let incoming =
-        UnixListenerStream::new(listener).map(|accepted| accepted.map(LenientAuthority::new));
+    let limits = within_descriptor_limit(limits);
+    // h2 allows a little more than the service: a caller past its stream limit gets
+    // `ResourceExhausted` from the service instead of waiting silently for a slot, and
+    // health checks still fit.
+    let h2_streams = u32::try_from(limits.max_streams_per_connection.saturating_add(16))
+        .unwrap_or(u32::MAX);
+    let limiter = Limiter::new(limits);
+    let api = WorkloadApi::new(snapshots, attestor.clone(), limiter.clone()).into_server();
+    let incoming = enclaveid_workload_api::incoming(listener, attestor, limiter);
     let (drain_tx, mut drain_rx) = watch::channel(false);
     let server = tonic::transport::Server::builder()
         // Every Workload API message is small (an SVID is a few KiB); small windows keep
         // the memory of thousands of idle streams low without slowing anything down.
         .initial_stream_window_size(64 * 1024)
         .initial_connection_window_size(64 * 1024)
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(h2_streams)
+        .http2_max_header_list_size(u32::try_from(MAX_HEADER_LIST_SIZE).unwrap_or(u32::MAX))
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .add_service(health_service)
         .add_service(api)
@@ -191,6 +262,26 @@ pub(crate) async fn serve(
     };
     drop(socket);
     result.map_err(SocketError::Serve)
+}
+
+/// The connection limit, kept under the process's file-descriptor limit (with room for
+/// the agent's own files and sockets): past that, `accept` fails and every caller waits.
+fn within_descriptor_limit(mut limits: Limits) -> Limits {
+    const RESERVED: u64 = 64;
+    if let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let room = usize::try_from(soft.saturating_sub(RESERVED).max(1)).unwrap_or(usize::MAX);
+        if limits.max_connections > room {
+            tracing::warn!(
+                configured = limits.max_connections,
+                used = room,
+                descriptor_limit = soft,
+                "limits.max_connections lowered under the file-descriptor limit"
+            );
+            limits.max_connections = room;
+        }
+    }
+    limits
 }
 
 /// The response header of `grpc.health.v1.Health` that says why the agent is degraded
@@ -337,6 +428,64 @@ mod tests {
         assert_eq!(mode, 0o777);
         drop(socket);
         assert!(!path.exists());
+    }
+
+    /// Runs as root in CI (ownership can be handed to other uids); as another user, the
+    /// cases that need `chown` are skipped.
+    #[tokio::test]
+    async fn hostile_socket_directories_another_user_could_change_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = nix::unistd::geteuid().is_root();
+        let base = tempfile::tempdir().unwrap();
+        let dir = |name: &str, mode: u32, owner: Option<u32>| {
+            let dir = base.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            if let Some(uid) = owner {
+                std::os::unix::fs::chown(&dir, Some(uid), None).unwrap();
+            }
+            dir.join("agent.sock")
+        };
+        let error = BoundSocket::bind(&dir("world", 0o777, None))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("mode 0777") && error.contains("not safe"), "{error}");
+        let error = BoundSocket::bind(&dir("group", 0o775, None))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not safe"), "{error}");
+        BoundSocket::bind(&dir("mine", 0o755, None)).unwrap();
+        if root {
+            let error = BoundSocket::bind(&dir("theirs", 0o755, Some(65534)))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("owner uid 65534"), "{error}");
+            // A root-owned sticky directory, as /tmp: others cannot remove what we make.
+            let socket = BoundSocket::bind(&dir("sticky", 0o1777, Some(0))).unwrap();
+            let mode = std::fs::metadata(socket.path()).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o777);
+        }
+    }
+
+    #[tokio::test]
+    async fn hostile_a_symlink_at_the_socket_path_is_refused_and_its_target_untouched() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "key").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join("agent.sock");
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let error = BoundSocket::bind(&path).unwrap_err().to_string();
+        assert!(error.contains("not a socket"), "{error}");
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the link's target keeps its mode");
+        // Nothing is left behind in the directory but what was there.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[tokio::test]

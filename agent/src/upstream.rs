@@ -7,11 +7,11 @@
 //! `Decrypt` with the `Recipient`; the CMS answer decrypted with the recipient key (which
 //! is then dropped); the CRL; the chain, validity, revocation and key checks.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use enclaveid_checks::Chain;
 use enclaveid_checks::cms::{CmsError, EnvelopedData, RecipientKey};
-use enclaveid_checks::crl::Revoked;
+use enclaveid_checks::crl::{CrlMemory, Revoked};
 use enclaveid_checks::keys::{KeyError, SigningKey};
 use enclaveid_checks::material::{KeyMaterial, MaterialError};
 use enclaveid_checks::verify::{self, CheckError, Role};
@@ -19,6 +19,7 @@ use enclaveid_checks::wire::Credentials;
 use rustls_pki_types::CertificateDer;
 use spiffe::{SpiffeId, TrustDomain};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::authority::{Authority, MintError};
 use crate::config::KmsConfig;
@@ -105,6 +106,16 @@ pub(crate) enum SyncError {
     /// The released JWT key cannot sign.
     #[error(transparent)]
     JwtKey(#[from] JwtKeyError),
+    /// The sync did not finish in time: the host or KMS stalled (a host that opens the
+    /// tunnel and relays nothing, for one).
+    #[error(
+        "the sync did not finish within {} (upstream.sync_timeout): the host or KMS stalled",
+        humantime::format_duration(*timeout)
+    )]
+    Stalled {
+        /// The timeout.
+        timeout: Duration,
+    },
 }
 
 impl SyncError {
@@ -143,6 +154,8 @@ pub(crate) struct Outlets {
 
 /// What one sync produced, and how long each step took.
 pub(crate) struct Synced {
+    /// Whether a CRL was verified and applied.
+    pub crl_verified: bool,
     /// The JWT signing key, when the host offered its material (or why it was refused).
     pub jwt: Option<Result<JwtKey, SyncError>>,
     /// The signer to hand to the rotator.
@@ -208,11 +221,22 @@ impl KmsUpstream {
         tokio::pin!(shutdown);
         let mut current: Option<(String, SystemTime, SystemTime)> = None;
         let mut failures = 0u32;
+        let mut memory = CrlMemory::default();
+        // When a current CRL was last verified (`None`: never, or none is required).
+        let mut crl_verified: Option<Instant> = None;
         loop {
             let started = Instant::now();
-            let delay = match self.sync().await {
+            let outcome = tokio::time::timeout(self.config.sync_timeout, self.sync(&mut memory))
+                .await
+                .unwrap_or(Err(SyncError::Stalled {
+                    timeout: self.config.sync_timeout,
+                }));
+            let delay = match outcome {
                 Ok(synced) => {
                     failures = 0;
+                    if synced.crl_verified {
+                        crl_verified = Some(Instant::now());
+                    }
                     let t = synced.timings;
                     let fresh = current
                         .as_ref()
@@ -287,18 +311,43 @@ impl KmsUpstream {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let delay = retry_delay(failures, self.config.resync_interval);
+                    let mut delay = retry_delay(failures, self.config.resync_interval);
+                    let error = Chain(&error).to_string();
+                    let crl_deadline = self
+                        .config
+                        .require_crl
+                        .then_some(crl_verified)
+                        .flatten()
+                        .map(|at| crate::time::later(at, self.config.crl_max_age));
+                    let crl_expired = crl_deadline.is_some_and(|at| Instant::now() >= at);
+                    if crl_expired && current.is_some() {
+                        // A host that withholds CRLs cannot keep revoked material in
+                        // service: without a current, verified one, it is withdrawn.
+                        current = None;
+                        tracing::error!(%error, crl_max_age = ?self.config.crl_max_age, "no current, verified CRL for too long; the key material is withdrawn");
+                        if self.withdraw().await.is_err() {
+                            return;
+                        }
+                    }
                     let still_valid = current
                         .as_ref()
                         .is_some_and(|(_, _, not_after)| *not_after > SystemTime::now());
-                    let error = Chain(&error).to_string();
                     tracing::error!(%error, retry_in = ?delay, serving_current = still_valid, "key material sync failed");
                     self.problems.send_replace(Some(if still_valid {
-                        format!("key material sync failing (serving the current material until it expires): {error}")
+                        format!("key material sync failing (serving the current material until it expires, or until {} without a current CRL): {error}", humantime::format_duration(self.config.crl_max_age))
+                    } else if crl_expired {
+                        format!(
+                            "no valid key material: no current, verified CRL for more than {} (upstream.crl_max_age); the material is withdrawn until the host serves one: {error}",
+                            humantime::format_duration(self.config.crl_max_age)
+                        )
                     } else {
                         format!("no valid key material: {error}")
                     }));
-                    delay
+                    // Look again when the material would lose its CRL, if that is sooner.
+                    if let Some(at) = crl_deadline.filter(|_| current.is_some()) {
+                        delay = delay.min(at.saturating_duration_since(Instant::now()));
+                    }
+                    delay.max(Duration::from_millis(100))
                 }
             };
             tokio::select! {
@@ -308,8 +357,14 @@ impl KmsUpstream {
         }
     }
 
+    /// Withdraws the signer and the JWT key: nothing of the material is served.
+    async fn withdraw(&self) -> Result<(), ()> {
+        self.signers.send(None).await.map_err(drop)?;
+        self.jwt_keys.send(None).await.map_err(drop)
+    }
+
     /// One sync.
-    pub(crate) async fn sync(&self) -> Result<Synced, SyncError> {
+    pub(crate) async fn sync(&self, memory: &mut CrlMemory) -> Result<Synced, SyncError> {
         let mut timings = Timings::default();
         let step = Instant::now();
         let (recipient, document, verified) = release::recipient(&self.enclave).await?;
@@ -334,6 +389,12 @@ impl KmsUpstream {
             return Err(SyncError::NoCrl {
                 host: self.config.host.clone(),
             });
+        }
+        // A CRL older than one already applied is a replay: revocation never rolls back.
+        if let Some(crl) = &crl {
+            memory
+                .check(crl)
+                .map_err(|e| SyncError::Check(CheckError::Crl(e)))?;
         }
         timings.host = step.elapsed();
 
@@ -363,11 +424,14 @@ impl KmsUpstream {
             Ok(Some(json)) => Some(
                 self.jwt_key(
                     &json,
-                    &recipient,
-                    &document,
-                    &verified,
-                    &credentials,
+                    &Attested {
+                        recipient: &recipient,
+                        document: &document,
+                        verified: &verified,
+                        credentials: &credentials,
+                    },
                     crl.as_deref(),
+                    memory,
                 )
                 .await
                 .map_err(|error| SyncError::Jwt(Box::new(error))),
@@ -392,7 +456,7 @@ impl KmsUpstream {
         {
             export_crl(path, crl);
         }
-        let checked = checked?;
+        let checked = remembered(memory, crl.as_deref(), checked)?;
         let signer = match &checked.role {
             Role::Ca => {
                 let mut path = checked.path.clone();
@@ -429,6 +493,7 @@ impl KmsUpstream {
         };
         timings.verify = step.elapsed();
         Ok(Synced {
+            crl_verified: crl.is_some(),
             jwt,
             signer,
             serial: checked.serial,
@@ -444,12 +509,16 @@ impl KmsUpstream {
     async fn jwt_key(
         &self,
         json: &[u8],
-        recipient: &RecipientKey,
-        document: &[u8],
-        verified: &enclaveid_attestor::VerifiedDocument,
-        credentials: &Credentials,
+        attested: &Attested<'_>,
         crl: Option<&[u8]>,
+        memory: &mut CrlMemory,
     ) -> Result<JwtKey, SyncError> {
+        let Attested {
+            recipient,
+            document,
+            verified,
+            credentials,
+        } = attested;
         let material = KeyMaterial::from_json(json)?;
         let certs = material.certificates()?;
         let cms = release::decrypt_with_recipient(
@@ -472,7 +541,8 @@ impl KmsUpstream {
             crl,
             &self.trust_domain,
             SystemTime::now(),
-        )?;
+        );
+        let checked = remembered(memory, crl, checked)?;
         if checked.role != Role::JwtSigner {
             return Err(SyncError::NotJwtSigner {
                 serial: checked.serial,
@@ -480,6 +550,36 @@ impl KmsUpstream {
             });
         }
         Ok(JwtKey::from_signing_key(&key)?)
+    }
+}
+
+/// What this sync's KMS calls are made with: the recipient key, the attestation document
+/// binding it, and the host's credentials.
+struct Attested<'a> {
+    recipient: &'a RecipientKey,
+    document: &'a [u8],
+    verified: &'a enclaveid_attestor::VerifiedDocument,
+    credentials: &'a Credentials,
+}
+
+/// The outcome of a material check, with the CRL memory brought up to date: a CRL that
+/// verified is recorded as applied, a revocation is remembered, and a certificate once
+/// seen revoked stays revoked even when a later CRL no longer lists it.
+fn remembered(
+    memory: &mut CrlMemory,
+    crl: Option<&[u8]>,
+    checked: Result<verify::Checked, CheckError>,
+) -> Result<verify::Checked, CheckError> {
+    if let (Some(crl), Ok(_) | Err(CheckError::Revoked(_))) = (crl, &checked) {
+        memory.record(crl);
+    }
+    if let Err(CheckError::Revoked(revoked)) = &checked {
+        memory.remember(revoked);
+    }
+    let checked = checked?;
+    match memory.revocation_of(&checked.serial) {
+        Some(revoked) => Err(CheckError::Revoked(revoked.clone())),
+        None => Ok(checked),
     }
 }
 
@@ -500,7 +600,7 @@ pub(crate) fn next_sync(
     interval: Duration,
 ) -> (Duration, Option<String>) {
     let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    let renew_at = not_before + lifetime * 2 / 3;
+    let renew_at = crate::time::later_wall(not_before, lifetime.saturating_mul(2) / 3);
     match renew_at.duration_since(now) {
         Ok(until) => (until.min(interval).max(Duration::from_secs(1)), None),
         Err(_) => (

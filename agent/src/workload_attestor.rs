@@ -12,6 +12,19 @@
 //! must not change, and the process's effective UID must still be the one the socket
 //! reported; otherwise attestation fails and the call gets `Unavailable`. Selectors from
 //! the peer credentials alone do not depend on the PID and are immune to its reuse.
+//!
+//! Exec after connect: the peer credentials name the process that connected, and keep
+//! naming it after it `execve`s another binary (its PID and start time do not change)
+//! while a child it forked keeps the socket and calls. When an entry uses `unix:path` or
+//! `unix:sha256`, the executable the process runs (device and inode of `/proc/PID/exe`)
+//! is noted when the connection is accepted, and a call from a process that runs another
+//! executable since is refused. What this does not stop: a process of the same uid can
+//! still ptrace or otherwise control a process of that uid that runs the named binary;
+//! executable selectors tell binaries apart, not users from themselves.
+//!
+//! Hashing: only executables up to `limits.max_executable_bytes` are hashed for
+//! `unix:sha256`; a larger one fails attestation (a caller cannot make the agent read an
+//! 8 GiB sparse file on every call).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -23,6 +36,15 @@ use nix::unistd::{Gid, Group, Uid, User};
 use sha2::{Digest, Sha256};
 
 use crate::selector::Selector;
+
+/// The executable a process runs, as `/proc/PID/exe` resolves: which file, and the
+/// process's start time (the same PID later is another process).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProcessImage {
+    start_time: u64,
+    dev: u64,
+    ino: u64,
+}
 
 /// Why a caller could not be attested. The Workload API answers `Unavailable` with it.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +81,32 @@ pub(crate) enum AttestationError {
         /// The caller's PID.
         pid: i32,
     },
+    /// The process runs another executable than when it connected.
+    #[error(
+        "process {pid} runs another executable than when it connected (exec after connect); refusing: connect again from the process that calls"
+    )]
+    ExecAfterConnect {
+        /// The caller's PID.
+        pid: i32,
+    },
+    /// The process could not be inspected when it connected.
+    #[error("process {pid} could not be inspected when it connected; it may have exited")]
+    NotNoted {
+        /// The caller's PID.
+        pid: i32,
+    },
+    /// The executable is larger than what is hashed.
+    #[error(
+        "process {pid} runs an executable of {size} bytes; unix:sha256 hashes at most {max} (limits.max_executable_bytes)"
+    )]
+    ExecutableTooLarge {
+        /// The caller's PID.
+        pid: i32,
+        /// The executable's size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The blocking task failed.
     #[error("attestation task failed")]
     Task(#[source] tokio::task::JoinError),
@@ -84,6 +132,8 @@ struct Inner {
     need_supplementary_groups: bool,
     need_path: bool,
     need_sha256: bool,
+    /// The largest executable hashed for `unix:sha256`.
+    max_executable_bytes: u64,
     /// SHA-256 of executables, keyed by what identifies the file's content on disk.
     hashes: Mutex<HashMap<FileKey, String>>,
     /// Selectors of the enclave itself (`nitro:`), true for every caller.
@@ -110,10 +160,12 @@ impl UnixAttestor {
     pub(crate) fn new<'a>(
         selectors_in_use: impl IntoIterator<Item = &'a Selector>,
         node_selectors: Vec<Selector>,
+        max_executable_bytes: u64,
     ) -> Self {
         let mut attestor = Self::with_proc_root("/proc", selectors_in_use);
         if let Some(inner) = Arc::get_mut(&mut attestor.inner) {
             inner.node_selectors = node_selectors.iter().map(ToString::to_string).collect();
+            inner.max_executable_bytes = max_executable_bytes;
         }
         attestor
     }
@@ -137,6 +189,7 @@ impl UnixAttestor {
                 need_supplementary_groups,
                 need_path,
                 need_sha256,
+                max_executable_bytes: crate::config::DEFAULT_MAX_EXECUTABLE_BYTES,
                 hashes: Mutex::new(HashMap::new()),
                 node_selectors: Vec::new(),
             }),
@@ -152,7 +205,26 @@ impl UnixAttestor {
     }
 
     /// The selectors of `caller`, doing any `/proc` and NSS lookups synchronously.
-    pub(crate) fn attest_blocking(&self, caller: Caller) -> Result<Selectors, AttestationError> {
+    fn needs_image(&self) -> bool {
+        self.inner.need_path || self.inner.need_sha256
+    }
+
+    /// What the process runs now, when an entry names executables.
+    fn note(&self, caller: &Caller) -> Option<ProcessImage> {
+        if !self.needs_image() {
+            return None;
+        }
+        let pid = caller.pid.filter(|pid| *pid > 0)?;
+        image_of(&self.inner.proc_root.join(pid.to_string())).ok()
+    }
+
+    /// The selectors of `caller`, doing any `/proc` and NSS lookups synchronously;
+    /// `accepted` is what its process ran when it connected.
+    pub(crate) fn attest_blocking(
+        &self,
+        caller: Caller,
+        accepted: Option<ProcessImage>,
+    ) -> Result<Selectors, AttestationError> {
         let inner = &self.inner;
         let mut selectors: Selectors = inner.node_selectors.iter().cloned().collect();
         selectors.insert(Selector::Uid(caller.uid).to_string());
@@ -207,12 +279,19 @@ impl UnixAttestor {
         }
 
         let exe = proc_dir.join("exe");
+        if self.needs_image() {
+            let accepted = accepted.ok_or(AttestationError::NotNoted { pid })?;
+            let now = image_of(&proc_dir).map_err(|e| gone("exe", e))?;
+            if now != accepted {
+                return Err(AttestationError::ExecAfterConnect { pid });
+            }
+        }
         if inner.need_path {
             let path = std::fs::read_link(&exe).map_err(|e| gone("exe", e))?;
             selectors.insert(Selector::Path(path.to_string_lossy().into_owned()).to_string());
         }
         if inner.need_sha256 {
-            let digest = self.sha256_of(&exe).map_err(|e| gone("hashing exe", e))?;
+            let digest = self.sha256_of(&exe, pid, accepted)?;
             selectors.insert(Selector::Sha256(digest).to_string());
         }
 
@@ -223,10 +302,32 @@ impl UnixAttestor {
     }
 
     /// The SHA-256 of the file behind `/proc/PID/exe`: the executable the process runs,
-    /// even when its path was since replaced.
-    fn sha256_of(&self, exe: &Path) -> std::io::Result<String> {
-        let mut file = std::fs::File::open(exe)?;
-        let meta = file.metadata()?;
+    /// even when its path was since replaced. It must be the file noted at accept, and no
+    /// larger than the limit.
+    fn sha256_of(
+        &self,
+        exe: &Path,
+        pid: i32,
+        accepted: Option<ProcessImage>,
+    ) -> Result<String, AttestationError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let gone = |source| AttestationError::Gone {
+            pid,
+            what: "hashing exe",
+            source,
+        };
+        let mut file = std::fs::File::open(exe).map_err(gone)?;
+        let meta = file.metadata().map_err(gone)?;
+        if accepted.is_some_and(|image| (image.dev, image.ino) != (meta.dev(), meta.ino())) {
+            return Err(AttestationError::ExecAfterConnect { pid });
+        }
+        if meta.len() > self.inner.max_executable_bytes {
+            return Err(AttestationError::ExecutableTooLarge {
+                pid,
+                size: meta.len(),
+                max: self.inner.max_executable_bytes,
+            });
+        }
         let key = file_key(&meta);
         let hashes = &self.inner.hashes;
         if let Some(hit) = hashes
@@ -238,12 +339,16 @@ impl UnixAttestor {
         }
         let mut hasher = Sha256::new();
         let mut buf = vec![0; 64 * 1024];
-        loop {
-            let n = file.read(&mut buf)?;
+        // Read no more than the size checked above, even if the file grows meanwhile.
+        let mut left = meta.len();
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = file.read(&mut buf[..want]).map_err(gone)?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
+            left -= n as u64;
         }
         let digest = enclaveid_attestor::hex(&hasher.finalize());
         if let Ok(mut cache) = hashes.lock() {
@@ -257,17 +362,41 @@ impl UnixAttestor {
 }
 
 impl WorkloadAttestor for UnixAttestor {
-    async fn attest(&self, caller: Caller) -> Result<Selectors, ApiError> {
+    type Accepted = Option<ProcessImage>;
+
+    fn accept(&self, caller: &Caller) -> Option<ProcessImage> {
+        self.note(caller)
+    }
+
+    async fn attest(
+        &self,
+        caller: Caller,
+        accepted: &Option<ProcessImage>,
+    ) -> Result<Selectors, ApiError> {
+        let accepted = *accepted;
         if !self.needs_blocking_io() {
             // Peer credentials only: no I/O, no thread hop.
-            return Ok(self.attest_blocking(caller)?);
+            return Ok(self.attest_blocking(caller, accepted)?);
         }
         let this = self.clone();
-        let attested = tokio::task::spawn_blocking(move || this.attest_blocking(caller))
-            .await
-            .map_err(AttestationError::Task)?;
+        let attested =
+            tokio::task::spawn_blocking(move || this.attest_blocking(caller, accepted))
+                .await
+                .map_err(AttestationError::Task)?;
         Ok(attested?)
     }
+}
+
+/// What the process in `proc_dir` runs: its start time and its executable's identity.
+fn image_of(proc_dir: &Path) -> std::io::Result<ProcessImage> {
+    use std::os::unix::fs::MetadataExt as _;
+    let start_time = start_time(proc_dir)?;
+    let exe = std::fs::metadata(proc_dir.join("exe"))?;
+    Ok(ProcessImage {
+        start_time,
+        dev: exe.dev(),
+        ino: exe.ino(),
+    })
 }
 
 fn file_key(meta: &std::fs::Metadata) -> FileKey {
@@ -331,8 +460,11 @@ mod tests {
                 &Selector::SupplementaryGid(0),
             ],
             Vec::new(),
+            crate::config::DEFAULT_MAX_EXECUTABLE_BYTES,
         );
-        let selectors = attestor.attest_blocking(me()).unwrap();
+        let selectors = attestor
+            .attest_blocking(me(), attestor.note(&me()))
+            .unwrap();
         let list: Vec<_> = selectors.iter().collect();
         if let Ok(Some(user)) = User::from_uid(Uid::from_raw(me().uid)) {
             assert!(
@@ -368,8 +500,9 @@ mod tests {
 
     #[test]
     fn executables_are_not_read_unless_an_entry_needs_them() {
-        let attestor = UnixAttestor::new([&Selector::Uid(0)], Vec::new());
-        let selectors = attestor.attest_blocking(me()).unwrap();
+        let attestor = UnixAttestor::new([&Selector::Uid(0)], Vec::new(), 0);
+        assert_eq!(attestor.note(&me()), None, "nothing noted at accept either");
+        let selectors = attestor.attest_blocking(me(), None).unwrap();
         assert!(
             selectors
                 .iter()
@@ -379,12 +512,15 @@ mod tests {
 
     #[test]
     fn a_caller_whose_uid_differs_from_the_process_is_refused() {
-        let attestor = UnixAttestor::new([&Selector::SupplementaryGid(0)], Vec::new());
+        let attestor = UnixAttestor::new([&Selector::SupplementaryGid(0)], Vec::new(), 0);
         let caller = Caller {
             uid: me().uid.wrapping_add(1),
             ..me()
         };
-        let error = attestor.attest_blocking(caller).unwrap_err().to_string();
+        let error = attestor
+            .attest_blocking(caller, None)
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("PID reused or credentials changed"),
             "{error}"
@@ -393,18 +529,24 @@ mod tests {
 
     #[test]
     fn a_vanished_or_missing_pid_is_refused_when_proc_is_needed() {
-        let attestor = UnixAttestor::new([&Selector::Path("/bin/x".into())], Vec::new());
+        let attestor = UnixAttestor::new(
+            [&Selector::Path("/bin/x".into())],
+            Vec::new(),
+            crate::config::DEFAULT_MAX_EXECUTABLE_BYTES,
+        );
         let error = attestor
-            .attest_blocking(Caller { pid: None, ..me() })
+            .attest_blocking(Caller { pid: None, ..me() }, None)
             .unwrap_err()
             .to_string();
         assert!(error.contains("no PID"), "{error}");
         // PIDs are at most 2^22 on Linux.
+        let gone = Caller {
+            pid: Some(i32::MAX),
+            ..me()
+        };
+        assert_eq!(attestor.note(&gone), None);
         let error = attestor
-            .attest_blocking(Caller {
-                pid: Some(i32::MAX),
-                ..me()
-            })
+            .attest_blocking(gone, None)
             .unwrap_err()
             .to_string();
         assert!(error.contains("may have exited"), "{error}");
@@ -432,7 +574,81 @@ mod tests {
             uid: 7,
             gid: 7,
         };
-        let selectors = attestor.attest_blocking(caller).unwrap();
+        let selectors = attestor.attest_blocking(caller, None).unwrap();
         assert!(selectors.iter().any(|s| s == "unix:supplementary_gid:5"));
+    }
+
+    /// A fake `/proc/42` whose `exe` points at `exe`, running as uid 7.
+    fn fake_process(root: &Path, exe: &Path) -> Caller {
+        let dir = root.join("42");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut fields = vec!["S".to_owned()];
+        fields.extend((4..=21).map(|n| n.to_string()));
+        fields.push("1000".into());
+        std::fs::write(dir.join("stat"), format!("42 (p) {}\n", fields.join(" "))).unwrap();
+        std::fs::write(dir.join("status"), "Uid:\t7\t7\t7\t7\nGroups:\t\n").unwrap();
+        let link = dir.join("exe");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(exe, &link).unwrap();
+        Caller {
+            pid: Some(42),
+            uid: 7,
+            gid: 7,
+        }
+    }
+
+    /// The attack: a process connects, forks a child that keeps the socket, and then
+    /// `execve`s the binary an entry names. Its PID and start time stay; its executable
+    /// does not.
+    #[test]
+    fn hostile_exec_after_connect_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let attacker = root.path().join("attacker");
+        let named = root.path().join("named-binary");
+        std::fs::write(&attacker, b"attacker").unwrap();
+        std::fs::write(&named, b"the binary an entry names").unwrap();
+        let path = Selector::Path(named.to_string_lossy().into_owned());
+        let sha = Selector::Sha256("0".repeat(64));
+        for selector in [&path, &sha] {
+            let attestor = UnixAttestor::with_proc_root(root.path(), [selector]);
+            let caller = fake_process(root.path(), &attacker);
+            let accepted = attestor.note(&caller);
+            assert!(accepted.is_some(), "noted at accept");
+            // execve: same PID and start time, another executable.
+            fake_process(root.path(), &named);
+            let error = attestor
+                .attest_blocking(caller, accepted)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("exec after connect"), "{selector}: {error}");
+            // The process that connected as the named binary is attested as it.
+            let accepted = attestor.note(&caller);
+            let selectors = attestor.attest_blocking(caller, accepted).unwrap();
+            if selector == &path {
+                assert!(selectors.iter().any(|s| s == path.to_string()));
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_an_executable_over_the_size_limit_is_not_hashed() {
+        let root = tempfile::tempdir().unwrap();
+        let big = root.path().join("big");
+        // A sparse file: large on paper, nothing on disk.
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(8 << 30)
+            .unwrap();
+        let mut attestor =
+            UnixAttestor::with_proc_root(root.path(), [&Selector::Sha256("0".repeat(64))]);
+        if let Some(inner) = Arc::get_mut(&mut attestor.inner) {
+            inner.max_executable_bytes = 1 << 20;
+        }
+        let caller = fake_process(root.path(), &big);
+        let error = attestor
+            .attest_blocking(caller, attestor.note(&caller))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("8589934592 bytes") && error.contains("1048576"), "{error}");
     }
 }

@@ -60,6 +60,29 @@ pub enum CrlError {
         /// Its nextUpdate.
         next_update: SystemTime,
     },
+    /// Not a CRL x509-parser can read (to find its number and date).
+    #[error("a CRL does not parse")]
+    Unreadable(#[source] x509_parser::error::X509Error),
+    /// A CRL number lower than one already applied.
+    #[error("CRL number {number} is older than number {applied}, already applied: a replayed CRL is refused")]
+    Rollback {
+        /// The offered CRL's number, hex.
+        number: String,
+        /// The number already applied, hex.
+        applied: String,
+    },
+    /// A CRL issued before the one already applied.
+    #[error(
+        "it was issued at {}, before the CRL already applied ({}): a replayed CRL is refused",
+        pki::rfc3339(*this_update),
+        pki::rfc3339(*applied)
+    )]
+    Replayed {
+        /// The offered CRL's thisUpdate.
+        this_update: SystemTime,
+        /// The thisUpdate already applied.
+        applied: SystemTime,
+    },
     /// The issuer's keyUsage does not allow signing CRLs.
     #[error("{issuer} may not sign CRLs (its keyUsage lacks cRLSign)")]
     NotCrlSigner {
@@ -114,4 +137,187 @@ pub(crate) fn find_revoked(
 /// Whether `crl` is issued under the name that issued `cert` (webpki's own matching).
 pub(crate) fn issued_for(crl: &CertRevocationList<'_>, cert: &CertificateDer<'_>) -> bool {
     EndEntityCert::try_from(cert).is_ok_and(|cert| crl.issuer() == cert.issuer())
+}
+
+/// What has been applied of CRLs, so that the parent instance cannot roll revocation back:
+/// per issuer, the highest CRL number and the latest thisUpdate applied, and every
+/// revocation seen of a path's leaf (a later CRL that no longer lists it does not undo
+/// it).
+#[derive(Debug, Default)]
+pub struct CrlMemory {
+    latest: std::collections::HashMap<Vec<u8>, Applied>,
+    revoked: std::collections::HashMap<String, Revoked>,
+}
+
+#[derive(Debug)]
+struct Applied {
+    number: Option<Vec<u8>>,
+    this_update: i64,
+}
+
+/// The issuer, number and thisUpdate of a CRL.
+fn describe(crl: &[u8]) -> Result<(Vec<u8>, Applied), CrlError> {
+    let der = der(crl)?;
+    let (_, parsed) = x509_parser::parse_x509_crl(&der)
+        .map_err(|e| CrlError::Unreadable(crate::certs::x509_error(e)))?;
+    Ok((
+        parsed.issuer().as_raw().to_vec(),
+        Applied {
+            number: parsed.crl_number().map(|n| n.to_bytes_be()),
+            this_update: parsed.last_update().timestamp(),
+        },
+    ))
+}
+
+/// `a` before `b`, as unsigned big-endian numbers without leading zeros.
+fn before(a: &[u8], b: &[u8]) -> bool {
+    let a = &a[a.iter().take_while(|x| **x == 0).count()..];
+    let b = &b[b.iter().take_while(|x| **x == 0).count()..];
+    (a.len(), a) < (b.len(), b)
+}
+
+// === impl CrlMemory ===
+
+impl CrlMemory {
+    /// Refuses `crl` (DER or PEM) if it is older than the CRL of the same issuer already
+    /// applied: a lower CRL number, or an earlier thisUpdate. Call it before the CRL is
+    /// used; it changes nothing.
+    pub fn check(&self, crl: &[u8]) -> Result<(), CrlError> {
+        let (issuer, offered) = describe(crl)?;
+        let Some(applied) = self.latest.get(&issuer) else {
+            return Ok(());
+        };
+        if let (Some(offered), Some(applied)) = (&offered.number, &applied.number)
+            && before(offered, applied)
+        {
+            return Err(CrlError::Rollback {
+                number: enclaveid_attestor::hex(offered),
+                applied: enclaveid_attestor::hex(applied),
+            });
+        }
+        if offered.this_update < applied.this_update {
+            return Err(CrlError::Replayed {
+                this_update: unix_seconds(offered.this_update),
+                applied: unix_seconds(applied.this_update),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records `crl` as applied: call it once the CRL verified (its signature checked
+    /// with its issuer's key).
+    pub fn record(&mut self, crl: &[u8]) {
+        if let Ok((issuer, applied)) = describe(crl) {
+            self.latest.insert(issuer, applied);
+        }
+    }
+
+    /// Remembers a revocation: the path of `revoked.leaf_serial` stays revoked.
+    pub fn remember(&mut self, revoked: &Revoked) {
+        self.revoked
+            .entry(revoked.leaf_serial.clone())
+            .or_insert_with(|| revoked.clone());
+    }
+
+    /// The revocation seen earlier of the path whose leaf has `leaf_serial`, if any.
+    pub fn revocation_of(&self, leaf_serial: &str) -> Option<&Revoked> {
+        self.revoked.get(leaf_serial)
+    }
+}
+
+fn unix_seconds(seconds: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds.max(0).unsigned_abs())
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, Issuer,
+        KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    };
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    fn issuer(name: &str) -> Issuer<'static, KeyPair> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Issuer::new(params, key)
+    }
+
+    fn crl(issuer: &Issuer<'static, KeyPair>, number: u64, age_days: i64, serials: &[u8]) -> Vec<u8> {
+        let now = OffsetDateTime::now_utc();
+        CertificateRevocationListParams {
+            this_update: now - time::Duration::days(age_days),
+            next_update: now + time::Duration::days(1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&[*s]),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(issuer)
+        .unwrap()
+        .der()
+        .to_vec()
+    }
+
+    #[test]
+    fn hostile_a_replayed_older_crl_is_refused() {
+        let ca = issuer("CA");
+        let mut memory = CrlMemory::default();
+        let first = crl(&ca, 1, 2, &[]);
+        let second = crl(&ca, 2, 1, &[7]);
+        memory.check(&first).unwrap();
+        memory.record(&first);
+        memory.check(&second).unwrap();
+        memory.record(&second);
+        // The same CRL again is fine; the older one is a rollback.
+        memory.check(&second).unwrap();
+        let error = memory.check(&first).unwrap_err().to_string();
+        assert!(error.contains("CRL number 01 is older than number 02"), "{error}");
+        // A higher number issued earlier than what was applied is refused too.
+        let backdated = crl(&ca, 3, 5, &[]);
+        let error = memory.check(&backdated).unwrap_err().to_string();
+        assert!(error.contains("before the CRL already applied"), "{error}");
+        // Another issuer's CRLs are kept apart.
+        memory.check(&crl(&issuer("another CA"), 1, 9, &[])).unwrap();
+    }
+
+    #[test]
+    fn hostile_a_revocation_once_seen_is_not_forgotten() {
+        let mut memory = CrlMemory::default();
+        let revoked = Revoked {
+            certificate: CertName {
+                subject: "CN=x".into(),
+                serial: "0a".into(),
+            },
+            since: SystemTime::UNIX_EPOCH,
+            leaf_serial: "0a".into(),
+        };
+        assert!(memory.revocation_of("0a").is_none());
+        memory.remember(&revoked);
+        assert_eq!(memory.revocation_of("0a"), Some(&revoked));
+    }
+
+    #[test]
+    fn a_big_endian_number_compares_by_value() {
+        assert!(before(&[1], &[2]));
+        assert!(before(&[0xff], &[1, 0]));
+        assert!(!before(&[0, 2], &[2]));
+        assert!(!before(&[2], &[1]));
+    }
 }

@@ -319,10 +319,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Config::from_toml(&text, &path.display().to_string())?
         }
         None => {
-            let socket = enclaveid_agent::dev_socket_path(uid);
-            let config = Config::dev(uid, socket.clone())?;
-            check_dev_dir(&socket, uid)?;
-            config
+            // The socket's directory is checked when it is bound: one another user
+            // created first under /tmp is refused.
+            Config::dev(uid, enclaveid_agent::dev_socket_path(uid))?
         }
     };
     let agent = Agent::start(config)?;
@@ -352,22 +351,6 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     agent.serve(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The `--dev` socket may live under /tmp, where another user could have created the
-/// directory first; refuse one that is not ours.
-fn check_dev_dir(socket: &std::path::Path, uid: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    if let Some(dir) = socket.parent()
-        && let Ok(meta) = std::fs::symlink_metadata(dir)
-        && (!meta.is_dir() || meta.uid() != uid)
-    {
-        anyhow::bail!(
-            "{} is not a directory owned by uid {uid}; remove it or use `enclaveid run --config`",
-            dir.display()
-        );
-    }
-    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -35,6 +35,23 @@ const PRIORITY: u8 = 0x20;
 const MAX_FRAME: usize = 16_384;
 /// Header blocks (HEADERS plus CONTINUATION) larger than this close the connection.
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// The decoded header list of one block, counted as HTTP/2 counts it (name, value and 32
+/// octets per field, RFC 9113 §6.5.2), is bounded too: a small block of indexed references
+/// to a large dynamic-table entry would otherwise decode to hundreds of MiB (an HPACK
+/// bomb). The server advertises the same bound to clients
+/// ([`MAX_HEADER_LIST_SIZE`]).
+pub const MAX_HEADER_LIST_SIZE: usize = 64 * 1024;
+/// The dynamic table size this server allows (`SETTINGS_HEADER_TABLE_SIZE`, never raised
+/// from the HTTP/2 default): a client's table size update above it is a protocol error.
+const MAX_TABLE_SIZE: usize = 4096;
+/// CONTINUATION frames per header block, counted as `h2` counts them (enough frames for
+/// the largest block, plus a quarter, at least 5): zero-length CONTINUATION frames add
+/// nothing to a block's size and would otherwise be taken without end.
+const MAX_CONTINUATION_FRAMES: usize = {
+    let frames = MAX_HEADER_BLOCK / MAX_FRAME;
+    let padded = frames + frames / 4;
+    if padded > 5 { padded } else { 5 }
+};
 
 /// A stream whose client-to-server HTTP/2 header blocks get a valid `:authority`.
 pub struct LenientAuthority<S> {
@@ -47,13 +64,22 @@ pub struct LenientAuthority<S> {
     ready: BytesMut,
     state: State,
     decoder: loona_hpack::Decoder<'static>,
-    /// A header block being collected: (stream ID, END_STREAM, fragments so far).
-    block: Option<(u32, bool, Vec<u8>)>,
+    /// A header block being collected.
+    block: Option<Block>,
     /// Payload bytes of a frame passed through in place that are still to come.
     skip: usize,
     /// Header blocks are being re-encoded (the first one's authority was invalid).
     translating: bool,
     eof: bool,
+}
+
+/// A header block being collected from HEADERS and CONTINUATION frames.
+struct Block {
+    stream_id: u32,
+    end_stream: bool,
+    fragments: Vec<u8>,
+    /// CONTINUATION frames without END_HEADERS so far.
+    continuations: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -74,7 +100,7 @@ impl<S> LenientAuthority<S> {
             raw: BytesMut::new(),
             ready: BytesMut::new(),
             state: State::Preface,
-            decoder: loona_hpack::Decoder::new(),
+            decoder: new_decoder(),
             block: None,
             skip: 0,
             translating: false,
@@ -195,7 +221,12 @@ impl<S> LenientAuthority<S> {
                     .ok_or_else(|| invalid("HEADERS padding too long"))?,
             )
             .unwrap_or_default();
-        self.block = Some((stream_id, flags & END_STREAM != 0, fragment.to_vec()));
+        self.block = Some(Block {
+            stream_id,
+            end_stream: flags & END_STREAM != 0,
+            fragments: fragment.to_vec(),
+            continuations: 0,
+        });
         if flags & END_HEADERS != 0 {
             self.finish_block()?;
         }
@@ -204,10 +235,16 @@ impl<S> LenientAuthority<S> {
 
     fn continuation(&mut self, frame: &[u8]) -> io::Result<()> {
         let flags = frame[4];
-        if let Some((_, _, block)) = &mut self.block {
-            block.extend_from_slice(&frame[FRAME_HEADER..]);
-            if block.len() > MAX_HEADER_BLOCK {
+        if let Some(block) = &mut self.block {
+            block.fragments.extend_from_slice(&frame[FRAME_HEADER..]);
+            if block.fragments.len() > MAX_HEADER_BLOCK {
                 return Err(invalid("header block too large"));
+            }
+            if flags & END_HEADERS == 0 {
+                block.continuations += 1;
+                if block.continuations > MAX_CONTINUATION_FRAMES {
+                    return Err(invalid("too many CONTINUATION frames in one header block"));
+                }
             }
         }
         if flags & END_HEADERS != 0 {
@@ -217,13 +254,33 @@ impl<S> LenientAuthority<S> {
     }
 
     fn finish_block(&mut self) -> io::Result<()> {
-        let Some((stream_id, end_stream, block)) = self.block.take() else {
+        let Some(Block {
+            stream_id,
+            end_stream,
+            fragments: block,
+            ..
+        }) = self.block.take()
+        else {
             return Ok(());
         };
-        let headers = self
-            .decoder
-            .decode(&block)
+        // Decoded fields are counted before they are kept: past the bound nothing more
+        // is stored, and the connection is closed once the block is read.
+        let mut headers = Vec::new();
+        let mut list_size = 0usize;
+        self.decoder
+            .decode_with_cb(&block, |name, value| {
+                list_size = list_size
+                    .saturating_add(name.len())
+                    .saturating_add(value.len())
+                    .saturating_add(32);
+                if list_size <= MAX_HEADER_LIST_SIZE {
+                    headers.push((name.into_owned(), value.into_owned()));
+                }
+            })
             .map_err(|e| invalid(&format!("undecodable header block: {e}")))?;
+        if list_size > MAX_HEADER_LIST_SIZE {
+            return Err(invalid("decoded header list too large"));
+        }
         // A client keeps one authority per connection. If its first request's is valid
         // (grpc-go, tonic: `localhost`), its blocks go on untouched from here on, with no
         // decoding; the tables of client and server never diverge.
@@ -236,7 +293,7 @@ impl<S> LenientAuthority<S> {
             // `translate` passes on the rest of `raw` in this state; the decoder's table
             // is no longer needed.
             self.state = State::PassThrough;
-            self.decoder = loona_hpack::Decoder::new();
+            self.decoder = new_decoder();
             return Ok(());
         }
         self.translating = true;
@@ -292,6 +349,13 @@ impl<S> LenientAuthority<S> {
             }
         }
     }
+}
+
+/// An HPACK decoder bounded as this server's settings say.
+fn new_decoder() -> loona_hpack::Decoder<'static> {
+    let mut decoder = loona_hpack::Decoder::new();
+    decoder.set_max_allowed_table_size(MAX_TABLE_SIZE);
+    decoder
 }
 
 /// An HPACK string literal, not Huffman-coded (RFC 7541, 5.2).
@@ -522,6 +586,79 @@ mod tests {
         let (flags, second) = &blocks[1];
         assert_eq!(*flags, END_HEADERS | END_STREAM);
         assert_eq!(second[0], (b":authority".to_vec(), b"localhost".to_vec()));
+    }
+
+    fn translate_result(input: &[u8]) -> io::Result<Vec<u8>> {
+        let mut stream = LenientAuthority::new(());
+        stream.raw.extend_from_slice(input);
+        stream.translate()?;
+        Ok(stream.ready.to_vec())
+    }
+
+    /// One 64 KiB block of indexed references to a 4 KiB dynamic-table entry would decode
+    /// to hundreds of MiB; the decoded list is counted and refused past its bound.
+    #[test]
+    fn hostile_hpack_bomb_is_refused_without_decoding_it_into_memory() {
+        let mut block = Vec::new();
+        // Literal with incremental indexing, new name (0x40): a 4000-byte value into the
+        // dynamic table (index 62), then as many one-byte references to it as fit.
+        block.push(0x40);
+        encode_string(b"x-bomb", &mut block);
+        encode_string(&[b'a'; 4000], &mut block);
+        while block.len() < MAX_HEADER_BLOCK - 2 {
+            block.push(0x80 | 62);
+        }
+        let mut input = PREFACE.to_vec();
+        // The block in HEADERS plus CONTINUATION frames of the largest size.
+        let mut chunks = block.chunks(MAX_FRAME).peekable();
+        let mut first = true;
+        while let Some(chunk) = chunks.next() {
+            let mut frame = headers_frame(chunk, if chunks.peek().is_none() { END_HEADERS } else { 0 });
+            if !first {
+                frame[3] = CONTINUATION;
+            }
+            first = false;
+            input.extend_from_slice(&frame);
+        }
+        let error = translate_result(&input).unwrap_err();
+        assert!(error.to_string().contains("decoded header list too large"), "{error}");
+    }
+
+    #[test]
+    fn hostile_dynamic_table_size_update_over_the_settings_is_refused() {
+        // A dynamic table size update (0x20 prefix, 5 bits) to 1 MiB, then a header.
+        let mut block = Vec::new();
+        encode_integer(1 << 20, 5, 0x20, &mut block);
+        block.push(0x82); // :method GET
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&headers_frame(&block, END_HEADERS));
+        let error = translate_result(&input).unwrap_err();
+        assert!(error.to_string().contains("undecodable header block"), "{error}");
+    }
+
+    #[test]
+    fn hostile_empty_continuation_frames_are_counted_as_h2_counts_them() {
+        let mut encoder = loona_hpack::Encoder::new();
+        let block = encoder.encode([(&b":authority"[..], &b"a%2Fb.sock"[..])]);
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&headers_frame(&block, 0));
+        let mut empty = headers_frame(&[], 0);
+        empty[3] = CONTINUATION;
+        for _ in 0..=MAX_CONTINUATION_FRAMES {
+            input.extend_from_slice(&empty);
+        }
+        let error = translate_result(&input).unwrap_err();
+        assert!(error.to_string().contains("too many CONTINUATION frames"), "{error}");
+        // A few empty ones, then the end of the block, are accepted.
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&headers_frame(&block, 0));
+        for _ in 0..MAX_CONTINUATION_FRAMES {
+            input.extend_from_slice(&empty);
+        }
+        let mut last = headers_frame(&[], END_HEADERS);
+        last[3] = CONTINUATION;
+        input.extend_from_slice(&last);
+        translate_result(&input).unwrap();
     }
 
     /// Through `poll_read`, with the input cut into pieces of every size: the same

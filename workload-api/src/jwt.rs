@@ -150,7 +150,7 @@ pub fn claims(spiffe_id: &SpiffeId, audience: &[String], ttl: Duration, now: Sys
     json!({
         "sub": spiffe_id.to_string(),
         "aud": audience,
-        "exp": iat + ttl.as_secs().max(1),
+        "exp": iat.saturating_add(ttl.as_secs().max(1)),
         "iat": iat,
     })
 }

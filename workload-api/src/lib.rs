@@ -14,19 +14,28 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use enclaveid_workload_api::{Caller, Error, Selectors, Snapshot, WorkloadApi, WorkloadAttestor};
+//! use enclaveid_workload_api::{
+//!     Caller, Error, Limiter, Limits, Selectors, Snapshot, WorkloadApi, WorkloadAttestor,
+//! };
 //!
+//! #[derive(Clone)]
 //! struct EveryoneIsUid0;
 //! impl WorkloadAttestor for EveryoneIsUid0 {
-//!     async fn attest(&self, _caller: Caller) -> Result<Selectors, Error> {
+//!     type Accepted = ();
+//!     fn accept(&self, _caller: &Caller) {}
+//!     async fn attest(&self, _caller: Caller, _accepted: &()) -> Result<Selectors, Error> {
 //!         Ok(Selectors::from_iter(["unix:uid:0".to_owned()]))
 //!     }
 //! }
 //!
+//! # async fn demo() -> std::io::Result<()> {
 //! let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
-//! let service = WorkloadApi::new(rx, EveryoneIsUid0).into_server();
-//! // tonic::transport::Server::builder().add_service(service).serve_with_incoming(...)
-//! # drop((tx, service));
+//! let limiter = Limiter::new(Limits::default());
+//! let service = WorkloadApi::new(rx, EveryoneIsUid0, limiter.clone()).into_server();
+//! let listener = tokio::net::UnixListener::bind("/tmp/agent.sock")?;
+//! let incoming = enclaveid_workload_api::incoming(listener, EveryoneIsUid0, limiter);
+//! // tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming)
+//! # drop((tx, service, incoming)); Ok(()) }
 //! ```
 //!
 //! Status codes (as SPIRE's agent returns them, `spire/pkg/agent/endpoints`):
@@ -35,6 +44,7 @@
 //! | --- | --- | --- |
 //! | header `workload.spiffe.io: true` absent or another value | `InvalidArgument` | `security header missing from request` |
 //! | the caller could not be attested | `Unavailable` | the reason |
+//! | the caller is over a per-uid or per-connection limit ([`Limits`]) | `ResourceExhausted` | which limit |
 //! | no entry matches the caller, or its last identity went away | `PermissionDenied` | `no identity issued` |
 //! | the agent is shutting down | `Unavailable` | `agent is shutting down` |
 //! | `FetchJWTSVID` or `ValidateJWTSVID` without an audience | `InvalidArgument` | `audience must be specified` |
@@ -45,9 +55,13 @@
 #![forbid(unsafe_code)]
 
 mod authority;
+mod connection;
 pub mod jwt;
+mod limits;
 
-pub use authority::LenientAuthority;
+pub use authority::{LenientAuthority, MAX_HEADER_LIST_SIZE};
+pub use connection::{Connection, Peer, incoming};
+pub use limits::{Limiter, Limits};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -61,7 +75,6 @@ use prost::bytes::Bytes;
 use spiffe::SpiffeId;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
@@ -164,8 +177,20 @@ pub struct Caller {
 
 /// Finds the selectors of a caller. Implemented by the agent (Unix workload attestation).
 pub trait WorkloadAttestor: Send + Sync + 'static {
-    /// The selectors that describe `caller`.
-    fn attest(&self, caller: Caller) -> impl Future<Output = Result<Selectors, Error>> + Send;
+    /// What is noted about a caller when its connection is accepted, before any of its
+    /// calls. The agent notes the process's executable, so that a process that connects
+    /// and then `execve`s another binary is not taken for that binary.
+    type Accepted: Clone + Send + Sync + Unpin + std::fmt::Debug + 'static;
+
+    /// Notes a freshly accepted caller. It runs in the accept loop: it must be quick.
+    fn accept(&self, caller: &Caller) -> Self::Accepted;
+
+    /// The selectors that describe `caller`, whose connection was noted as `accepted`.
+    fn attest(
+        &self,
+        caller: Caller,
+        accepted: &Self::Accepted,
+    ) -> impl Future<Output = Result<Selectors, Error>> + Send;
 }
 
 // === impl Snapshot ===
@@ -362,24 +387,45 @@ pub struct WorkloadApi<A> {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     attestor: A,
     tokens: TokenCache,
+    limiter: Arc<Limiter>,
 }
 
 /// JWT-SVIDs already signed, per (SPIFFE ID, audience set, key), reused until half their
-/// lifetime has passed. Callers choose audiences, so the cache is bounded.
+/// lifetime has passed. Callers choose audiences (up to the request size), so the cache
+/// is bounded in entries and in bytes.
+struct TokenCache {
+    entries: std::sync::Mutex<TokenEntries>,
+    budget: usize,
+}
+
 #[derive(Default)]
-struct TokenCache(std::sync::Mutex<std::collections::HashMap<TokenKey, Cached>>);
+struct TokenEntries {
+    map: std::collections::HashMap<TokenKey, Cached>,
+    bytes: usize,
+}
 
 type TokenKey = (String, Vec<String>, String);
 
 struct Cached {
     token: String,
     renew_at: SystemTime,
+    bytes: usize,
 }
 
-/// The most tokens kept; past it, what is due is dropped, then everything.
+/// The most tokens kept, whatever their size; past it (or past the byte budget), what is
+/// due is dropped, then everything.
 const MAX_CACHED_TOKENS: usize = 4096;
+/// What an entry costs beyond its strings: the map's bookkeeping, roughly.
+const ENTRY_OVERHEAD: usize = 128;
 
 impl TokenCache {
+    fn new(budget: usize) -> Self {
+        Self {
+            entries: std::sync::Mutex::default(),
+            budget,
+        }
+    }
+
     fn token(
         &self,
         issuer: &dyn jwt::JwtIssuer,
@@ -396,10 +442,10 @@ impl TokenCache {
             issuer.kid().to_owned(),
         );
         let mut cache = self
-            .0
+            .entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(cached) = cache.get(&key)
+        if let Some(cached) = cache.map.get(&key)
             && now < cached.renew_at
         {
             return Ok(cached.token.clone());
@@ -410,19 +456,34 @@ impl TokenCache {
                 tracing::error!(error = %e, spiffe_id = %identity.spiffe_id, "could not sign a JWT-SVID");
                 Status::internal(format!("could not sign a JWT-SVID: {e}"))
             })?;
-        if cache.len() >= MAX_CACHED_TOKENS {
-            cache.retain(|_, cached| now < cached.renew_at);
-            if cache.len() >= MAX_CACHED_TOKENS {
-                cache.clear();
+        let bytes = ENTRY_OVERHEAD
+            + key.0.len()
+            + key.1.iter().map(String::len).sum::<usize>()
+            + key.2.len()
+            + token.len();
+        if bytes > self.budget {
+            // Larger than the whole budget: served, not kept.
+            return Ok(token);
+        }
+        if cache.map.len() >= MAX_CACHED_TOKENS || cache.bytes + bytes > self.budget {
+            cache.map.retain(|_, cached| now < cached.renew_at);
+            cache.bytes = cache.map.values().map(|c| c.bytes).sum();
+            if cache.map.len() >= MAX_CACHED_TOKENS || cache.bytes + bytes > self.budget {
+                cache.map.clear();
+                cache.bytes = 0;
             }
         }
-        cache.insert(
+        cache.bytes += bytes;
+        if let Some(replaced) = cache.map.insert(
             key,
             Cached {
                 token: token.clone(),
-                renew_at: now + identity.jwt_ttl / 2,
+                renew_at: now.checked_add(identity.jwt_ttl / 2).unwrap_or(now),
+                bytes,
             },
-        );
+        ) {
+            cache.bytes -= replaced.bytes;
+        }
         Ok(token)
     }
 }
@@ -436,13 +497,15 @@ pub type WorkloadApiServer<A> = InterceptedService<
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl<A: WorkloadAttestor> WorkloadApi<A> {
-    /// A service that serves what is published on `snapshots`. When the sender is
-    /// dropped (the agent shuts down) every open stream ends with `Unavailable`.
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, attestor: A) -> Self {
+    /// A service that serves what is published on `snapshots`, to connections accepted
+    /// by [`incoming`] with the same `limiter`. When the sender is dropped (the agent
+    /// shuts down) every open stream ends with `Unavailable`.
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, attestor: A, limiter: Arc<Limiter>) -> Self {
         Self {
             snapshots,
             attestor,
-            tokens: TokenCache::default(),
+            tokens: TokenCache::new(limiter.limits().token_cache_bytes),
+            limiter,
         }
     }
 
@@ -454,26 +517,29 @@ impl<A: WorkloadAttestor> WorkloadApi<A> {
         InterceptedService::new(server, check_security_header as fn(_) -> _)
     }
 
-    /// Attests the caller of `request` from the peer credentials of its Unix socket.
-    async fn selectors_of<T>(&self, request: &Request<T>) -> Result<Selectors, Status> {
-        let caller = request
+    /// Admits a call under the caller's limits and attests the caller from its
+    /// connection's peer credentials. The slot counts the call (a stream, while it is
+    /// open) against the caller's limits.
+    async fn selectors_of<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(Selectors, limits::StreamSlot), Status> {
+        let peer = request
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .map(|cred| Caller {
-                pid: cred.pid(),
-                uid: cred.uid(),
-                gid: cred.gid(),
-            })
+            .get::<Peer<A::Accepted>>()
+            .cloned()
             .ok_or_else(|| {
                 Status::unavailable(
                     "workload attestation failed: the connection has no peer credentials",
                 )
             })?;
-        match self.attestor.attest(caller).await {
+        let caller = peer.caller;
+        self.limiter.admit_call(caller.uid)?;
+        let slot = self.limiter.open_stream(caller.uid, &peer.state)?;
+        match self.attestor.attest(caller, &peer.accepted).await {
             Ok(selectors) => {
                 tracing::debug!(pid = ?caller.pid, uid = caller.uid, selectors = selectors.len(), "attested caller");
-                Ok(selectors)
+                Ok((selectors, slot))
             }
             Err(error) => {
                 tracing::warn!(%error, pid = ?caller.pid, uid = caller.uid, "workload attestation failed");
@@ -486,7 +552,7 @@ impl<A: WorkloadAttestor> WorkloadApi<A> {
     /// caller has no identity left (`PermissionDenied`) or the agent stops.
     fn watch<T>(
         &self,
-        selectors: Selectors,
+        (selectors, slot): (Selectors, limits::StreamSlot),
         build: fn(&Snapshot, &Selectors) -> Option<T>,
         caller: &'static str,
     ) -> Result<ResponseStream<T>, Status>
@@ -503,12 +569,15 @@ impl<A: WorkloadAttestor> WorkloadApi<A> {
             selectors: Selectors,
             last: Option<T>,
             pending: Option<T>,
+            /// Counts the stream against the caller's limits until it ends.
+            _slot: limits::StreamSlot,
         }
         let state = State {
             snapshots,
             selectors,
             last: None,
             pending: Some(first),
+            _slot: slot,
         };
         let stream = futures_util::stream::unfold(Some(state), move |state| async move {
             let mut state = state?;
@@ -596,8 +665,8 @@ impl<A: WorkloadAttestor> SpiffeWorkloadApi for WorkloadApi<A> {
         &self,
         request: Request<proto::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let selectors = self.selectors_of(&request).await?;
-        self.watch(selectors, Snapshot::x509_svid_response, "FetchX509SVID")
+        let admitted = self.selectors_of(&request).await?;
+        self.watch(admitted, Snapshot::x509_svid_response, "FetchX509SVID")
             .map(Response::new)
     }
 
@@ -605,9 +674,9 @@ impl<A: WorkloadAttestor> SpiffeWorkloadApi for WorkloadApi<A> {
         &self,
         request: Request<proto::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let selectors = self.selectors_of(&request).await?;
+        let admitted = self.selectors_of(&request).await?;
         self.watch(
-            selectors,
+            admitted,
             Snapshot::x509_bundles_response,
             "FetchX509Bundles",
         )
@@ -618,7 +687,7 @@ impl<A: WorkloadAttestor> SpiffeWorkloadApi for WorkloadApi<A> {
         &self,
         request: Request<proto::JwtsvidRequest>,
     ) -> Result<Response<proto::JwtsvidResponse>, Status> {
-        let selectors = self.selectors_of(&request).await?;
+        let (selectors, _slot) = self.selectors_of(&request).await?;
         let request = request.into_inner();
         if request.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -656,8 +725,8 @@ impl<A: WorkloadAttestor> SpiffeWorkloadApi for WorkloadApi<A> {
         &self,
         request: Request<proto::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let selectors = self.selectors_of(&request).await?;
-        self.watch(selectors, Snapshot::jwt_bundles_response, "FetchJWTBundles")
+        let admitted = self.selectors_of(&request).await?;
+        self.watch(admitted, Snapshot::jwt_bundles_response, "FetchJWTBundles")
             .map(Response::new)
     }
 
@@ -666,7 +735,7 @@ impl<A: WorkloadAttestor> SpiffeWorkloadApi for WorkloadApi<A> {
         request: Request<proto::ValidateJwtsvidRequest>,
     ) -> Result<Response<proto::ValidateJwtsvidResponse>, Status> {
         // Any attested caller may validate; it needs no identity of its own.
-        self.selectors_of(&request).await?;
+        let _slot = self.selectors_of(&request).await?;
         let request = request.into_inner();
         if request.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -802,9 +871,20 @@ mod tests {
 
     struct NoAttestor;
     impl WorkloadAttestor for NoAttestor {
-        async fn attest(&self, _caller: Caller) -> Result<Selectors, Error> {
+        type Accepted = ();
+        fn accept(&self, _caller: &Caller) {}
+        async fn attest(&self, _caller: Caller, _accepted: &()) -> Result<Selectors, Error> {
             Err(Error::Attestation("unused".into()))
         }
+    }
+
+    /// `selectors` admitted as a stream of uid 1 on a connection of its own.
+    fn admitted(limiter: &Arc<Limiter>, list: &[&str]) -> (Selectors, limits::StreamSlot) {
+        std::mem::forget(limiter.admit_connection(1).unwrap());
+        let slot = limiter
+            .open_stream(1, &limits::ConnectionState::new())
+            .unwrap();
+        (selectors(list), slot)
     }
 
     /// The streaming contract: full state on every change, nothing when nothing changed,
@@ -813,10 +893,11 @@ mod tests {
     async fn a_stream_follows_the_snapshot() {
         use futures_util::StreamExt as _;
         let (tx, rx) = watch::channel(Arc::new(snapshot()));
-        let api = WorkloadApi::new(rx, NoAttestor);
-        let caller = selectors(&["unix:uid:1"]);
+        let limiter = Limiter::new(Limits::default());
+        let api = WorkloadApi::new(rx, NoAttestor, limiter.clone());
+        let caller = &["unix:uid:1"];
         let mut stream = api
-            .watch(caller.clone(), Snapshot::x509_svid_response, "test")
+            .watch(admitted(&limiter, caller), Snapshot::x509_svid_response, "test")
             .unwrap();
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!(first.svids.len(), 1);
@@ -843,11 +924,15 @@ mod tests {
         assert!(stream.next().await.is_none());
 
         // Shutdown: the sender goes away, open streams end with Unavailable.
-        let mut other = api.watch(caller, Snapshot::x509_bundles_response, "test");
+        let mut other = api.watch(
+            admitted(&limiter, caller),
+            Snapshot::x509_bundles_response,
+            "test",
+        );
         assert!(other.is_err(), "no identity now, so no bundles either");
         tx.send_replace(Arc::new(snapshot()));
         other = api.watch(
-            selectors(&["unix:uid:1"]),
+            admitted(&limiter, caller),
             Snapshot::x509_bundles_response,
             "test",
         );
