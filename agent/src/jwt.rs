@@ -227,10 +227,8 @@ impl JwtKeys {
         self.retired
             .retain(|(jwk, _)| jwk["kid"] != key.kid.as_str());
         if let Some(old) = self.current.take() {
-            let keep_until = crate::time::later_wall(
-                wall,
-                self.longest_token.saturating_add(RETIRED_MARGIN),
-            );
+            let keep_until =
+                crate::time::later_wall(wall, self.longest_token.saturating_add(RETIRED_MARGIN));
             self.retired.push((old.jwk.clone(), keep_until));
             tracing::info!(kid = %key.kid, retired_kid = %old.kid, "JWT-SVID signing key replaced");
         } else {
@@ -270,7 +268,9 @@ impl JwtKeys {
     pub(crate) fn next_wakeup(&self, now: Instant, wall: SystemTime) -> Option<Instant> {
         self.retired
             .iter()
-            .map(|(_, until)| crate::time::later(now, until.duration_since(wall).unwrap_or_default()))
+            .map(|(_, until)| {
+                crate::time::later(now, until.duration_since(wall).unwrap_or_default())
+            })
             .chain(self.rotate_at)
             .min()
     }

@@ -370,12 +370,12 @@ impl Rotator {
         self.entries
             .iter()
             .flat_map(|slot| {
-                let expiry = slot
-                    .svid
-                    .as_ref()
-                    .map(|svid| {
-                        crate::time::later(now, svid.not_after().duration_since(wall).unwrap_or_default())
-                    });
+                let expiry = slot.svid.as_ref().map(|svid| {
+                    crate::time::later(
+                        now,
+                        svid.not_after().duration_since(wall).unwrap_or_default(),
+                    )
+                });
                 std::iter::once(slot.rotate_at).chain(expiry)
             })
             .chain(self.jwt.as_ref().and_then(|jwt| jwt.next_wakeup(now, wall)))

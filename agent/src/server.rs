@@ -172,8 +172,8 @@ fn check_directory(dir: &Path) -> Result<(), SocketError> {
     let others_can_write = mode & 0o022 != 0;
     let sticky = mode & 0o1000 != 0;
     let trusted_owner = meta.uid() == me || meta.uid() == 0;
-    let safe = meta.is_dir()
-        && ((trusted_owner && !others_can_write) || (meta.uid() == 0 && sticky));
+    let safe =
+        meta.is_dir() && ((trusted_owner && !others_can_write) || (meta.uid() == 0 && sticky));
     if safe {
         Ok(())
     } else {
@@ -223,8 +223,8 @@ pub(crate) async fn serve(
     // h2 allows a little more than the service: a caller past its stream limit gets
     // `ResourceExhausted` from the service instead of waiting silently for a slot, and
     // health checks still fit.
-    let h2_streams = u32::try_from(limits.max_streams_per_connection.saturating_add(16))
-        .unwrap_or(u32::MAX);
+    let h2_streams =
+        u32::try_from(limits.max_streams_per_connection.saturating_add(16)).unwrap_or(u32::MAX);
     let limiter = Limiter::new(limits);
     let api = WorkloadApi::new(snapshots, attestor.clone(), limiter.clone()).into_server();
     let incoming = enclaveid_workload_api::incoming(listener, attestor, limiter);
@@ -268,7 +268,8 @@ pub(crate) async fn serve(
 /// the agent's own files and sockets): past that, `accept` fails and every caller waits.
 fn within_descriptor_limit(mut limits: Limits) -> Limits {
     const RESERVED: u64 = 64;
-    if let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    if let Ok((soft, _)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
     {
         let room = usize::try_from(soft.saturating_sub(RESERVED).max(1)).unwrap_or(usize::MAX);
         if limits.max_connections > room {
@@ -449,7 +450,10 @@ mod tests {
         let error = BoundSocket::bind(&dir("world", 0o777, None))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("mode 0777") && error.contains("not safe"), "{error}");
+        assert!(
+            error.contains("mode 0777") && error.contains("not safe"),
+            "{error}"
+        );
         let error = BoundSocket::bind(&dir("group", 0o775, None))
             .unwrap_err()
             .to_string();
@@ -462,7 +466,11 @@ mod tests {
             assert!(error.contains("owner uid 65534"), "{error}");
             // A root-owned sticky directory, as /tmp: others cannot remove what we make.
             let socket = BoundSocket::bind(&dir("sticky", 0o1777, Some(0))).unwrap();
-            let mode = std::fs::metadata(socket.path()).unwrap().permissions().mode() & 0o777;
+            let mode = std::fs::metadata(socket.path())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
             assert_eq!(mode, 0o777);
         }
     }

@@ -379,10 +379,9 @@ impl WorkloadAttestor for UnixAttestor {
             return Ok(self.attest_blocking(caller, accepted)?);
         }
         let this = self.clone();
-        let attested =
-            tokio::task::spawn_blocking(move || this.attest_blocking(caller, accepted))
-                .await
-                .map_err(AttestationError::Task)?;
+        let attested = tokio::task::spawn_blocking(move || this.attest_blocking(caller, accepted))
+            .await
+            .map_err(AttestationError::Task)?;
         Ok(attested?)
     }
 }
@@ -649,6 +648,9 @@ mod tests {
             .attest_blocking(caller, attestor.note(&caller))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("8589934592 bytes") && error.contains("1048576"), "{error}");
+        assert!(
+            error.contains("8589934592 bytes") && error.contains("1048576"),
+            "{error}"
+        );
     }
 }

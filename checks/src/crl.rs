@@ -64,7 +64,9 @@ pub enum CrlError {
     #[error("a CRL does not parse")]
     Unreadable(#[source] x509_parser::error::X509Error),
     /// A CRL number lower than one already applied.
-    #[error("CRL number {number} is older than number {applied}, already applied: a replayed CRL is refused")]
+    #[error(
+        "CRL number {number} is older than number {applied}, already applied: a replayed CRL is refused"
+    )]
     Rollback {
         /// The offered CRL's number, hex.
         number: String,
@@ -251,7 +253,12 @@ mod tests {
         Issuer::new(params, key)
     }
 
-    fn crl(issuer: &Issuer<'static, KeyPair>, number: u64, age_days: i64, serials: &[u8]) -> Vec<u8> {
+    fn crl(
+        issuer: &Issuer<'static, KeyPair>,
+        number: u64,
+        age_days: i64,
+        serials: &[u8],
+    ) -> Vec<u8> {
         let now = OffsetDateTime::now_utc();
         CertificateRevocationListParams {
             this_update: now - time::Duration::days(age_days),
@@ -288,13 +295,18 @@ mod tests {
         // The same CRL again is fine; the older one is a rollback.
         memory.check(&second).unwrap();
         let error = memory.check(&first).unwrap_err().to_string();
-        assert!(error.contains("CRL number 01 is older than number 02"), "{error}");
+        assert!(
+            error.contains("CRL number 01 is older than number 02"),
+            "{error}"
+        );
         // A higher number issued earlier than what was applied is refused too.
         let backdated = crl(&ca, 3, 5, &[]);
         let error = memory.check(&backdated).unwrap_err().to_string();
         assert!(error.contains("before the CRL already applied"), "{error}");
         // Another issuer's CRLs are kept apart.
-        memory.check(&crl(&issuer("another CA"), 1, 9, &[])).unwrap();
+        memory
+            .check(&crl(&issuer("another CA"), 1, 9, &[]))
+            .unwrap();
     }
 
     #[test]

@@ -613,7 +613,14 @@ mod tests {
         let mut chunks = block.chunks(MAX_FRAME).peekable();
         let mut first = true;
         while let Some(chunk) = chunks.next() {
-            let mut frame = headers_frame(chunk, if chunks.peek().is_none() { END_HEADERS } else { 0 });
+            let mut frame = headers_frame(
+                chunk,
+                if chunks.peek().is_none() {
+                    END_HEADERS
+                } else {
+                    0
+                },
+            );
             if !first {
                 frame[3] = CONTINUATION;
             }
@@ -621,7 +628,10 @@ mod tests {
             input.extend_from_slice(&frame);
         }
         let error = translate_result(&input).unwrap_err();
-        assert!(error.to_string().contains("decoded header list too large"), "{error}");
+        assert!(
+            error.to_string().contains("decoded header list too large"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -633,7 +643,10 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend_from_slice(&headers_frame(&block, END_HEADERS));
         let error = translate_result(&input).unwrap_err();
-        assert!(error.to_string().contains("undecodable header block"), "{error}");
+        assert!(
+            error.to_string().contains("undecodable header block"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -648,7 +661,10 @@ mod tests {
             input.extend_from_slice(&empty);
         }
         let error = translate_result(&input).unwrap_err();
-        assert!(error.to_string().contains("too many CONTINUATION frames"), "{error}");
+        assert!(
+            error.to_string().contains("too many CONTINUATION frames"),
+            "{error}"
+        );
         // A few empty ones, then the end of the block, are accepted.
         let mut input = PREFACE.to_vec();
         input.extend_from_slice(&headers_frame(&block, 0));

@@ -500,7 +500,11 @@ impl<A: WorkloadAttestor> WorkloadApi<A> {
     /// A service that serves what is published on `snapshots`, to connections accepted
     /// by [`incoming`] with the same `limiter`. When the sender is dropped (the agent
     /// shuts down) every open stream ends with `Unavailable`.
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, attestor: A, limiter: Arc<Limiter>) -> Self {
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        attestor: A,
+        limiter: Arc<Limiter>,
+    ) -> Self {
         Self {
             snapshots,
             attestor,
@@ -897,7 +901,11 @@ mod tests {
         let api = WorkloadApi::new(rx, NoAttestor, limiter.clone());
         let caller = &["unix:uid:1"];
         let mut stream = api
-            .watch(admitted(&limiter, caller), Snapshot::x509_svid_response, "test")
+            .watch(
+                admitted(&limiter, caller),
+                Snapshot::x509_svid_response,
+                "test",
+            )
             .unwrap();
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!(first.svids.len(), 1);

@@ -238,7 +238,11 @@ fn log_refusal(entry: &mut PerUid, uid: u32, limit: &'static str, now: Instant) 
         .is_none_or(|last| now.duration_since(*last) >= LOG_EVERY);
     if due {
         entry.logged.insert(limit, now);
-        tracing::warn!(uid, limit, "a caller hit a limit; refused (logged once a minute)");
+        tracing::warn!(
+            uid,
+            limit,
+            "a caller hit a limit; refused (logged once a minute)"
+        );
     }
 }
 
@@ -248,7 +252,11 @@ pub(crate) fn log_connection_refused(limiter: &Limiter, uid: u32, limit: &'stati
     let mut uids = limiter.uids();
     match uids.get_mut(&uid) {
         Some(entry) => log_refusal(entry, uid, limit, now),
-        None => tracing::warn!(uid, limit, "a connection was refused: the agent is at its limit"),
+        None => tracing::warn!(
+            uid,
+            limit,
+            "a connection was refused: the agent is at its limit"
+        ),
     }
 }
 
@@ -348,10 +356,16 @@ mod tests {
         let two = limiter.open_stream(7, &first).unwrap();
         let status = limiter.open_stream(7, &first).unwrap_err();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(status.message().contains("max_streams_per_connection"), "{status:?}");
+        assert!(
+            status.message().contains("max_streams_per_connection"),
+            "{status:?}"
+        );
         let _three = limiter.open_stream(7, &second).unwrap();
         let status = limiter.open_stream(7, &second).unwrap_err();
-        assert!(status.message().contains("max_streams_per_uid"), "{status:?}");
+        assert!(
+            status.message().contains("max_streams_per_uid"),
+            "{status:?}"
+        );
         drop(two);
         limiter.open_stream(7, &second).unwrap();
     }
@@ -390,6 +404,9 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         drop(stream);
         let after = connection.idle_deadline(timeout).unwrap();
-        assert!(after > first + Duration::from_secs(29), "idle counts from the last close");
+        assert!(
+            after > first + Duration::from_secs(29),
+            "idle counts from the last close"
+        );
     }
 }
