@@ -165,10 +165,9 @@ impl Authority {
             "upstream.key_path",
             &files.key_path,
         )?);
-        let key_der = pem::parse(&*key_pem)
-            .ok()
-            .filter(|p| p.tag() == "PRIVATE KEY")
-            .map(|p| Zeroizing::new(p.into_contents()))
+        let key_der = enclaveid_checks::secret_pem::decode(&key_pem)
+            .filter(|p| p.label == "PRIVATE KEY")
+            .map(|p| p.der)
             .ok_or_else(|| ConfigError::NotPkcs8 {
                 key: "upstream.key_path",
                 path: files.key_path.clone(),

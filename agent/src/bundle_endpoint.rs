@@ -21,7 +21,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use spiffe::{SpiffeId, TrustDomain};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use x509_parser::public_key::PublicKey;
 
 use enclaveid_checks::certs::{self, CertificateError};
@@ -29,6 +30,19 @@ use enclaveid_io::AddressExt as _;
 
 use crate::Error;
 use crate::config::{BundleEndpoint, ConfigError, EndpointProfile};
+
+/// How long a client has for the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's headers, from its first byte (or from the
+/// previous response on a kept-alive connection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a connection stays open, whatever it does: the document is a few KiB, and
+/// federated servers poll every `refresh_hint` on a new connection anyway.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// The largest request head (request line and headers) read.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// How often connections refused over the cap are logged.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the bundle endpoint could not build its document or serve it.
 #[derive(Debug, thiserror::Error)]
@@ -182,7 +196,7 @@ impl ResolvesServerCert for SvidResolver {
         let svid = identity.svid.as_ref()?;
         certs::split_der(svid.cert_chain_der(), "the endpoint's SVID")
             .map_err(BundleEndpointError::Certificate)
-            .and_then(|chain| certified_key(chain, svid.private_key_der().to_vec()))
+            .and_then(|chain| certified_key(chain, svid.private_key_der()))
             .map_err(|error| tracing::error!(error = %enclaveid_checks::Chain(&error), "bundle endpoint: the SVID is unusable"))
             .ok()
             .map(Arc::new)
@@ -199,14 +213,43 @@ impl ResolvesServerCert for Fixed {
     }
 }
 
+/// The endpoint's certificate and key. The key is borrowed, not copied: aws-lc-rs parses
+/// it into its own key object, which it zeroizes when freed.
 fn certified_key(
     chain: Vec<CertificateDer<'static>>,
-    pkcs8: Vec<u8>,
+    pkcs8: &[u8],
 ) -> Result<CertifiedKey, BundleEndpointError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
     let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
         .map_err(BundleEndpointError::Tls)?;
     Ok(CertifiedKey::new(chain, signing))
+}
+
+/// Connections refused over the cap, logged at most once a minute.
+#[derive(Debug, Default)]
+struct RefusedLog {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl RefusedLog {
+    fn note(&mut self, peer: &str, cap: usize) {
+        self.since += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_none_or(|last| now.duration_since(last) >= REFUSED_LOG_EVERY)
+        {
+            tracing::warn!(
+                %peer,
+                refused = self.since,
+                limit = cap,
+                "bundle endpoint: bundle_endpoint.max_connections reached; connections closed at once (logged once a minute)"
+            );
+            self.last = Some(now);
+            self.since = 0;
+        }
+    }
 }
 
 /// The bundle endpoint, ready to serve.
@@ -246,14 +289,13 @@ impl Server {
                     "bundle_endpoint.key_path",
                     key_path,
                 )?);
-                let key = pem::parse(&*key_pem)
-                    .ok()
-                    .filter(|p| p.tag() == "PRIVATE KEY")
+                let key = enclaveid_checks::secret_pem::decode(&key_pem)
+                    .filter(|p| p.label == "PRIVATE KEY")
                     .ok_or_else(|| ConfigError::NotPkcs8 {
                         key: "bundle_endpoint.key_path",
                         path: key_path.clone(),
                     })?;
-                let certified = certified_key(chain, key.into_contents())?;
+                let certified = certified_key(chain, &key.der)?;
                 builder.with_cert_resolver(Arc::new(Fixed(Arc::new(certified))))
             }
         };
@@ -265,6 +307,11 @@ impl Server {
             snapshots,
             sequence: Mutex::new((Vec::new(), 0)),
         })
+    }
+
+    /// The most connections the endpoint holds open at once.
+    pub(crate) fn max_connections(&self) -> usize {
+        self.config.max_connections
     }
 
     /// The current document; `spiffe_sequence` rises whenever the keys change.
@@ -298,49 +345,83 @@ impl Server {
                     listen: self.config.listen.clone(),
                     source,
                 })?;
-        tracing::info!(listen = %self.config.listen, "serving the SPIFFE bundle endpoint");
+        tracing::info!(listen = %self.config.listen, max_connections = self.config.max_connections, "serving the SPIFFE bundle endpoint");
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
+        let permits = Arc::new(Semaphore::new(self.config.max_connections));
         let this = Arc::new(self);
+        let mut backoff = enclaveid_io::AcceptBackoff::default();
+        let mut refused = RefusedLog::default();
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
+                    Ok(accepted) => {
+                        backoff.succeeded();
+                        accepted
+                    }
                     Err(error) => {
-                        tracing::warn!(%error, "bundle endpoint: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let pause = backoff.failed();
+                        tracing::warn!(%error, ?pause, "bundle endpoint: accept failed");
+                        tokio::time::sleep(pause).await;
                         continue;
                     }
                 },
                 () = &mut shutdown => return Ok(()),
             };
+            // Past the cap, a connection is closed at once: its descriptor is not held,
+            // so the endpoint's clients cannot take the Workload API's descriptors.
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                refused.note(&peer, this.config.max_connections);
+                continue;
+            };
             let (acceptor, this) = (acceptor.clone(), this.clone());
             tokio::spawn(async move {
-                let tls =
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%peer, %error, "bundle endpoint: handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let this = this.clone();
-                    let peer = peer.clone();
-                    async move {
-                        let response = this.answer(&request);
-                        tracing::info!(%peer, status = response.status().as_u16(), "bundle endpoint: request answered");
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+                let _permit = permit;
+                let served = tokio::time::timeout(
+                    CONNECTION_LIFETIME,
+                    this.clone().connection(acceptor, stream, peer.clone()),
+                );
+                if served.await.is_err() {
+                    tracing::debug!(%peer, "bundle endpoint: connection closed at its time limit");
+                }
             });
         }
+    }
+
+    /// One connection: the TLS handshake and then HTTP/1.1 requests, each under a
+    /// deadline so that a client sending nothing (or a byte at a time) is let go.
+    async fn connection(
+        self: Arc<Self>,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: Box<dyn enclaveid_io::Stream>,
+        peer: String,
+    ) {
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "bundle endpoint: handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "bundle endpoint: no handshake in time");
+                return;
+            }
+        };
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let this = self.clone();
+            let peer = peer.clone();
+            async move {
+                let response = this.answer(&request);
+                tracing::info!(%peer, status = response.status().as_u16(), "bundle endpoint: request answered");
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_header_size(MAX_HEADER_BYTES)
+            .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+            .await;
     }
 
     fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -424,6 +505,7 @@ mod tests {
             listen: "tcp://127.0.0.1:0".parse().unwrap(),
             profile: EndpointProfile::HttpsSpiffe(SpiffeId::new("spiffe://example.org/b").unwrap()),
             refresh_hint: Duration::from_secs(60),
+            max_connections: 4,
         };
         let server = Server::new(config, &td, rx).unwrap();
         let sequence = |server: &Server| {

@@ -256,7 +256,12 @@ pub struct BundleEndpoint {
     pub profile: EndpointProfile,
     /// `spiffe_refresh_hint`: how often federated servers should poll.
     pub refresh_hint: Duration,
+    /// The most connections open at once; more are closed as they come.
+    pub max_connections: usize,
 }
+
+/// The most bundle-endpoint connections open at once by default.
+pub const DEFAULT_BUNDLE_ENDPOINT_CONNECTIONS: usize = 128;
 
 /// The endpoint's authentication profile.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -492,6 +497,7 @@ struct RawBundleEndpoint {
     cert_path: Option<PathBuf>,
     key_path: Option<PathBuf>,
     refresh_hint: Option<String>,
+    max_connections: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -892,10 +898,22 @@ fn parse_bundle_endpoint(
         }
         None => Duration::from_secs(300),
     };
+    let max_connections = match raw.max_connections {
+        None => DEFAULT_BUNDLE_ENDPOINT_CONNECTIONS,
+        Some(n @ 1..=65_536) => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(n) => {
+            return Err(invalid(
+                "bundle_endpoint.max_connections",
+                &n,
+                &"accepted: 1 to 65536",
+            ));
+        }
+    };
     Ok(BundleEndpoint {
         listen,
         profile,
         refresh_hint,
+        max_connections,
     })
 }
 

@@ -248,6 +248,10 @@ impl Agent {
         if let Some(upstream) = self.upstream {
             tokio::spawn(upstream.run(stop.clone().cancelled_owned()));
         }
+        let reserved = self
+            .bundle_endpoint
+            .as_ref()
+            .map_or(0, bundle_endpoint::Server::max_connections);
         if let Some(endpoint) = self.bundle_endpoint {
             let stopped = stop.clone().cancelled_owned();
             tokio::spawn(async move {
@@ -268,6 +272,7 @@ impl Agent {
             self.problems,
             self.attestor,
             self.limits,
+            reserved,
             stop.clone().cancelled_owned(),
         )
         .await;

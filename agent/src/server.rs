@@ -203,6 +203,7 @@ pub(crate) async fn serve(
     problems: watch::Receiver<Option<String>>,
     attestor: UnixAttestor,
     limits: Limits,
+    reserved_descriptors: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SocketError> {
     let listener = socket.listener.take().ok_or(SocketError::AlreadyServed)?;
@@ -219,7 +220,7 @@ pub(crate) async fn serve(
         status,
     };
 
-    let limits = within_descriptor_limit(limits);
+    let limits = within_descriptor_limit(limits, reserved_descriptors);
     // h2 allows a little more than the service: a caller past its stream limit gets
     // `ResourceExhausted` from the service instead of waiting silently for a slot, and
     // health checks still fit.
@@ -230,10 +231,15 @@ pub(crate) async fn serve(
     let incoming = enclaveid_workload_api::incoming(listener, attestor, limiter);
     let (drain_tx, mut drain_rx) = watch::channel(false);
     let server = tonic::transport::Server::builder()
-        // Every Workload API message is small (an SVID is a few KiB); small windows keep
-        // the memory of thousands of idle streams low without slowing anything down.
+        // Every Workload API message is small (an SVID is a few KiB): a small stream
+        // window keeps the memory of thousands of idle streams low. The connection window
+        // is larger because h2 sizes its budget of small DATA frames buffered at once from
+        // it (half of it, one frame costing ~256 bytes): 1 MiB lets a client open its
+        // `max_streams_per_connection` streams at once, each with a few-byte request.
+        // tonic reads every request as soon as it arrives, so the window is not memory
+        // held for long.
         .initial_stream_window_size(64 * 1024)
-        .initial_connection_window_size(64 * 1024)
+        .initial_connection_window_size(1024 * 1024)
         .max_concurrent_streams(h2_streams)
         .http2_max_header_list_size(u32::try_from(MAX_HEADER_LIST_SIZE).unwrap_or(u32::MAX))
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
@@ -264,23 +270,31 @@ pub(crate) async fn serve(
     result.map_err(SocketError::Serve)
 }
 
-/// The connection limit, kept under the process's file-descriptor limit (with room for
-/// the agent's own files and sockets): past that, `accept` fails and every caller waits.
-fn within_descriptor_limit(mut limits: Limits) -> Limits {
-    const RESERVED: u64 = 64;
-    if let Ok((soft, _)) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-    {
-        let room = usize::try_from(soft.saturating_sub(RESERVED).max(1)).unwrap_or(usize::MAX);
-        if limits.max_connections > room {
-            tracing::warn!(
-                configured = limits.max_connections,
-                used = room,
-                descriptor_limit = soft,
-                "limits.max_connections lowered under the file-descriptor limit"
-            );
-            limits.max_connections = room;
-        }
+/// `limits` with `max_connections` lowered, if need be, so that the Workload API's
+/// connections, `reserved` others (the bundle endpoint's) and 64 spare descriptors fit
+/// under the file-descriptor limit: accepting then never fails for lack of descriptors,
+/// and a caller over the cap is refused by the limiter with a log line. The soft limit
+/// is first raised to the hard one, as Go programs (spire-agent) do at start.
+fn within_descriptor_limit(mut limits: Limits, reserved: usize) -> Limits {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const SPARE: u64 = 64;
+    let Ok((mut soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return limits;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        soft = hard;
+    }
+    let reserved = u64::try_from(reserved).unwrap_or(u64::MAX);
+    let room = soft.saturating_sub(SPARE).saturating_sub(reserved).max(1);
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    if limits.max_connections > room {
+        tracing::warn!(
+            configured = limits.max_connections,
+            used = room,
+            descriptor_limit = soft,
+            "limits.max_connections lowered under the file-descriptor limit"
+        );
+        limits.max_connections = room;
     }
     limits
 }

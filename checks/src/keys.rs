@@ -116,11 +116,10 @@ impl SigningKey {
     /// Parses a PEM private key, as KMS releases it to the enclave: `PRIVATE KEY`
     /// (PKCS#8), `EC PRIVATE KEY` (SEC1, P-256 or P-384) or `RSA PRIVATE KEY` (PKCS#1).
     pub fn from_pem(pem_bytes: &[u8], what: &str) -> Result<Self, KeyError> {
-        let block = pem::parse(pem_bytes).map_err(|_| KeyError::NotPem {
+        let block = crate::secret_pem::decode(pem_bytes).ok_or_else(|| KeyError::NotPem {
             what: what.to_owned(),
         })?;
-        let tag = block.tag().to_owned();
-        let der = Zeroizing::new(block.into_contents());
+        let (tag, der) = (block.label, block.der);
         match tag.as_str() {
             "PRIVATE KEY" => Self::from_pkcs8_der(&der, what),
             "EC PRIVATE KEY" => {

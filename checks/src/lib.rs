@@ -37,6 +37,7 @@ pub mod keys;
 pub mod location;
 pub mod material;
 pub mod revocation;
+pub mod secret_pem;
 pub mod verify;
 pub mod wire;
 

@@ -135,7 +135,8 @@ fn write_files(dir: &Path, context: &X509Context) -> anyhow::Result<()> {
             chain.collect::<String>().as_bytes(),
             0o644,
         )?;
-        let key = zeroize::Zeroizing::new(pem_block("PRIVATE KEY", svid.private_key().as_bytes()));
+        let key =
+            enclaveid_checks::secret_pem::encode("PRIVATE KEY", svid.private_key().as_bytes());
         write_atomic(dir, &format!("svid.{i}.key"), key.as_bytes(), 0o600)?;
         let bundle = context
             .bundle_set()

@@ -28,6 +28,15 @@ use clap::{Args, Parser, Subcommand};
 use enclaveid_agent::Agent;
 use enclaveid_agent::config::{Config, ConfigError, DEFAULT_SOCKET_PATH};
 
+/// Every heap block is zeroed when it is freed, and a reallocation moves to a new block
+/// and wipes the old one. Keys and tokens are zeroized by the types that hold them; this
+/// also covers the copies made where no type of ours is in charge: tonic's encode buffer,
+/// h2's send buffer, rustls and hyper records, the AWS SDK's request bodies. A rotated-out
+/// key is then gone from the process, not merely unreferenced.
+#[global_allocator]
+static ALLOCATOR: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 /// EX_USAGE from sysexits.h: the command or its configuration is wrong.
 const EXIT_USAGE: u8 = 64;
 
@@ -161,8 +170,71 @@ struct ValidateJwtArgs {
     /// The audience the token must carry.
     #[arg(long, value_name = "AUDIENCE")]
     audience: String,
-    /// The token.
-    token: String,
+    /// Read the token from this file; `-` (the default) is standard input.
+    #[arg(long, value_name = "PATH", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// The token itself, only with --token-in-argv: on the command line every user of
+    /// the machine can read it (/proc/PID/cmdline) while the command runs.
+    #[arg(value_name = "TOKEN")]
+    token: Option<String>,
+    /// Accept TOKEN on the command line despite that exposure.
+    #[arg(long)]
+    token_in_argv: bool,
+}
+
+/// The largest token read from a file or standard input.
+const MAX_TOKEN_BYTES: u64 = 64 * 1024;
+
+impl ValidateJwtArgs {
+    /// The token: from the command line only when asked for explicitly, else from
+    /// `--token-file` or standard input.
+    fn token(&self) -> anyhow::Result<String> {
+        use std::io::{IsTerminal as _, Read as _};
+        if let Some(token) = &self.token {
+            if !self.token_in_argv {
+                return Err(UsageError(
+                    "a token on the command line can be read by every user of this machine (/proc/PID/cmdline); \
+                     pipe it on standard input or pass --token-file PATH, or add --token-in-argv to accept that"
+                        .into(),
+                )
+                .into());
+            }
+            return Ok(token.clone());
+        }
+        let (from, reader): (String, Box<dyn std::io::Read>) = match &self.token_file {
+            Some(path) if path.as_os_str() != "-" => (
+                path.display().to_string(),
+                Box::new(
+                    std::fs::File::open(path)
+                        .map_err(|e| UsageError(format!("--token-file {}: {e}", path.display())))?,
+                ),
+            ),
+            _ => {
+                if std::io::stdin().is_terminal() {
+                    eprintln!(
+                        "enclaveid: reading the JWT-SVID from standard input (end with Ctrl-D)"
+                    );
+                }
+                ("standard input".into(), Box::new(std::io::stdin()))
+            }
+        };
+        let mut text = String::new();
+        reader
+            .take(MAX_TOKEN_BYTES + 1)
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading the token from {from}"))?;
+        if text.len() as u64 > MAX_TOKEN_BYTES {
+            return Err(UsageError(format!(
+                "the token from {from} is over {MAX_TOKEN_BYTES} bytes; a JWT-SVID is far smaller"
+            ))
+            .into());
+        }
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(UsageError(format!("no token on {from}")).into());
+        }
+        Ok(token.to_owned())
+    }
 }
 
 #[derive(Args)]
@@ -244,7 +316,7 @@ fn main() -> ExitCode {
                 raw::validate_jwt(
                     &endpoint(&args.common.endpoint)?,
                     &args.audience,
-                    &args.token,
+                    &args.token()?,
                     args.common.timeout,
                 )
                 .await

@@ -18,9 +18,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backoff;
 mod file;
 mod transport;
 
+pub use backoff::AcceptBackoff;
 pub use enclaveid_checks::address::{ACCEPTED, ANY_CID, Address, AddressError, PARENT_CID};
 pub use file::write_atomically;
 pub use transport::{AddressExt, Listener, Stream};

@@ -20,7 +20,6 @@ use aws_sdk_acmpca::types::{
 };
 use rustls_pki_types::CertificateDer;
 use spiffe::{SpiffeId, TrustDomain};
-use zeroize::Zeroizing;
 
 use enclaveid_checks::certs::{self, CertificateError};
 use enclaveid_checks::keys::{KeyError, SigningKey};
@@ -371,10 +370,9 @@ impl Aws {
             });
         }
 
-        let key_pem = Zeroizing::new(pem::encode(&pem::Pem::new(
-            "PRIVATE KEY",
-            key.to_pkcs8_der()?.to_vec(),
-        )));
+        // The key's PEM is zeroized here; the copy the AWS SDK makes for the request body
+        // (on the operator's machine, not in an enclave) is the SDK's and is not.
+        let key_pem = enclaveid_checks::secret_pem::encode("PRIVATE KEY", &key.to_pkcs8_der()?);
         let encrypted = self
             .kms
             .encrypt()

@@ -99,7 +99,17 @@ impl AgentProcess {
         Self::try_start_with_log(config, "debug,h2=info,hyper=info,tower=info")
     }
 
+    /// Like [`AgentProcess::start`], run under `prefix` (`prlimit --nofile=…`, say).
+    pub fn start_under(prefix: &[&str], config: &str) -> Self {
+        Self::try_start_under(prefix, config, "debug,h2=info,hyper=info,tower=info")
+            .unwrap_or_else(|agent| panic!("agent did not start:\n{}", agent.stderr_text()))
+    }
+
     fn try_start_with_log(config: &str, log: &str) -> Result<Self, Self> {
+        Self::try_start_under(&[], config, log)
+    }
+
+    fn try_start_under(prefix: &[&str], config: &str, log: &str) -> Result<Self, Self> {
         let dir = tempfile::tempdir().expect("temporary directory");
         // Other uids (tests run callers under setpriv) must reach the socket.
         std::fs::set_permissions(
@@ -115,7 +125,15 @@ impl AgentProcess {
         )
         .expect("config");
         let stderr = dir.path().join("agent.stderr");
-        let child = Command::new(enclaveid_bin())
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(enclaveid_bin());
+                command
+            }
+            None => Command::new(enclaveid_bin()),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&config_path)

@@ -9,6 +9,7 @@
 mod e2e {
     mod attest;
     mod cli;
+    mod hostile;
     mod jwt;
     mod node;
     mod robustness;

@@ -701,3 +701,137 @@ async fn kms_revoked_jwt_key_leaves_the_jwks_at_once() {
     // X.509-SVIDs go on: the CA material is not revoked.
     fetch_x509(agent.socket()).await.unwrap();
 }
+
+/// Polls until a call is refused with `PermissionDenied` (what is served is withdrawn);
+/// fails the test after `within`.
+async fn wait_until_withdrawn(agent: &AgentProcess, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        match fetch_x509(agent.socket()).await {
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+                return;
+            }
+            Ok(_) => assert!(
+                Instant::now() < deadline,
+                "still served after {within:?}; agent log:\n{}",
+                agent.stderr_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `gateway_config` with `lines` added to `[upstream]`.
+fn gateway_config_with(world: &World, lines: &str) -> String {
+    gateway_config(world, ADMITTED_PCR0, "").replace(
+        "resync_interval = \"5s\"",
+        &format!("resync_interval = \"5s\"\n{lines}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_host_rolling_a_crl_back_does_not_bring_revoked_material_back() {
+    let now = time::OffsetDateTime::now_utc();
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    let first = world
+        .pca
+        .crl_numbered(1, now - time::Duration::minutes(30), &[]);
+    world.publish(world.material(&ca), first.clone()).await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config(&world, ADMITTED_PCR0, ""));
+    wait_for_x509svid(&agent, Duration::from_secs(30)).await;
+
+    // CRL 2 revokes the material in service: withdrawn.
+    let revoking = world
+        .pca
+        .crl_numbered(2, now - time::Duration::minutes(20), &[&ca.serial]);
+    world.publish(world.material(&ca), revoking).await;
+    wait_until_withdrawn(&agent, Duration::from_secs(30)).await;
+
+    // The host serves CRL 1 again: refused as a replay, and nothing comes back.
+    world.publish(world.material(&ca), first).await;
+    wait_for_log(
+        &agent,
+        "CRL number 01 is older than number 02",
+        Duration::from_secs(30),
+    )
+    .await;
+    let status = fetch_x509(agent.socket()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let (healthy, said) = healthcheck(&agent);
+    assert!(
+        !healthy && said.contains("a replayed CRL is refused"),
+        "{said}"
+    );
+
+    // A newer CRL that no longer lists it (forged by a host that cannot sign would not
+    // verify; this one is the CA's own): a revocation once seen is not forgotten.
+    let forgetful = world
+        .pca
+        .crl_numbered(3, now - time::Duration::minutes(10), &[]);
+    world.publish(world.material(&ca), forgetful).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let status = fetch_x509(agent.socket()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let (healthy, said) = healthcheck(&agent);
+    assert!(!healthy && said.contains("is revoked since"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_host_withholding_crls_loses_the_material_after_crl_max_age() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config_with(&world, "crl_max_age = \"15s\""));
+    wait_for_x509svid(&agent, Duration::from_secs(30)).await;
+
+    // The host goes on relaying the material, but no CRL.
+    world.start_host_with(false);
+    wait_for_log(&agent, "offers no CRL", Duration::from_secs(30)).await;
+    let (healthy, said) = healthcheck(&agent);
+    assert!(healthy && said.contains("degraded"), "{said}");
+    // Not until the material's notAfter (a day): within crl_max_age of the last CRL.
+    wait_until_withdrawn(&agent, Duration::from_secs(30)).await;
+    let (healthy, said) = healthcheck(&agent);
+    assert!(!healthy && said.contains("upstream.crl_max_age"), "{said}");
+
+    // A host that serves CRLs again brings it back, without a restart.
+    world.start_host();
+    wait_for_x509svid(&agent, Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_host_stalling_the_tunnel_fails_each_sync_at_sync_timeout() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    world.start_host();
+    let agent = AgentProcess::start(&gateway_config_with(
+        &world,
+        "sync_timeout = \"5s\"\ncrl_max_age = \"20s\"",
+    ));
+    wait_for_x509svid(&agent, Duration::from_secs(30)).await;
+
+    // The host accepts and then relays nothing.
+    world.stop_host();
+    let _ = std::fs::remove_file(world.host_socket());
+    let stalled = hostile_host(&world.host_socket(), Vec::new()).await;
+    wait_for_log(&agent, "upstream.sync_timeout", Duration::from_secs(30)).await;
+    let (healthy, said) = healthcheck(&agent);
+    assert!(
+        healthy && said.contains("degraded") && said.contains("stalled"),
+        "{said}"
+    );
+    // The material in service goes once its last CRL is older than crl_max_age.
+    wait_until_withdrawn(&agent, Duration::from_secs(40)).await;
+    let (healthy, said) = healthcheck(&agent);
+    assert!(!healthy && said.contains("upstream.crl_max_age"), "{said}");
+
+    // Recovery without a restart.
+    stalled.abort();
+    world.start_host();
+    wait_for_x509svid(&agent, Duration::from_secs(40)).await;
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use enclaveid_io::AcceptBackoff;
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
@@ -16,9 +17,6 @@ use tokio::time::{Instant, Sleep};
 use crate::authority::LenientAuthority;
 use crate::limits::{ConnectionSlot, ConnectionState, Limiter};
 use crate::{Caller, WorkloadAttestor};
-
-/// The longest pause after a failed accept (out of file descriptors, for one).
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Who is on a connection, as the service sees it with each call: the peer credentials
 /// at accept, what the attestor noted then, and what the connection has open.
@@ -58,20 +56,18 @@ pub fn incoming<A: WorkloadAttestor>(
     limiter: Arc<Limiter>,
 ) -> impl Stream<Item = io::Result<Connection<A::Accepted>>> + Send {
     futures_util::stream::unfold(
-        (listener, attestor, limiter, Duration::ZERO),
+        (listener, attestor, limiter, AcceptBackoff::default()),
         |(listener, attestor, limiter, mut backoff)| async move {
             loop {
                 let stream = match listener.accept().await {
                     Ok((stream, _)) => {
-                        backoff = Duration::ZERO;
+                        backoff.succeeded();
                         stream
                     }
                     Err(error) => {
-                        backoff = (backoff * 2)
-                            .max(Duration::from_millis(10))
-                            .min(MAX_ACCEPT_BACKOFF);
-                        tracing::warn!(%error, pause = ?backoff, "accepting a Workload API connection failed");
-                        tokio::time::sleep(backoff).await;
+                        let pause = backoff.failed();
+                        tracing::warn!(%error, ?pause, "accepting a Workload API connection failed");
+                        tokio::time::sleep(pause).await;
                         continue;
                     }
                 };

@@ -36,7 +36,9 @@ pub struct Limits {
     pub max_streams_per_uid: usize,
     /// Calls a uid may start per second, sustained.
     pub calls_per_second_per_uid: u32,
-    /// Calls a uid may start at once, after a quiet period.
+    /// Calls a uid may start at once, after a quiet period: by default as many as one
+    /// connection may have open, so that a client opening a stream per identity or
+    /// audience at start is served whole.
     pub call_burst_per_uid: u32,
     /// A connection with no call open for this long is closed.
     pub idle_timeout: Duration,
@@ -52,7 +54,7 @@ impl Default for Limits {
             max_streams_per_connection: 1024,
             max_streams_per_uid: 4096,
             calls_per_second_per_uid: 200,
-            call_burst_per_uid: 400,
+            call_burst_per_uid: 1024,
             idle_timeout: Duration::from_secs(300),
             token_cache_bytes: 8 * 1024 * 1024,
         }
@@ -131,7 +133,7 @@ impl Limiter {
     ) -> Result<ConnectionSlot, &'static str> {
         let mut uids = self.uids();
         if self.connections.load(Ordering::Relaxed) >= self.limits.max_connections {
-            return Err("max_connections");
+            return Err("limits.max_connections");
         }
         let now = Instant::now();
         // Forget uids with nothing open whose bucket has refilled: the map stays as small
@@ -153,7 +155,7 @@ impl Limiter {
             logged: HashMap::new(),
         });
         if entry.connections >= self.limits.max_connections_per_uid {
-            return Err("max_connections_per_uid");
+            return Err("limits.max_connections_per_uid");
         }
         entry.connections += 1;
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -180,7 +182,7 @@ impl Limiter {
                 "uid {uid} exceeds {} calls per second (limits.calls_per_second_per_uid); retry with backoff",
                 self.limits.calls_per_second_per_uid
             );
-            log_refusal(entry, uid, "calls_per_second_per_uid", now);
+            log_refusal(entry, uid, "limits.calls_per_second_per_uid", now);
             return Err(Status::resource_exhausted(message));
         }
         entry.tokens -= 1.0;
@@ -201,14 +203,14 @@ impl Limiter {
         let on_connection = connection.open.load(Ordering::Relaxed);
         let refused = if on_connection >= self.limits.max_streams_per_connection {
             Some((
-                "max_streams_per_connection",
+                "limits.max_streams_per_connection",
                 format!(
                     "this connection has {on_connection} streams open, the limit (limits.max_streams_per_connection); open another connection or close streams"
                 ),
             ))
         } else if entry.streams >= self.limits.max_streams_per_uid {
             Some((
-                "max_streams_per_uid",
+                "limits.max_streams_per_uid",
                 format!(
                     "uid {uid} has {} streams open, the limit (limits.max_streams_per_uid)",
                     entry.streams
@@ -335,10 +337,13 @@ mod tests {
         let _b = limiter.admit_connection(1000).unwrap();
         assert_eq!(
             limiter.admit_connection(1000).unwrap_err(),
-            "max_connections_per_uid"
+            "limits.max_connections_per_uid"
         );
         let _c = limiter.admit_connection(0).unwrap();
-        assert_eq!(limiter.admit_connection(0).unwrap_err(), "max_connections");
+        assert_eq!(
+            limiter.admit_connection(0).unwrap_err(),
+            "limits.max_connections"
+        );
         drop(a);
         limiter.admit_connection(0).unwrap();
     }

@@ -316,7 +316,7 @@ fn webpki_a_crl_from_the_wrong_issuer_key_is_refused() {
 }
 
 #[test]
-fn webpki_an_intermediate_whose_path_len_forbids_the_path_is_refused() {
+fn hostile_webpki_an_intermediate_whose_path_len_forbids_the_path_is_refused() {
     let root = root();
     // root -> intermediate (pathLen 0) -> material CA: the material CA is a CA below an
     // intermediate that allows none.

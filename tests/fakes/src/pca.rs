@@ -122,19 +122,33 @@ impl TestPca {
         (sub, issued)
     }
 
-    /// A DER CRL revoking `serials`, valid for a day.
+    /// A DER CRL revoking `serials`, valid for a day (CRL number 1, issued five minutes
+    /// ago).
     pub fn crl(&self, serials: &[&[u8]]) -> Vec<u8> {
         let now = OffsetDateTime::now_utc();
+        self.crl_numbered(1, now - time::Duration::minutes(5), serials)
+    }
+
+    /// A DER CRL number `number` revoking `serials`, issued at `this_update` and valid
+    /// until a day from now: a sequence of them, as the Private CA publishes, or an old
+    /// one replayed.
+    pub fn crl_numbered(
+        &self,
+        number: u64,
+        this_update: OffsetDateTime,
+        serials: &[&[u8]],
+    ) -> Vec<u8> {
+        let now = OffsetDateTime::now_utc();
         let params = CertificateRevocationListParams {
-            this_update: now - time::Duration::minutes(5),
+            this_update,
             next_update: now + time::Duration::days(1),
-            crl_number: SerialNumber::from(1u64),
+            crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: serials
                 .iter()
                 .map(|serial| RevokedCertParams {
                     serial_number: SerialNumber::from_slice(serial),
-                    revocation_time: now - time::Duration::minutes(1),
+                    revocation_time: this_update,
                     reason_code: Some(rcgen::RevocationReason::KeyCompromise),
                     invalidity_date: None,
                 })

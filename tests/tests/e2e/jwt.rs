@@ -266,38 +266,111 @@ async fn after_a_key_rotation_old_tokens_validate_until_they_expire() {
 #[test]
 fn the_cli_fetches_validates_and_prints_bundles() {
     let agent = agent("");
-    let run = |args: &[&str]| {
-        let output = std::process::Command::new(enclaveid_tests::enclaveid_bin())
-            .args(args)
-            .args(["--socket", &agent.endpoint()])
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| run_cli(&agent, args, "");
+    let run_with_stdin = |args: &[&str], stdin: &str| run_cli(&agent, args, stdin);
     let (ok, out, err) = run(&["api", "fetch", "jwt", "--audience", "cli"]);
     assert!(ok, "{err}");
     assert!(out.starts_with(&format!("token({ME}):\n\t")), "{out}");
     let token = out.lines().nth(1).unwrap().trim().to_owned();
-    let (ok, out, err) = run(&["api", "validate", "jwt", "--audience", "cli", &token]);
+    // The token is read from standard input: never on the command line by default.
+    let (ok, out, err) = run_with_stdin(&["api", "validate", "jwt", "--audience", "cli"], &token);
     assert!(ok, "{err}");
     assert!(
         out.contains("SVID is valid.") && out.contains(ME) && out.contains("\"aud\":[\"cli\"]"),
         "{out}"
     );
-    let (ok, _, err) = run(&["api", "validate", "jwt", "--audience", "other", &token]);
+    let (ok, _, err) = run_with_stdin(&["api", "validate", "jwt", "--audience", "other"], &token);
     assert!(!ok);
     assert!(
         err.contains("InvalidArgument") && err.contains("does not contain"),
         "{err}"
     );
+    // From a file.
+    let file = agent.dir().join("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let (ok, out, err) = run(&[
+        "api",
+        "validate",
+        "jwt",
+        "--audience",
+        "cli",
+        "--token-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains(ME), "{err}");
     let (ok, out, err) = run(&["api", "fetch", "jwt-bundles"]);
     assert!(ok, "{err}");
     assert!(
         out.starts_with("bundle(spiffe://example.org):\n\t{\"keys\":["),
         "{out}"
     );
+}
+
+/// `enclaveid ARGS --socket AGENT` with `stdin` on standard input: (success, stdout,
+/// stderr).
+fn run_cli(agent: &AgentProcess, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(enclaveid_tests::enclaveid_bin())
+        .args(args)
+        .args(["--socket", &agent.endpoint()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn hostile_a_jwt_svid_is_not_taken_from_the_command_line_unless_asked() {
+    let agent = agent("");
+    let (ok, out, err) = run_cli(&agent, &["api", "fetch", "jwt", "--audience", "cli"], "");
+    assert!(ok, "{err}");
+    let token = out.lines().nth(1).unwrap().trim().to_owned();
+
+    // The token as an argument is refused (exit 64) before anything is sent, and the
+    // error says what to do instead.
+    let output = std::process::Command::new(enclaveid_tests::enclaveid_bin())
+        .args(["api", "validate", "jwt", "--audience", "cli", &token])
+        .args(["--socket", &agent.endpoint()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("/proc/PID/cmdline") && err.contains("--token-in-argv"),
+        "{err}"
+    );
+    assert!(!err.contains(&token), "the error does not repeat the token");
+
+    // With the explicit opt-in, it is accepted.
+    let (ok, out, err) = run_cli(
+        &agent,
+        &[
+            "api",
+            "validate",
+            "jwt",
+            "--audience",
+            "cli",
+            "--token-in-argv",
+            &token,
+        ],
+        "",
+    );
+    assert!(ok && out.contains(ME), "{err}");
+
+    // Nothing on standard input: a clear error.
+    let (ok, _, err) = run_cli(&agent, &["api", "validate", "jwt", "--audience", "cli"], "");
+    assert!(!ok && err.contains("no token on standard input"), "{err}");
 }
