@@ -28,6 +28,11 @@
 //! # allow_debug = false   accept this enclave's own debug-mode attestation
 //! # fake only: debug = false, module_id = "i-…-enc…", pcrs = { 0 = "HEX" },
 //! #            root_cert_path / root_key_path: sign with this fake root
+//! [limits]             # optional, per caller; see docs/configuration.md
+//! # max_connections = 1024, max_connections_per_uid = 256,
+//! # max_streams_per_connection = 1024, max_streams_per_uid = 4096,
+//! # calls_per_second_per_uid = 200, call_burst_per_uid = 1024, idle_timeout = "5m",
+//! # token_cache_bytes = 8388608, max_executable_bytes = 268435456
 //! [[entry]]
 //! spiffe_id = "spiffe://example.org/gateway"
 //! selectors = ["unix:uid:1000"]   # all must match

@@ -35,6 +35,12 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 /// How long a slot that has nothing to do sleeps.
 const IDLE: Duration = Duration::from_secs(3600);
 
+/// How often the wall clock is compared with the monotonic one, and how far they may
+/// drift apart before it counts as a step (an NTP step, a suspended VM, an operator's
+/// `date -s`): SVIDs are dated by the wall clock, timers run on the monotonic one.
+const WALL_CHECK: Duration = Duration::from_secs(1);
+const CLOCK_STEP: Duration = Duration::from_secs(2);
+
 /// Where the rotator reads the wall-clock time from.
 pub(crate) trait Clock: Send + Sync + 'static {
     /// Now, on the wall clock certificates are dated by.
@@ -83,6 +89,8 @@ pub(crate) struct Rotator {
     renew: Arc<tokio::sync::Notify>,
     jwt: Option<JwtKeys>,
     jwt_updates: Option<mpsc::Receiver<Option<JwtKey>>>,
+    /// The clocks at the last look, to notice a step of the wall clock.
+    last_seen: Option<(Instant, SystemTime)>,
 }
 
 /// Asks the running agent to re-mint every SVID now (see [`Renewer::renew_now`]).
@@ -141,6 +149,7 @@ impl Rotator {
             renew: Arc::default(),
             jwt: None,
             jwt_updates: None,
+            last_seen: None,
         };
         if let Some(signer) = signer {
             rotator.set_signer(signer);
@@ -270,6 +279,17 @@ impl Rotator {
     pub(crate) fn rotate_due(&mut self) -> Instant {
         let now = Instant::now();
         let wall = self.clock.now();
+        if let Some(step) = self.wall_clock_step(now, wall) {
+            // SVIDs minted before the step are dated on the other side of it: expired, or
+            // not yet valid, for peers whose clocks agree with the new time. Re-mint all.
+            tracing::warn!(
+                step = %step,
+                "the wall clock stepped; re-minting every X.509-SVID with the new time"
+            );
+            for slot in &mut self.entries {
+                slot.rotate_at = now;
+            }
+        }
         let mut changed = self.jwt.as_mut().is_some_and(|jwt| jwt.update(now, wall));
         for slot in &mut self.entries {
             if slot
@@ -366,6 +386,20 @@ impl Rotator {
         }
     }
 
+    /// How far the wall clock moved apart from the monotonic one since the last look
+    /// (`+` forward, `-` back), when it is more than [`CLOCK_STEP`].
+    fn wall_clock_step(&mut self, now: Instant, wall: SystemTime) -> Option<String> {
+        let last = self.last_seen.replace((now, wall));
+        let (then, then_wall) = last?;
+        let expected = crate::time::later_wall(then_wall, now.saturating_duration_since(then));
+        let (sign, by) = match wall.duration_since(expected) {
+            Ok(ahead) => ('+', ahead),
+            Err(behind) => ('-', behind.duration()),
+        };
+        let by = Duration::from_millis(u64::try_from(by.as_millis()).unwrap_or(u64::MAX));
+        (by > CLOCK_STEP).then(|| format!("{sign}{}", humantime::format_duration(by)))
+    }
+
     fn next_wakeup(&self, now: Instant, wall: SystemTime) -> Instant {
         self.entries
             .iter()
@@ -379,6 +413,7 @@ impl Rotator {
                 std::iter::once(slot.rotate_at).chain(expiry)
             })
             .chain(self.jwt.as_ref().and_then(|jwt| jwt.next_wakeup(now, wall)))
+            .chain(std::iter::once(crate::time::later(now, WALL_CHECK)))
             .min()
             .unwrap_or_else(|| crate::time::later(now, MAX_RETRY))
     }
@@ -474,7 +509,10 @@ mod tests {
         let next = rotator.rotate_due();
         let first = rx.borrow().clone();
         assert!(first.identities.iter().all(|i| i.svid.is_some()));
-        let wait = next - Instant::now();
+        // The rotator looks at the clocks every second; the SVIDs rotate much later.
+        assert!(next - Instant::now() <= WALL_CHECK);
+        let rotate_at = rotator.entries.iter().map(|slot| slot.rotate_at).min();
+        let wait = rotate_at.unwrap() - Instant::now();
         assert!(
             wait > Duration::from_secs(260) && wait <= Duration::from_secs(330),
             "{wait:?}"
@@ -512,6 +550,86 @@ mod tests {
         fn now(&self) -> SystemTime {
             self.wall + (Instant::now() - self.start)
         }
+    }
+
+    /// [`TokioClock`] that an operator can step forward or back.
+    struct SteppedClock {
+        inner: Arc<TokioClock>,
+        /// Seconds added to the inner clock (negative: back).
+        offset: std::sync::atomic::AtomicI64,
+    }
+
+    impl Clock for SteppedClock {
+        fn now(&self) -> SystemTime {
+            let offset = self.offset.load(std::sync::atomic::Ordering::Relaxed);
+            let by = Duration::from_secs(offset.unsigned_abs());
+            if offset >= 0 {
+                self.inner.now() + by
+            } else {
+                self.inner.now() - by
+            }
+        }
+    }
+
+    fn validity(chain: &[u8]) -> (SystemTime, SystemTime) {
+        let (_, cert) = x509_parser::parse_x509_certificate(chain).unwrap();
+        let at = |t: x509_parser::time::ASN1Time| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().unsigned_abs())
+        };
+        (
+            at(cert.validity().not_before),
+            at(cert.validity().not_after),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_clock_step_either_way_re_mints_every_svid_at_once() {
+        let td = spiffe::TrustDomain::new("example.org").unwrap();
+        let clock = Arc::new(SteppedClock {
+            inner: TokioClock::new(),
+            offset: std::sync::atomic::AtomicI64::new(0),
+        });
+        let authority = Authority::generate_dev(&td).unwrap();
+        let (rotator, rx) = Rotator::new(
+            &td,
+            authority.bundle_der(),
+            Some(Signer::Ca(authority)),
+            &[entry("a", Duration::from_secs(3600))],
+        );
+        let rotator = rotator.with_clock(clock.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let running = tokio::spawn(rotator.run(stop.clone().cancelled_owned()));
+        settle().await;
+        let first = chain(&rx).unwrap();
+
+        // Forward two hours, past the SVID's notAfter: within a second, a new SVID valid
+        // at the new time (not the expired one, and not after its 30-minute rotation).
+        clock
+            .offset
+            .store(7200, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::advance(WALL_CHECK).await;
+        settle().await;
+        let second = chain(&rx).unwrap();
+        assert_ne!(second, first, "still serving the SVID the step expired");
+        let (not_before, not_after) = validity(&second);
+        assert!(not_before <= clock.now() && clock.now() < not_after);
+
+        // Back again: the SVID minted in the future is not valid yet for anyone whose
+        // clock agrees; it is replaced too.
+        clock.offset.store(0, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::advance(WALL_CHECK).await;
+        settle().await;
+        let third = chain(&rx).unwrap();
+        assert_ne!(third, second, "still serving an SVID from the future");
+        let (not_before, not_after) = validity(&third);
+        assert!(not_before <= clock.now() && clock.now() < not_after);
+
+        // No step: nothing re-minted.
+        tokio::time::advance(WALL_CHECK * 5).await;
+        settle().await;
+        assert_eq!(chain(&rx).unwrap(), third);
+        stop.cancel();
+        running.await.unwrap();
     }
 
     fn entry(path: &str, ttl: Duration) -> Entry {

@@ -380,6 +380,53 @@ fn encode_integer(mut value: usize, prefix: u8, high_bits: u8, out: &mut Vec<u8>
     out.push(value as u8);
 }
 
+/// What the server reads through the shim when a client's bytes arrive as `chunks`, one
+/// read each, until the end of the stream; or the error that ends the connection. No
+/// I/O and no runtime: for the fuzz target (`fuzz/fuzz_targets/authority.rs`), which
+/// also checks that how the bytes are cut into reads does not change the outcome.
+#[doc(hidden)]
+pub fn read_through(chunks: &[&[u8]]) -> io::Result<Vec<u8>> {
+    /// A client whose reads return `chunks` in order (each cut to the reader's buffer).
+    struct Chunks<'a> {
+        chunks: std::slice::Iter<'a, &'a [u8]>,
+        current: &'a [u8],
+    }
+    impl AsyncRead for Chunks<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            while self.current.is_empty() {
+                match self.chunks.next() {
+                    Some(next) => self.current = next,
+                    None => return Poll::Ready(Ok(())),
+                }
+            }
+            let n = self.current.len().min(buf.remaining());
+            buf.put_slice(&self.current[..n]);
+            self.current = &self.current[n..];
+            Poll::Ready(Ok(()))
+        }
+    }
+    let mut shim = LenientAuthority::new(Chunks {
+        chunks: chunks.iter(),
+        current: &[],
+    });
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let mut read = ReadBuf::new(&mut buf);
+        match Pin::new(&mut shim).poll_read(&mut cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => return Ok(out),
+            Poll::Ready(Ok(())) => out.extend_from_slice(read.filled()),
+            Poll::Ready(Err(error)) => return Err(error),
+            Poll::Pending => return Err(invalid("the shim waited on a reader that never waits")),
+        }
+    }
+}
+
 fn invalid(message: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.to_owned())
 }

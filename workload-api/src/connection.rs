@@ -35,7 +35,9 @@ pub struct Connection<T> {
     peer: Peer<T>,
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
-    _slot: ConnectionSlot,
+    /// Wakes the connection when its uid's pause ends.
+    paused: Pin<Box<Sleep>>,
+    slot: ConnectionSlot,
 }
 
 impl<T> std::fmt::Debug for Connection<T> {
@@ -98,7 +100,8 @@ pub fn incoming<A: WorkloadAttestor>(
                     },
                     idle_timeout,
                     idle: Box::pin(tokio::time::sleep(idle_timeout)),
-                    _slot: slot,
+                    paused: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                    slot,
                 };
                 return Some((Ok(connection), (listener, attestor, limiter, backoff)));
             }
@@ -113,6 +116,13 @@ impl<T: Unpin> AsyncRead for Connection<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // A uid calling at over twice its rate is not read until its bucket refills.
+        if let Some(until) = this.slot.paused_until() {
+            this.paused.as_mut().reset(until);
+            if this.paused.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Pending => {}
             ready => return ready,

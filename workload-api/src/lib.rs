@@ -59,6 +59,8 @@ mod connection;
 pub mod jwt;
 mod limits;
 
+#[doc(hidden)]
+pub use authority::read_through;
 pub use authority::{LenientAuthority, MAX_HEADER_LIST_SIZE};
 pub use connection::{Connection, Peer, incoming};
 pub use limits::{Limiter, Limits};
@@ -197,15 +199,18 @@ pub trait WorkloadAttestor: Send + Sync + 'static {
 
 impl Snapshot {
     /// The issued SVIDs of the identities whose selectors all match `selectors`, in
-    /// configuration order.
+    /// configuration order. An SVID past its notAfter on this machine's clock is left
+    /// out even before the agent withdraws it (the clock may just have stepped).
     fn issued_to<'a>(
         &'a self,
         selectors: &'a Selectors,
     ) -> impl Iterator<Item = (&'a Identity, &'a Svid)> {
+        let now = SystemTime::now();
         self.identities
             .iter()
             .filter(|identity| identity.selectors.is_subset(selectors))
             .filter_map(|identity| identity.svid.as_ref().map(|svid| (identity, svid)))
+            .filter(move |(_, svid)| svid.not_after > now)
     }
 
     fn x509_svid_response(&self, selectors: &Selectors) -> Option<proto::X509svidResponse> {
@@ -782,7 +787,7 @@ mod tests {
                 Svid::new(
                     id.as_bytes().to_vec(),
                     Zeroizing::new(b"key".to_vec()),
-                    SystemTime::UNIX_EPOCH,
+                    SystemTime::now() + std::time::Duration::from_secs(3600),
                 )
             }),
             jwt_ttl: std::time::Duration::from_secs(300),
@@ -916,11 +921,21 @@ mod tests {
         rotated.identities[0].svid = Some(Svid::new(
             b"new".to_vec(),
             Zeroizing::new(b"k2".to_vec()),
-            SystemTime::now(),
+            SystemTime::now() + std::time::Duration::from_secs(3600),
         ));
         tx.send_replace(Arc::new(rotated.clone()));
         let second = stream.next().await.unwrap().unwrap();
         assert_eq!(&second.svids[0].x509_svid[..], b"new");
+
+        // An SVID past its notAfter on this machine's clock (the clock stepped before the
+        // agent withdrew it) is not sent.
+        let mut stale = rotated.clone();
+        stale.identities[0].svid = Some(Svid::new(
+            b"stale".to_vec(),
+            Zeroizing::new(b"k3".to_vec()),
+            SystemTime::now() - std::time::Duration::from_secs(1),
+        ));
+        assert!(stale.x509_svid_response(&selectors(caller)).is_none());
 
         // The caller's identity expires: PermissionDenied, and the stream ends.
         let mut expired = rotated;

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -68,6 +68,8 @@ pub struct Limiter {
     limits: Limits,
     connections: AtomicUsize,
     uids: std::sync::Mutex<HashMap<u32, PerUid>>,
+    /// The origin of [`Pause`] times.
+    epoch: Instant,
 }
 
 #[derive(Debug)]
@@ -75,15 +77,28 @@ struct PerUid {
     connections: usize,
     streams: usize,
     tokens: f64,
+    /// Refusals left: a uid past its rate is answered `ResourceExhausted` at up to the
+    /// same rate again; past that, its connections are not read until its bucket
+    /// refills (see [`Pause`]).
+    refusal_tokens: f64,
     refilled: Instant,
+    pause: Arc<Pause>,
     logged: HashMap<&'static str, Instant>,
 }
+
+/// Until when a uid's connections are not read: milliseconds after the limiter's epoch,
+/// shared by the uid's connections without a lock. A flood then waits in the caller's
+/// own socket buffers instead of costing the agent a refusal per call: the agent spends
+/// at most twice a uid's call rate on it, whatever it sends.
+#[derive(Debug, Default)]
+pub(crate) struct Pause(AtomicU64);
 
 /// Held while a connection is open.
 #[derive(Debug)]
 pub(crate) struct ConnectionSlot {
     limiter: Arc<Limiter>,
     uid: u32,
+    pause: Arc<Pause>,
 }
 
 /// Held while a stream (or a unary call) is open.
@@ -112,7 +127,15 @@ impl Limiter {
             limits,
             connections: AtomicUsize::new(0),
             uids: std::sync::Mutex::default(),
+            epoch: Instant::now(),
         })
+    }
+
+    /// When the connections of a uid whose pause is `pause` may be read again, if that
+    /// is later than now.
+    pub(crate) fn paused_until(&self, pause: &Pause) -> Option<Instant> {
+        let until = self.epoch + Duration::from_millis(pause.0.load(Ordering::Relaxed));
+        (until > Instant::now()).then_some(until)
     }
 
     /// The limits enforced.
@@ -151,7 +174,9 @@ impl Limiter {
             connections: 0,
             streams: 0,
             tokens: f64::from(self.limits.call_burst_per_uid),
+            refusal_tokens: f64::from(self.limits.calls_per_second_per_uid),
             refilled: now,
+            pause: Arc::default(),
             logged: HashMap::new(),
         });
         if entry.connections >= self.limits.max_connections_per_uid {
@@ -162,6 +187,7 @@ impl Limiter {
         Ok(ConnectionSlot {
             limiter: self.clone(),
             uid,
+            pause: entry.pause.clone(),
         })
     }
 
@@ -174,10 +200,24 @@ impl Limiter {
         let now = Instant::now();
         let rate = f64::from(self.limits.calls_per_second_per_uid);
         let burst = f64::from(self.limits.call_burst_per_uid.max(1));
-        entry.tokens =
-            (entry.tokens + now.duration_since(entry.refilled).as_secs_f64() * rate).min(burst);
+        let elapsed = now.duration_since(entry.refilled).as_secs_f64();
+        entry.tokens = (entry.tokens + elapsed * rate).min(burst);
+        entry.refusal_tokens = (entry.refusal_tokens + elapsed * rate).min(rate.max(1.0));
         entry.refilled = now;
         if entry.tokens < 1.0 {
+            if entry.refusal_tokens >= 1.0 {
+                entry.refusal_tokens -= 1.0;
+            } else {
+                // Past twice its rate: stop reading this uid's connections until its
+                // next call would be admitted.
+                let wait = Duration::from_secs_f64((1.0 - entry.tokens) / rate.max(1.0));
+                let until = now.saturating_duration_since(self.epoch) + wait;
+                let until_ms = u64::try_from(until.as_millis()).unwrap_or(u64::MAX);
+                entry
+                    .pause
+                    .0
+                    .fetch_max(until_ms.saturating_add(1), Ordering::Relaxed);
+            }
             let message = format!(
                 "uid {uid} exceeds {} calls per second (limits.calls_per_second_per_uid); retry with backoff",
                 self.limits.calls_per_second_per_uid
@@ -259,6 +299,13 @@ pub(crate) fn log_connection_refused(limiter: &Limiter, uid: u32, limit: &'stati
             limit,
             "a connection was refused: the agent is at its limit"
         ),
+    }
+}
+
+impl ConnectionSlot {
+    /// Until when this connection is not to be read (its uid is past twice its rate).
+    pub(crate) fn paused_until(&self) -> Option<Instant> {
+        self.limiter.paused_until(&self.pause)
     }
 }
 
@@ -395,6 +442,36 @@ mod tests {
         limiter.admit_call(1000).unwrap();
         limiter.admit_call(1000).unwrap();
         assert!(limiter.admit_call(1000).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hostile_a_flood_past_twice_the_rate_is_not_read_until_the_bucket_refills() {
+        let limiter = limiter(|l| {
+            l.calls_per_second_per_uid = 10;
+            l.call_burst_per_uid = 10;
+        });
+        let noisy = limiter.admit_connection(1000).unwrap();
+        let quiet = limiter.admit_connection(0).unwrap();
+        // The burst is served, then as many calls again are refused with an error...
+        for _ in 0..10 {
+            limiter.admit_call(1000).unwrap();
+        }
+        for _ in 0..10 {
+            assert!(limiter.admit_call(1000).is_err());
+            assert!(noisy.paused_until().is_none(), "refused, not paused yet");
+        }
+        // ...and past that the uid's connections are not read until a call would be
+        // admitted (1/10 s at 10 calls per second).
+        assert!(limiter.admit_call(1000).is_err());
+        let until = noisy.paused_until().expect("paused");
+        assert!(
+            until <= Instant::now() + Duration::from_millis(101),
+            "{until:?}"
+        );
+        assert!(quiet.paused_until().is_none(), "another uid is not paused");
+        tokio::time::advance(Duration::from_millis(101)).await;
+        assert!(noisy.paused_until().is_none());
+        limiter.admit_call(1000).unwrap();
     }
 
     #[tokio::test(start_paused = true)]
