@@ -13,7 +13,10 @@ use enclaveid_checks::cms::{EnvelopedData, RecipientKey};
 use libfuzzer_sys::fuzz_target;
 
 static KEY: LazyLock<RecipientKey> = LazyLock::new(|| {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/kms/recipient-key.pem");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/kms/recipient-key.pem"
+    );
     let fixture = std::fs::read(path).ok().and_then(|pem| {
         let block = enclaveid_checks::secret_pem::decode(&pem)?;
         let pair = aws_lc_rs::rsa::KeyPair::from_der(&block.der).ok()?;

@@ -21,14 +21,21 @@ fuzz_target!(|data: &[u8]| {
             if let Ok((op, len)) = wire::decode_request_head(head) {
                 assert!(len <= wire::MAX_REQUEST);
                 let again = wire::encode_request(op, &vec![0; len]);
-                assert_eq!(&again[..wire::REQUEST_HEAD], head, "request head round trip");
+                assert_eq!(
+                    &again[..wire::REQUEST_HEAD],
+                    head,
+                    "request head round trip"
+                );
             }
         }
         1 => {
             let Some((&op, rest)) = rest.split_first() else {
                 return;
             };
-            let (Some(op), Some(head)) = (Op::from_byte(op), rest.first_chunk::<{ wire::ANSWER_HEAD }>()) else {
+            let (Some(op), Some(head)) = (
+                Op::from_byte(op),
+                rest.first_chunk::<{ wire::ANSWER_HEAD }>(),
+            ) else {
                 return;
             };
             match wire::decode_answer_head(head, op) {
@@ -44,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             let text = wire::sanitize(rest);
             assert!(text.chars().count() <= wire::MAX_ERROR);
-            assert!(text.chars().all(|c| c == ' ' || c.is_ascii_graphic()), "{text:?}");
+            assert!(
+                text.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+                "{text:?}"
+            );
         }
         _ => {
             if let Ok(credentials) = Credentials::from_json(rest) {

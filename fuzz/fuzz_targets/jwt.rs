@@ -28,6 +28,9 @@ fuzz_target!(|data: &[u8]| {
     // Within the seed token's lifetime (fuzz/seeds/jwt, issued at 1790000003 for 5 min).
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_100);
     if let Ok(validated) = jwt::validate(token, "fuzz", &bundles, now) {
-        assert_eq!(validated.spiffe_id.trust_domain().to_string(), "example.org");
+        assert_eq!(
+            validated.spiffe_id.trust_domain().to_string(),
+            "example.org"
+        );
     }
 });

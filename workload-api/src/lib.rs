@@ -986,6 +986,68 @@ mod tests {
         }
     }
 
+    /// Signs nothing: a token as long as a real one carrying these audiences.
+    #[derive(Debug, Default)]
+    struct CountingIssuer(std::sync::atomic::AtomicUsize);
+
+    impl jwt::JwtIssuer for CountingIssuer {
+        fn kid(&self) -> &str {
+            "kid"
+        }
+
+        fn issue(
+            &self,
+            _spiffe_id: &SpiffeId,
+            audience: &[String],
+            _ttl: std::time::Duration,
+            _now: SystemTime,
+        ) -> Result<String, String> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Base64url of a payload that holds the audiences, plus header and signature.
+            let payload: usize = audience.iter().map(|a| a.len() + 3).sum();
+            Ok("t".repeat(payload * 4 / 3 + 200))
+        }
+    }
+
+    #[test]
+    fn hostile_jwt_svids_for_thousands_of_large_audiences_stay_within_the_byte_budget() {
+        const BUDGET: usize = 1024 * 1024;
+        let cache = TokenCache::new(BUDGET);
+        let issuer = CountingIssuer::default();
+        let me = identity("spiffe://example.org/me", &[], true);
+        // 4,096 distinct 60 KiB audiences: 590 MiB if every token were kept.
+        for i in 0..4096 {
+            let audience = format!("{i:05}{}", "a".repeat(60 * 1024));
+            let token = cache.token(&issuer, &me, &[audience]).unwrap();
+            assert!(token.len() > 60 * 1024);
+            let entries = cache.entries.lock().unwrap();
+            let held: usize = entries
+                .map
+                .iter()
+                .map(|(key, cached)| {
+                    key.0.len()
+                        + key.1.iter().map(String::len).sum::<usize>()
+                        + key.2.len()
+                        + cached.token.len()
+                })
+                .sum();
+            assert!(held <= BUDGET, "{held} bytes held after {i} audiences");
+            assert_eq!(
+                entries.bytes,
+                entries.map.values().map(|c| c.bytes).sum::<usize>()
+            );
+        }
+        // Small tokens are still reused.
+        let calls = issuer.0.load(std::sync::atomic::Ordering::Relaxed);
+        let small = ["db".to_owned()];
+        let first = cache.token(&issuer, &me, &small).unwrap();
+        assert_eq!(cache.token(&issuer, &me, &small).unwrap(), first);
+        assert_eq!(
+            issuer.0.load(std::sync::atomic::Ordering::Relaxed),
+            calls + 1
+        );
+    }
+
     #[test]
     fn debug_output_never_shows_the_key() {
         let svid = Svid::new(
