@@ -237,6 +237,22 @@ impl Agent {
         self.socket.path()
     }
 
+    /// Resolves when every entry has an SVID: the first ones are minted (at once with the
+    /// `dev` upstream; after the first sync with `kms`). A supervisor starts its workload
+    /// then. It never resolves while an SVID is missing, so wait with a deadline.
+    pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut snapshots = self.snapshots.clone();
+        async move {
+            let all_issued = |s: &std::sync::Arc<enclaveid_workload_api::Snapshot>| {
+                s.identities.iter().all(|i| i.svid.is_some())
+            };
+            if snapshots.wait_for(all_issued).await.is_err() {
+                // The agent stopped before it was ready: never resolve.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Serves and rotates until `shutdown` resolves, then ends open streams, drains, and
     /// removes the socket.
     pub async fn serve(

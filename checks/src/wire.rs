@@ -16,6 +16,7 @@
 //! | 3 CRL | empty | the Private CA's CRL, DER or PEM; empty when the host has none (16 MiB) |
 //! | 4 KMS tunnel | `HOST:PORT` of the KMS endpoint | empty; the connection then carries the enclave's TLS to KMS |
 //! | 5 JWT key material | empty | the JWT-SVID signing key's material, same JSON as op 1; empty when the host has none (64 KiB) |
+//! | 6 connect | a destination [`crate::address::Address`] on the host's relay allow-list | empty; the connection then carries the enclave's bytes (its own TLS) to that destination |
 //!
 //! The host is untrusted: the enclave checks every length before reading, every payload's
 //! type, and trusts nothing in it until the certificate chains to its root and KMS has
@@ -53,6 +54,8 @@ pub enum Op {
     KmsTunnel = 4,
     /// The JWT-SVID signing key's material object.
     JwtKeyMaterial = 5,
+    /// A relayed stream to an allow-listed destination (another enclave, a TCP address).
+    Connect = 6,
 }
 
 /// A frame that breaks the protocol.
@@ -109,6 +112,7 @@ impl Op {
             Self::Crl,
             Self::KmsTunnel,
             Self::JwtKeyMaterial,
+            Self::Connect,
         ]
         .into_iter()
         .find(|op| *op as u8 == byte)
@@ -120,7 +124,7 @@ impl Op {
             Self::KeyMaterial | Self::JwtKeyMaterial => crate::material::MAX_KEY_MATERIAL_BYTES,
             Self::Credentials => 16 * 1024,
             Self::Crl => 16 * 1024 * 1024,
-            Self::KmsTunnel => 0,
+            Self::KmsTunnel | Self::Connect => 0,
         }
     }
 
@@ -132,6 +136,7 @@ impl Op {
             Self::Crl => "CRL",
             Self::KmsTunnel => "KMS tunnel",
             Self::JwtKeyMaterial => "JWT key material",
+            Self::Connect => "relayed connection",
         }
     }
 }

@@ -4,12 +4,15 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use enclaveid_host::{Host, HostConfig, MaterialSource, ObjectLocation};
+use enclaveid_host::{
+    Host, HostConfig, MaterialSource, ObjectLocation, Relay, RelayLimits, RelayStats, Route,
+};
 use enclaveid_io::{Address, AddressExt as _};
 
 use crate::UsageError;
 
-/// Serve an enclave its key material, AWS credentials, a KMS tunnel and the CRL.
+/// Serve an enclave its key material, AWS credentials, a KMS tunnel and the CRL, and
+/// relay streams between enclaves and the network (--route, --relay-allow).
 ///
 /// Runs on the parent EC2 instance, which the enclave does not trust: the enclave checks
 /// everything it is given (the certificate chains to its own Private CA root; only KMS,
@@ -52,6 +55,26 @@ pub(crate) struct HostArgs {
     /// such as moto).
     #[arg(long, value_name = "URL")]
     s3_endpoint: Option<String>,
+    /// Relay every connection accepted on LISTEN to DESTINATION; repeatable. Out of an
+    /// enclave: vsock://any:6000=vsock://16:5000 (another enclave here) or
+    /// vsock://any:6000=tcp://10.0.1.7:7000 (another instance's parent); into one:
+    /// tcp://0.0.0.0:7000=vsock://16:5000. Bytes only: TLS runs end to end.
+    #[arg(long = "route", value_name = "LISTEN=DESTINATION")]
+    routes: Vec<String>,
+    /// A destination an enclave may name in a connect request (vsock://CID:PORT or
+    /// tcp://HOST:PORT); repeatable. Others are refused and logged.
+    #[arg(long = "relay-allow", value_name = "ADDRESS")]
+    relay_allow: Vec<String>,
+    /// Close a relayed connection after this long without a byte either way.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    relay_idle_timeout: humantime::Duration,
+    /// Connections one route (or one connect destination) may have open at once.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    relay_max_connections: u64,
+    /// Run only the --route relays: no key material, credentials or KMS tunnel (a
+    /// parent that only carries traffic, such as the inference side of two instances).
+    #[arg(long, requires = "routes")]
+    relay_only: bool,
 }
 
 pub(crate) async fn run(
@@ -63,6 +86,42 @@ pub(crate) async fn run(
         .listen
         .parse()
         .map_err(|e| usage(format!("--listen {e}")))?;
+    let routes = args
+        .routes
+        .iter()
+        .map(|r| r.parse::<Route>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| usage(format!("--route {}", enclaveid_checks::Chain(&e))))?;
+    let relay_allow = args
+        .relay_allow
+        .iter()
+        .map(|a| a.parse::<Address>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| usage(format!("--relay-allow {e}")))?;
+    if args.relay_max_connections == 0 {
+        return Err(usage("--relay-max-connections 0: at least 1 is needed".into()).into());
+    }
+    let relay_limits = RelayLimits {
+        idle_timeout: args.relay_idle_timeout.into(),
+        max_connections: args.relay_max_connections,
+        ..RelayLimits::default()
+    };
+    let relay_stats = RelayStats::default();
+    let relay = Relay::bind(&routes, relay_limits, relay_stats.clone())
+        .await
+        .map_err(|(route, error)| anyhow::anyhow!("cannot listen for --route {route}: {error}"))?;
+    for (route, bound) in routes.iter().zip(relay.local_addresses()) {
+        tracing::info!(listen = %bound, to = %route.to, "relay route");
+    }
+    // The relay runs until the host stops (dropping it closes the route listeners).
+    let relayed = relay.serve(std::future::pending());
+    if args.relay_only {
+        tokio::select! {
+            () = relayed => {}
+            () = shutdown => {}
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let location = |flag: &str, value: &str| {
         value
             .parse::<ObjectLocation>()
@@ -111,6 +170,9 @@ pub(crate) async fn run(
             .as_deref()
             .map(|l| location("jwt-material", l))
             .transpose()?,
+        relay_allow,
+        relay_limits,
+        relay_stats,
     };
     if config.kms_endpoints.is_empty() {
         // The region from the AWS environment names the endpoint.
@@ -130,6 +192,9 @@ pub(crate) async fn run(
         .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_address().unwrap_or(listen);
     tracing::info!(listen = %bound, kms = %endpoints, "enclaveid host serving");
-    host.serve(listener, shutdown).await;
+    tokio::select! {
+        () = host.serve(listener, shutdown) => {}
+        () = relayed => {}
+    }
     Ok(ExitCode::SUCCESS)
 }

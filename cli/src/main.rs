@@ -18,6 +18,7 @@ mod host;
 #[cfg(feature = "provision")]
 mod provision;
 mod raw;
+mod supervise;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,8 +92,23 @@ enum AttestCommand {
 }
 
 #[derive(Args)]
-#[group(required = true, multiple = false)]
 struct RunArgs {
+    #[command(flatten)]
+    source: ConfigSource,
+    /// A workload to supervise (after `--`): started once every entry has its first SVID,
+    /// with SPIFFE_ENDPOINT_SOCKET set; SIGTERM and SIGINT are passed on, children are
+    /// reaped, and `enclaveid` exits with the workload's status after stopping the agent.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<std::ffi::OsString>,
+    /// With a COMMAND: how long to wait for the first SVIDs before giving up (exit 1,
+    /// the workload not started).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    ready_timeout: Duration,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct ConfigSource {
     /// The agent's TOML configuration file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -381,7 +397,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         "enclaveid starting"
     );
     let uid = nix::unistd::geteuid().as_raw();
-    let config = match &args.config {
+    let config = match &args.source.config {
         Some(path) => {
             // An unreadable config file is a usage error too.
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -397,7 +413,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let agent = Agent::start(config)?;
-    if args.dev {
+    if args.source.dev {
         let socket = agent.socket_path().display().to_string();
         let mut out = std::io::stdout().lock();
         use std::io::Write as _;
@@ -420,6 +436,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             });
         }
         Err(error) => tracing::warn!(%error, "cannot watch SIGHUP; forced rotation is off"),
+    }
+    if !args.command.is_empty() {
+        return supervise::supervise(agent, &args.command, args.ready_timeout).await;
     }
     agent.serve(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,9 @@
 //! key's material, and a TCP tunnel to the allow-listed KMS endpoints (the enclave's TLS
 //! runs end to end through it; the host sees ciphertext only).
 //!
+//! It is also the enclaves' [`relay`]: enclaves have no vsock path to each other or to
+//! the network, so streams between them cross the parent, as ciphertext.
+//!
 //! It leaves to others: every check of what it serves (the enclave's), the formats
 //! (`enclaveid-checks`), sockets (`enclaveid-io`).
 //!
@@ -33,10 +36,12 @@
 #![warn(missing_docs)]
 
 mod objects;
+pub mod relay;
 mod server;
 
 pub use enclaveid_checks::location::{LocationError, ObjectLocation};
 pub use objects::ObjectError;
+pub use relay::{Relay, RelayLimits, RelayStats, Route};
 pub use server::Host;
 
 /// Where the key-material object comes from.
@@ -85,6 +90,13 @@ pub struct HostConfig {
     pub s3_endpoint: Option<String>,
     /// Credentials to serve instead of the AWS environment's (the no-AWS demo).
     pub credentials: Option<aws_credential_types::Credentials>,
+    /// The destinations an enclave may name in a connect request (op 6): other
+    /// enclaves (`vsock://CID:PORT`) or TCP addresses. Empty: connect is refused.
+    pub relay_allow: Vec<enclaveid_io::Address>,
+    /// Limits of relayed connections (connect requests and routes).
+    pub relay_limits: RelayLimits,
+    /// Where relayed connections are counted (shared with the routes' [`Relay`]).
+    pub relay_stats: RelayStats,
 }
 
 /// Why the host could not start. Every variant is the operator's input.

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use enclaveid_checks::location::ObjectLocation;
 use enclaveid_checks::wire::{self, Op, WireError};
-use enclaveid_io::{Listener, Stream};
+use enclaveid_io::{Address, Listener, Stream};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::objects::{ObjectError, Store};
+use crate::relay::{self, RelayLimits, RelayStats, Slot};
 use crate::{HostConfig, HostError};
 
 /// How many enclave connections are served at once.
@@ -24,6 +25,9 @@ pub struct Host {
     jwt_material: Option<ObjectLocation>,
     kms_endpoints: Vec<String>,
     store: Store,
+    relay_allow: Vec<Address>,
+    relay_limits: RelayLimits,
+    relay_stats: RelayStats,
 }
 
 /// Why a request was not answered with its payload. Its text goes to the enclave.
@@ -69,6 +73,9 @@ impl Host {
             jwt_material: config.jwt_material,
             kms_endpoints: config.kms_endpoints,
             store,
+            relay_allow: config.relay_allow,
+            relay_limits: config.relay_limits,
+            relay_stats: config.relay_stats,
         })
     }
 
@@ -117,6 +124,7 @@ impl Host {
         };
         let answer = match op {
             Op::KmsTunnel => return self.tunnel(stream, &payload, peer).await,
+            Op::Connect => return self.connect(stream, &payload, peer).await,
             Op::KeyMaterial => match &self.material {
                 Some(material) => self.store.read(material).await.map_err(Refusal::from),
                 None => Err(Refusal::NoMaterial),
@@ -147,6 +155,74 @@ impl Host {
             Some(location) => Ok(self.store.read(location).await?),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// The counters of relayed connections (connect requests; routes share them).
+    pub fn relay_stats(&self) -> &RelayStats {
+        &self.relay_stats
+    }
+
+    /// A connect request: a stream to an allow-listed destination.
+    async fn connect(&self, mut stream: Box<dyn Stream>, target: &[u8], peer: &str) {
+        let allowed = std::str::from_utf8(target)
+            .ok()
+            .and_then(|t| t.parse::<Address>().ok())
+            .filter(|t| self.relay_allow.contains(t));
+        let Some(target) = allowed else {
+            // One counter for every refused name: a hostile enclave must not grow the map.
+            self.relay_stats
+                .route("connect (not allowed)")
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let allowed: Vec<String> = self.relay_allow.iter().map(Address::to_string).collect();
+            let error = format!(
+                "connect to {:?} refused: not on the relay allow-list ({})",
+                wire::sanitize(target),
+                if allowed.is_empty() {
+                    "empty: start the host with --relay-allow".to_owned()
+                } else {
+                    allowed.join(", ")
+                }
+            );
+            tracing::warn!(%peer, %error, "relay refused");
+            let _ = write_answer(&mut stream, Err(&error)).await;
+            return;
+        };
+        let name = format!("connect {target}");
+        let stats = self.relay_stats.route(&name);
+        let Some(slot) = Slot::take(&stats, self.relay_limits.max_connections) else {
+            stats
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let error = format!(
+                "connect to {target} refused: {} connections to it are open, the limit",
+                self.relay_limits.max_connections
+            );
+            tracing::warn!(%peer, %error, "relay refused");
+            let _ = write_answer(&mut stream, Err(&error)).await;
+            return;
+        };
+        let upstream = match relay::dial(&target, self.relay_limits.connect_timeout).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                stats
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let error = format!("connecting to {target}: {error}");
+                tracing::warn!(%peer, %error, "relay could not reach the destination");
+                let _ = write_answer(&mut stream, Err(&error)).await;
+                return;
+            }
+        };
+        if write_answer(&mut stream, Ok(&[])).await.is_err() {
+            return;
+        }
+        stats
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ended = relay::pump(stream, upstream, self.relay_limits.idle_timeout, &stats).await;
+        tracing::debug!(%peer, route = %name, ?ended, "relay closed");
+        drop(slot);
     }
 
     async fn tunnel(&self, mut stream: Box<dyn Stream>, target: &[u8], peer: &str) {
@@ -293,5 +369,79 @@ mod tests {
         assert_eq!(started.is_ok(), cfg!(feature = "aws"));
         let none = Host::new(HostConfig::default()).await;
         assert!(matches!(none, Err(HostError::NoKmsEndpoint)));
+    }
+
+    #[tokio::test]
+    async fn relay_connect_reaches_allow_listed_destinations_only() {
+        let dir = tempfile::tempdir().unwrap();
+        // The destination: another enclave, answering "pong" to whatever it reads first.
+        let destination = Address::Unix(dir.path().join("enclave.sock"));
+        let listener = destination.bind().await.unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0; 4];
+                if stream.read_exact(&mut buf).await.is_ok() {
+                    let _ = stream.write_all(b"pong").await;
+                }
+            }
+        });
+        let host = Host::new(HostConfig {
+            kms_endpoints: vec!["127.0.0.1:9".into()],
+            credentials: Some(aws_credential_types::Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            )),
+            relay_allow: vec![destination.clone()],
+            ..HostConfig::default()
+        })
+        .await
+        .unwrap();
+        let stats = host.relay_stats().clone();
+        let address = Address::Unix(dir.path().join("host.sock"));
+        let listener = address.bind().await.unwrap();
+        tokio::spawn(host.serve(listener, std::future::pending()));
+
+        for refused in [
+            "vsock://16:5000",
+            "tcp://169.254.169.254:80",
+            "\x1b[2Jgarbage",
+        ] {
+            let answer = ask(&address, Op::Connect, refused.as_bytes()).await;
+            assert_eq!(answer[0], 1, "{refused} refused");
+            let text = String::from_utf8_lossy(&answer[wire::ANSWER_HEAD..]).into_owned();
+            assert!(text.contains("not on the relay allow-list"), "{text}");
+            assert!(text.contains(&destination.to_string()), "{text}");
+            assert!(!text.contains('\x1b'), "{text}");
+        }
+        let mut stream = address.connect().await.unwrap();
+        let target = destination.to_string();
+        stream
+            .write_all(&wire::encode_request(Op::Connect, target.as_bytes()))
+            .await
+            .unwrap();
+        let mut head = [0; wire::ANSWER_HEAD];
+        stream.read_exact(&mut head).await.unwrap();
+        assert_eq!(head, [0, 0, 0, 0, 0], "connected");
+        stream.write_all(b"ping").await.unwrap();
+        let mut pong = [0; 4];
+        stream.read_exact(&mut pong).await.unwrap();
+        assert_eq!(&pong, b"pong");
+        drop(stream);
+        let names: Vec<String> = stats.snapshot().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "connect (not allowed)".to_owned(),
+                format!("connect {target}")
+            ]
+        );
+        let refused = &stats.snapshot()[0].1;
+        assert_eq!(
+            refused.refused.load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
     }
 }

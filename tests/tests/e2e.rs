@@ -12,8 +12,10 @@ mod e2e {
     mod hostile;
     mod jwt;
     mod node;
+    mod relay;
     mod robustness;
     mod rotation;
+    mod supervisor;
     mod svid;
     mod wire;
 

@@ -129,7 +129,7 @@ async fn main() {
         stats(samples, start.elapsed())
     };
     let gateway = mesh
-        .gateway_client()
+        .gateway_client_at(mesh.inference_address.clone())
         .unwrap()
         .with_max_age(Duration::from_secs(3600));
     let mut conn = gateway.connect().await.unwrap();

@@ -2,6 +2,7 @@
 //! answers prompts with a model key it could open only as the attested inference enclave.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use enclaveid_io::{Listener, Stream};
@@ -23,6 +24,7 @@ pub struct Inference {
     source: X509Source,
     crls: CrlFiles,
     model_key: Zeroizing<Vec<u8>>,
+    received: Arc<AtomicU64>,
 }
 
 impl Inference {
@@ -39,7 +41,13 @@ impl Inference {
             source,
             crls,
             model_key,
+            received: Arc::default(),
         })
+    }
+
+    /// The count of requests the application has received, live.
+    pub fn received(&self) -> Arc<AtomicU64> {
+        self.received.clone()
     }
 
     /// Serves until `shutdown` is cancelled.
@@ -96,7 +104,7 @@ impl Inference {
             client: &client,
             client_serial: &client_serial,
         };
-        answer_requests(&mut tls, &self.model_key, &peer).await
+        answer_requests(&mut tls, &self.model_key, &peer, &self.received).await
     }
 }
 
@@ -121,8 +129,10 @@ pub async fn answer_requests(
     io: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
     model_key: &[u8],
     peer: &Peer<'_>,
+    received: &AtomicU64,
 ) -> Result<(), Error> {
     while let Some(request) = wire::read::<Request>(io).await? {
+        received.fetch_add(1, Ordering::Relaxed);
         let response = Response {
             answer: answer(model_key, &request.prompt),
             served_by: peer.served_by.to_owned(),
@@ -156,7 +166,7 @@ pub async fn serve_plain(
                 client: "",
                 client_serial: "",
             };
-            let _ = answer_requests(&mut stream, &key, &peer).await;
+            let _ = answer_requests(&mut stream, &key, &peer, &AtomicU64::new(0)).await;
         });
     }
 }

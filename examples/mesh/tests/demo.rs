@@ -11,10 +11,13 @@
 #[allow(dead_code, reason = "the demo's world; the tests use part of it")]
 mod world;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use enclaveid_io::AddressExt as _;
+use enclaveid_io::{Address, AddressExt as _};
+use mesh::gateway::Gateway;
 use mesh::inference;
+use mesh::tls::CrlFiles;
 use world::{Mesh, Options, Report, TRUST_DOMAIN, Transport};
 
 fn ids() -> (String, String) {
@@ -349,6 +352,329 @@ async fn the_inference_service_survives_garbage_and_keeps_serving() {
 
     let gateway = mesh.gateway_client().unwrap();
     let reply = gateway.send("still there?").await.unwrap();
+    assert_eq!(
+        reply.response.answer,
+        inference::answer(&mesh.model_key, "still there?")
+    );
+    mesh.shutdown().await;
+}
+
+/// What a hostile relay does to the bytes it carries.
+#[derive(Clone)]
+enum Hostility {
+    /// Forward faithfully, recording both directions.
+    Record(Arc<Mutex<(Vec<u8>, Vec<u8>)>>),
+    /// Flip the byte at this offset of the client's stream (`true`) or the server's.
+    Flip { from_client: bool, at: usize },
+    /// Forward this many of the client's bytes, then close both sides.
+    Truncate(usize),
+}
+
+/// A relay on `listen` that forwards to `to` and does `hostility` on the way.
+async fn hostile_relay(listen: Address, to: Address, hostility: Hostility) -> Address {
+    let listener = listen.bind().await.unwrap();
+    let bound = listener.local_address().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = to.connect().await.unwrap();
+            let hostility = hostility.clone();
+            tokio::spawn(async move {
+                let (client_read, client_write) = tokio::io::split(client);
+                let (server_read, server_write) = tokio::io::split(server);
+                let truncates = matches!(hostility, Hostility::Truncate(_));
+                let up = tokio::spawn(pipe(true, client_read, server_write, hostility.clone()));
+                let down = tokio::spawn(pipe(false, server_read, client_write, hostility));
+                let _ = up.await;
+                if truncates {
+                    // Both sides closed: the halves are dropped.
+                    down.abort();
+                } else {
+                    let _ = down.await;
+                }
+            });
+        }
+    });
+    bound
+}
+
+/// One direction of [`hostile_relay`].
+async fn pipe(
+    from_client: bool,
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    hostility: Hostility,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut offset = 0;
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        let chunk = &mut buf[..n];
+        match &hostility {
+            Hostility::Record(recorded) => {
+                let mut recorded = recorded.lock().unwrap();
+                let side = if from_client {
+                    &mut recorded.0
+                } else {
+                    &mut recorded.1
+                };
+                side.extend_from_slice(chunk);
+            }
+            Hostility::Flip {
+                from_client: side,
+                at,
+            } => {
+                if *side == from_client && (offset..offset + n).contains(at) {
+                    chunk[at - offset] ^= 0x01;
+                }
+            }
+            Hostility::Truncate(keep) => {
+                if from_client && offset + n >= *keep {
+                    let _ = to.write_all(&chunk[..keep - offset]).await;
+                    return;
+                }
+            }
+        }
+        offset += n;
+        if to.write_all(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// TLS records of a recorded stream: (offset, content type, length of the body).
+fn records(stream: &[u8]) -> Vec<(usize, u8, usize)> {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while at + 5 <= stream.len() {
+        let len = usize::from(u16::from_be_bytes([stream[at + 3], stream[at + 4]]));
+        records.push((at, stream[at], len));
+        at += 5 + len;
+    }
+    records
+}
+
+fn gateway_via(mesh: &Mesh, address: Address) -> Gateway {
+    Gateway::new(
+        mesh.gateway.source.clone(),
+        std::slice::from_ref(&mesh.inference.id),
+        address,
+        CrlFiles::default(),
+    )
+    .unwrap()
+}
+
+fn received(mesh: &Mesh) -> u64 {
+    mesh.inference_received
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_carries_requests_through_one_and_two_parents() {
+    let mut mesh = Mesh::start(Transport::Unix).await.unwrap();
+    let one = enclaveid_host::Route {
+        listen: Address::Unix(mesh.dir.path().join("one-relay.sock")),
+        to: mesh.inference_address.clone(),
+    };
+    let relay = enclaveid_host::Relay::bind(
+        &[one],
+        enclaveid_host::RelayLimits::default(),
+        enclaveid_host::RelayStats::default(),
+    )
+    .await
+    .unwrap();
+    let one = relay.local_addresses().remove(0);
+    let stats = relay.stats().clone();
+    tokio::spawn(relay.serve(std::future::pending()));
+    for (address, hops) in [(one, 1), (mesh.relay_address.clone(), 2)] {
+        let before = received(&mesh);
+        let reply = gateway_via(&mesh, address)
+            .send_once("through")
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.response.answer,
+            inference::answer(&mesh.model_key, "through")
+        );
+        assert_eq!(
+            reply.peer_id.to_string(),
+            "spiffe://mesh.demo/inference",
+            "{hops} hops"
+        );
+        assert_eq!(received(&mesh), before + 1);
+    }
+    let (_, route) = &stats.snapshot()[0];
+    assert_eq!(route.opened.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Both of the demo's relays carried the second request.
+    for (name, route) in mesh.relay_stats.snapshot() {
+        assert!(
+            route.bytes_in.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "{name}"
+        );
+    }
+    mesh.shutdown().await;
+}
+
+/// A relay flips a byte (in either direction, in the handshake or in the request),
+/// truncates the client's stream, replays a recorded session, or dials the impostor:
+/// the handshake or the record layer fails, and no request reaches the application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_relay_flips_truncates_replays_or_swaps_and_no_request_gets_through() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut mesh = Mesh::start(Transport::Unix).await.unwrap();
+    let dir = mesh.dir.path().to_owned();
+    let relay_at = |name: &str| Address::Unix(dir.join(format!("hostile-{name}.sock")));
+
+    // An honest session, recorded: the handshake and one request, before any close.
+    let recorded = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+    let recorder = hostile_relay(
+        relay_at("record"),
+        mesh.inference_address.clone(),
+        Hostility::Record(recorded.clone()),
+    )
+    .await;
+    let mut connection = gateway_via(&mesh, recorder).connect().await.unwrap();
+    connection.request("recorded").await.unwrap();
+    let (from_client, from_server) = recorded.lock().unwrap().clone();
+    drop(connection);
+    let client_records = records(&from_client);
+    let server_records = records(&from_server);
+    assert_eq!(client_records[0].1, 22, "a ClientHello first");
+    let biggest = |records: &[(usize, u8, usize)]| {
+        let (at, _, len) = *records
+            .iter()
+            .filter(|r| r.1 == 23)
+            .max_by_key(|r| r.2)
+            .unwrap();
+        at + 5 + len / 2
+    };
+    let (request_at, _, request_len) = *client_records.last().unwrap();
+    assert_eq!(
+        client_records.last().unwrap().1,
+        23,
+        "the request, encrypted"
+    );
+    let before = received(&mesh);
+    let mut refusals = Vec::new();
+
+    // Flipped bytes: the ClientHello, the client's certificate flight, the request; the
+    // ServerHello and the server's certificate flight.
+    for (what, from_client, at) in [
+        ("ClientHello", true, client_records[0].0 + 5 + 40),
+        (
+            "client's certificate flight",
+            true,
+            biggest(&client_records),
+        ),
+        ("request record", true, request_at + 5 + request_len / 2),
+        ("ServerHello", false, server_records[0].0 + 5 + 40),
+        (
+            "server's certificate flight",
+            false,
+            biggest(&server_records),
+        ),
+    ] {
+        let relay = hostile_relay(
+            relay_at(&format!("flip-{at}-{from_client}")),
+            mesh.inference_address.clone(),
+            Hostility::Flip { from_client, at },
+        )
+        .await;
+        let error = gateway_via(&mesh, relay)
+            .send_once("flipped")
+            .await
+            .unwrap_err();
+        refusals.push(format!("flip in the {what}: {error}"));
+    }
+    // Truncated: mid-handshake, and mid-request.
+    for (what, keep) in [
+        ("handshake", client_records[1].0 + 3),
+        ("request", request_at + 5 + request_len / 2),
+    ] {
+        let relay = hostile_relay(
+            relay_at(&format!("truncate-{keep}")),
+            mesh.inference_address.clone(),
+            Hostility::Truncate(keep),
+        )
+        .await;
+        let error = gateway_via(&mesh, relay)
+            .send_once("truncated")
+            .await
+            .unwrap_err();
+        refusals.push(format!("truncated in the {what}: {error}"));
+    }
+    // Replayed: the recorded client bytes, sent again to the service.
+    let mut replay = mesh.inference_address.connect().await.unwrap();
+    replay.write_all(&from_client).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), replay.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the replayed session is closed, not left hanging"
+    );
+    refusals.push(format!(
+        "replayed session: closed after {} bytes",
+        answer.len()
+    ));
+
+    // Swapped: the relay dials the impostor (a valid SVID of the trust domain, another ID).
+    let impostor_address = Address::Unix(dir.join("impostor-behind-relay.sock"));
+    let listener = impostor_address.bind().await.unwrap();
+    let impostor = inference::Inference::new(
+        mesh.impostor.source.clone(),
+        std::slice::from_ref(&mesh.gateway.id),
+        CrlFiles::default(),
+        zeroize::Zeroizing::new(vec![0; 32]),
+    )
+    .unwrap();
+    let impostor_received = impostor.received();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(impostor.serve(listener, stop.clone()));
+    let relay = hostile_relay(
+        relay_at("swap"),
+        impostor_address,
+        Hostility::Flip {
+            from_client: true,
+            at: usize::MAX,
+        },
+    )
+    .await;
+    let error = gateway_via(&mesh, relay)
+        .send_once("to whom?")
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("not authorized: spiffe://mesh.demo/impostor"),
+        "{error}"
+    );
+    refusals.push(format!("swapped for the impostor: {error}"));
+    stop.cancel();
+
+    eprintln!("{}", refusals.join("\n"));
+    assert_eq!(
+        received(&mesh),
+        before,
+        "no request reached the application: {refusals:#?}"
+    );
+    assert_eq!(
+        impostor_received.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // And the service still answers an honest gateway.
+    let reply = mesh
+        .gateway_client()
+        .unwrap()
+        .send("still there?")
+        .await
+        .unwrap();
     assert_eq!(
         reply.response.answer,
         inference::answer(&mesh.model_key, "still there?")

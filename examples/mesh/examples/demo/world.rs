@@ -21,7 +21,7 @@ use enclaveid_agent::{Agent, Config, Enclave, Release, Renewer};
 use enclaveid_attestor::{FakeAttestor, FakeConfig, hex};
 use enclaveid_fakes::kms::server::{FakeKms, KeyPolicy};
 use enclaveid_fakes::pca::TestPca;
-use enclaveid_host::{Host, HostConfig};
+use enclaveid_host::{Host, HostConfig, Relay, RelayLimits, RelayStats, Route};
 use enclaveid_io::{Address, AddressExt as _};
 use mesh::Error;
 use mesh::gateway::{Gateway, Reply};
@@ -87,8 +87,15 @@ pub(crate) struct Mesh {
     pub inference: Workload,
     /// A third workload with another SPIFFE ID, under the same CA.
     pub impostor: Workload,
-    /// Where the inference service listens.
+    /// Where the inference service listens (in its enclave).
     pub inference_address: Address,
+    /// Where the gateway dials: parent A's relay, which forwards to parent B's, which
+    /// forwards to the inference service (as across two instances in production).
+    pub relay_address: Address,
+    /// Both relays' counters.
+    pub relay_stats: RelayStats,
+    /// Requests the inference application has received.
+    pub inference_received: Arc<std::sync::atomic::AtomicU64>,
     /// The CRL file both services check peers against.
     pub crl_path: PathBuf,
     /// The stand-in Private CA root.
@@ -146,6 +153,8 @@ pub(crate) struct Report {
     pub revoked_intermediate: Option<String>,
     /// KMS's refusal of the model key to the gateway's enclave.
     pub gateway_kms_refusal: String,
+    /// Connections and bytes (both ways) each relay carried.
+    pub relayed: Vec<(String, u64, u64)>,
 }
 
 /// The demo's options.
@@ -235,6 +244,7 @@ impl Mesh {
                 None,
                 "mesh-demo",
             )),
+            ..HostConfig::default()
         })
         .await?;
         let listener = host.bind().await?;
@@ -266,7 +276,26 @@ impl Mesh {
             CrlFiles::new(vec![crl_path.clone()]),
             opened.clone(),
         )?;
+        let inference_received = server.received();
         tokio::spawn(server.serve(listener, stop.clone()));
+
+        // Two parents' relays: the gateway's (A) forwards to the inference instance's (B),
+        // which forwards into the inference enclave. They move ciphertext only.
+        let relay_stats = RelayStats::default();
+        let mut to = inference_address.clone();
+        for parent in ["b", "a"] {
+            let listen = match transport {
+                Transport::Unix => Address::Unix(path.join(format!("relay-{parent}.sock"))),
+                Transport::Tcp => Address::Tcp("127.0.0.1:0".into()),
+            };
+            let route = Route { listen, to };
+            let relay = Relay::bind(&[route], RelayLimits::default(), relay_stats.clone())
+                .await
+                .map_err(|(route, error)| anyhow!("relay {route}: {error}"))?;
+            to = relay.local_addresses().remove(0);
+            tokio::spawn(relay.serve(stop.clone().cancelled_owned()));
+        }
+        let relay_address = to;
 
         Ok(Self {
             dir,
@@ -274,6 +303,9 @@ impl Mesh {
             inference,
             impostor,
             inference_address,
+            relay_address,
+            relay_stats,
+            inference_received,
             crl_path,
             root,
             ca,
@@ -290,10 +322,16 @@ impl Mesh {
 
     /// The gateway's client to the inference service.
     pub(crate) fn gateway_client(&self) -> Result<Gateway, Error> {
+        self.gateway_client_at(self.relay_address.clone())
+    }
+
+    /// The gateway's client dialling `address` (the inference service itself, for the
+    /// benchmark, which compares with plain TCP without relays).
+    pub(crate) fn gateway_client_at(&self, address: Address) -> Result<Gateway, Error> {
         Gateway::new(
             self.gateway.source.clone(),
             std::slice::from_ref(&self.inference.id),
-            self.inference_address.clone(),
+            address,
             CrlFiles::new(vec![self.crl_path.clone()]),
         )
     }
@@ -444,9 +482,10 @@ selectors = ["unix:uid:{uid}", "nitro:pcr0:{pcr0}"]
 pub(crate) async fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Report> {
     let mut mesh = Mesh::start(options.transport).await?;
     say(&format!(
-        "mesh up in {}: trust domain {TRUST_DOMAIN}, three agents (fake attestor), fake KMS, host; inference at {}",
+        "mesh up in {}: trust domain {TRUST_DOMAIN}, three agents (fake attestor), fake KMS, host; inference at {}, the gateway dials it through two parents' relays at {}",
         mesh.dir.path().display(),
-        mesh.inference_address
+        mesh.inference_address,
+        mesh.relay_address
     ));
     let mut report = Report {
         gateway_kms_refusal: mesh.gateway_kms_refusal.clone(),
@@ -540,11 +579,7 @@ pub(crate) async fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> anyho
     ));
 
     // The impostor: a valid SVID of the same trust domain, another SPIFFE ID.
-    let impostor = client(
-        &mesh.impostor,
-        &mesh.inference,
-        mesh.inference_address.clone(),
-    )?;
+    let impostor = client(&mesh.impostor, &mesh.inference, mesh.relay_address.clone())?;
     report.impostor_as_client = refusal(&impostor, "let me in").await;
     let impostor_address = Address::Unix(mesh.dir.path().join("impostor.sock"));
     let listener = impostor_address.bind().await?;
@@ -604,6 +639,15 @@ pub(crate) async fn run(options: &Options, say: &(dyn Fn(&str) + Sync)) -> anyho
             .unwrap_or("SERVED (wrong)")
     ));
     mesh.shutdown().await;
+    for (route, stats) in mesh.relay_stats.snapshot() {
+        let connections = stats.opened.load(Ordering::Relaxed);
+        let bytes =
+            stats.bytes_in.load(Ordering::Relaxed) + stats.bytes_out.load(Ordering::Relaxed);
+        say(&format!(
+            "relay {route}: {connections} connections, {bytes} bytes of ciphertext"
+        ));
+        report.relayed.push((route, connections, bytes));
+    }
     Ok(report)
 }
 
@@ -635,6 +679,10 @@ impl Report {
         expect(
             self.gateway_saw.iter().eq([inference]),
             "the gateway talked to another peer than inference",
+        );
+        expect(
+            self.relayed.len() == 2 && self.relayed.iter().all(|(_, c, b)| *c > 0 && *b > 0),
+            "the requests did not cross both parents' relays",
         );
         expect(
             self.inference_saw.iter().eq([gateway]),
