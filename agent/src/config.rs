@@ -33,6 +33,11 @@
 //! # max_streams_per_connection = 1024, max_streams_per_uid = 4096,
 //! # calls_per_second_per_uid = 200, call_burst_per_uid = 1024, idle_timeout = "5m",
 //! # token_cache_bytes = 8388608, max_executable_bytes = 268435456
+//! [telemetry]        # optional; logs, metrics and health to the parent's host
+//! # host = "vsock://3:8090"        default: upstream.host with kms, none (off) with dev
+//! # level = "info"                 the events sent: error, warn, info, debug
+//! # interval = "10s"               metrics and health sent this often
+//! # metrics_socket = "/run/enclaveid/metrics.sock"   Prometheus over HTTP, in the enclave
 //! [[entry]]
 //! spiffe_id = "spiffe://example.org/gateway"
 //! selectors = ["unix:uid:1000"]   # all must match
@@ -227,6 +232,33 @@ pub struct Config {
     pub bundle_endpoint: Option<BundleEndpoint>,
     /// What one caller may take of the Workload API (`[limits]`).
     pub limits: LimitsConfig,
+    /// Logs, metrics and health out of the enclave (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
+}
+
+/// The `[telemetry]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// The host to send to; `None`: nothing leaves the enclave.
+    pub host: Option<enclaveid_io::Address>,
+    /// The most verbose level sent (`error`, `warn`, `info`, `debug`).
+    pub level: tracing::Level,
+    /// How often metrics and health are sent.
+    pub interval: Duration,
+    /// A Unix socket serving the same metrics (Prometheus text over HTTP) inside the
+    /// enclave, for workloads.
+    pub metrics_socket: Option<PathBuf>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            host: None,
+            level: tracing::Level::INFO,
+            interval: Duration::from_secs(10),
+            metrics_socket: None,
+        }
+    }
 }
 
 /// The `[limits]` table: per-caller limits of the Workload API, and of what attesting a
@@ -478,6 +510,16 @@ struct RawConfig {
     entries: Vec<RawEntry>,
     bundle_endpoint: Option<RawBundleEndpoint>,
     limits: Option<RawLimits>,
+    telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    host: Option<String>,
+    level: Option<String>,
+    interval: Option<String>,
+    metrics_socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -723,7 +765,6 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH)),
             svid_ttl,
             jwt_key_rotation,
-            upstream,
             attestor,
             bundle_endpoint: raw
                 .bundle_endpoint
@@ -734,6 +775,8 @@ impl Config {
                 .map(|l| parse_limits(l, &invalid))
                 .transpose()?
                 .unwrap_or_default(),
+            telemetry: parse_telemetry(raw.telemetry, &upstream, &invalid)?,
+            upstream,
             entries,
         })
     }
@@ -761,6 +804,7 @@ impl Config {
             jwt_key_rotation: DEFAULT_JWT_KEY_ROTATION,
             bundle_endpoint: None,
             limits: LimitsConfig::default(),
+            telemetry: TelemetryConfig::default(),
             upstream: Upstream::Dev(None),
             attestor: AttestorConfig {
                 kind: AttestorKind::Fake(enclaveid_attestor::FakeConfig::default()),
@@ -855,6 +899,65 @@ fn parse_kms(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<KmsConfig, Confi
             }
             path => path,
         },
+    })
+}
+
+fn parse_telemetry(
+    raw: Option<RawTelemetry>,
+    upstream: &Upstream,
+    invalid: &impl Fn(&str, &dyn std::fmt::Debug, &dyn std::fmt::Display) -> ConfigError,
+) -> Result<TelemetryConfig, ConfigError> {
+    let default_host = match upstream {
+        Upstream::Kms(kms) => Some(kms.host.clone()),
+        Upstream::Dev(_) => None,
+    };
+    let Some(raw) = raw else {
+        return Ok(TelemetryConfig {
+            host: default_host,
+            ..TelemetryConfig::default()
+        });
+    };
+    let host = match &raw.host {
+        Some(host) => Some(
+            host.parse::<enclaveid_io::Address>()
+                .map_err(|e| invalid("telemetry.host", host, &e))?,
+        ),
+        None => default_host,
+    };
+    let level = match raw.level.as_deref() {
+        None => tracing::Level::INFO,
+        Some("error") => tracing::Level::ERROR,
+        Some("warn") => tracing::Level::WARN,
+        Some("info") => tracing::Level::INFO,
+        Some("debug") => tracing::Level::DEBUG,
+        Some(other) => {
+            return Err(invalid(
+                "telemetry.level",
+                &other,
+                &"accepted: error, warn, info, debug",
+            ));
+        }
+    };
+    let interval = match &raw.interval {
+        Some(value) => {
+            parse_ttl(value).map_err(|why| invalid("telemetry.interval", value, &why))?
+        }
+        None => TelemetryConfig::default().interval,
+    };
+    if let Some(path) = &raw.metrics_socket
+        && !path.is_absolute()
+    {
+        return Err(invalid(
+            "telemetry.metrics_socket",
+            path,
+            &"the socket path must be absolute",
+        ));
+    }
+    Ok(TelemetryConfig {
+        host,
+        level,
+        interval,
+        metrics_socket: raw.metrics_socket,
     })
 }
 

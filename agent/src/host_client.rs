@@ -187,6 +187,11 @@ impl HostClient {
         Ok((!answer.is_empty()).then_some(answer))
     }
 
+    /// A connection that carries telemetry frames to the host.
+    pub(crate) async fn telemetry(&self) -> Result<Box<dyn Stream>, HostError> {
+        Ok(self.request(Op::Telemetry, &[]).await?.0)
+    }
+
     /// A byte stream to `target` (`HOST:PORT`) through the host.
     pub(crate) async fn tunnel(&self, target: &str) -> Result<Box<dyn Stream>, HostError> {
         Ok(self.request(Op::KmsTunnel, target.as_bytes()).await?.0)

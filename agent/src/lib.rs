@@ -48,6 +48,7 @@ mod release;
 mod rotation;
 pub mod selector;
 mod server;
+pub mod telemetry;
 mod time;
 mod upstream;
 mod workload_attestor;
@@ -125,6 +126,9 @@ pub struct Agent {
     problems: tokio::sync::watch::Receiver<Option<String>>,
     bundle_endpoint: Option<bundle_endpoint::Server>,
     limits: enclaveid_workload_api::Limits,
+    api_metrics: std::sync::Arc<enclaveid_workload_api::ApiMetrics>,
+    telemetry: config::TelemetryConfig,
+    hello: enclaveid_checks::telemetry::Hello,
 }
 
 // === impl Agent ===
@@ -135,6 +139,15 @@ impl Agent {
     pub fn start(config: Config) -> Result<Self, Error> {
         let enclave = Enclave::open(&config.attestor)?;
         let (_, verified) = enclave.attest(None)?;
+        let hello = enclaveid_checks::telemetry::Hello {
+            pcr0: verified
+                .pcrs
+                .get(&0)
+                .map(|v| enclaveid_attestor::hex(v))
+                .unwrap_or_default(),
+            trust_domain: config.trust_domain.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
         let mut node_selectors = enclave::node_selectors(&verified);
         // Only node selectors some entry names can change a match; every caller's stream
         // carries its selectors, so the others would only cost memory.
@@ -224,6 +237,9 @@ impl Agent {
             problems,
             bundle_endpoint,
             limits: config.limits.api.clone(),
+            api_metrics: std::sync::Arc::default(),
+            telemetry: config.telemetry.clone(),
+            hello,
         })
     }
 
@@ -276,6 +292,22 @@ impl Agent {
                 }
             });
         }
+        let sources = || telemetry::Sources {
+            snapshots: self.snapshots.clone(),
+            problems: self.problems.clone(),
+            api: self.api_metrics.clone(),
+        };
+        if let Some(sender) = telemetry::Sender::new(&self.telemetry, self.hello.clone(), sources())
+        {
+            tokio::spawn(sender.run(stop.clone().cancelled_owned()));
+        }
+        if let Some(path) = self.telemetry.metrics_socket.clone() {
+            tokio::spawn(telemetry::serve_local(
+                path,
+                sources(),
+                stop.clone().cancelled_owned(),
+            ));
+        }
         let trigger = stop.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -289,6 +321,7 @@ impl Agent {
             self.attestor,
             self.limits,
             reserved,
+            self.api_metrics,
             stop.clone().cancelled_owned(),
         )
         .await;

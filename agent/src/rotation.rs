@@ -325,6 +325,8 @@ impl Rotator {
                         mint_us,
                         "issued X.509-SVID"
                     );
+                    crate::telemetry::metrics()
+                        .svid_issued(&slot.entry.spiffe_id.to_string(), slot.svid.is_some());
                     slot.svid = Some(Svid::new(
                         minted.cert_chain_der,
                         minted.private_key_der,

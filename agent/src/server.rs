@@ -197,6 +197,10 @@ impl Drop for BoundSocket {
 
 /// Serves the Workload API and gRPC health on `socket` until `shutdown` resolves. The
 /// caller must close `snapshots`' sender at shutdown so that open streams end.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the agent's parts, handed over once at start"
+)]
 pub(crate) async fn serve(
     mut socket: BoundSocket,
     snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -204,6 +208,7 @@ pub(crate) async fn serve(
     attestor: UnixAttestor,
     limits: Limits,
     reserved_descriptors: usize,
+    api_metrics: Arc<enclaveid_workload_api::ApiMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SocketError> {
     let listener = socket.listener.take().ok_or(SocketError::AlreadyServed)?;
@@ -227,7 +232,9 @@ pub(crate) async fn serve(
     let h2_streams =
         u32::try_from(limits.max_streams_per_connection.saturating_add(16)).unwrap_or(u32::MAX);
     let limiter = Limiter::new(limits);
-    let api = WorkloadApi::new(snapshots, attestor.clone(), limiter.clone()).into_server();
+    let api = WorkloadApi::new(snapshots, attestor.clone(), limiter.clone())
+        .with_metrics(api_metrics)
+        .into_server();
     let incoming = enclaveid_workload_api::incoming(listener, attestor, limiter);
     let (drain_tx, mut drain_rx) = watch::channel(false);
     let server = tonic::transport::Server::builder()

@@ -253,6 +253,11 @@ impl KmsUpstream {
                         verify_us = t.verify.as_micros() as u64,
                         "key material released by KMS and checked"
                     );
+                    crate::telemetry::metrics().sync_succeeded(
+                        synced.not_after,
+                        t.attestation,
+                        t.kms,
+                    );
                     current = Some((synced.serial.clone(), synced.not_before, synced.not_after));
                     if fresh && self.signers.send(Some(synced.signer)).await.is_err() {
                         return;
@@ -302,6 +307,7 @@ impl KmsUpstream {
                     failures = failures.saturating_add(1);
                     let message = Chain(&error).to_string();
                     tracing::error!(%message, "the current key material is revoked");
+                    crate::telemetry::metrics().sync_failed(true);
                     self.problems
                         .send_replace(Some(format!("no valid key material: {message}")));
                     if self.signers.send(None).await.is_err() {
@@ -333,6 +339,7 @@ impl KmsUpstream {
                         .as_ref()
                         .is_some_and(|(_, _, not_after)| *not_after > SystemTime::now());
                     tracing::error!(%error, retry_in = ?delay, serving_current = still_valid, "key material sync failed");
+                    crate::telemetry::metrics().sync_failed(!still_valid);
                     self.problems.send_replace(Some(if still_valid {
                         format!("key material sync failing (serving the current material until it expires, or until {} without a current CRL): {error}", humantime::format_duration(self.config.crl_max_age))
                     } else if crl_expired {

@@ -12,6 +12,7 @@
 //! | [`crl`] | certificate revocation lists as webpki applies them, and what a revocation is |
 //! | [`revocation`] | peers' chains checked against CRLs on rustls-webpki |
 //! | [`wire`] | the frames of the enclave–host protocol |
+//! | [`telemetry`] | the enclave's logs, metrics and health as it sends them to the host, and their Prometheus exposition |
 //! | [`address`] | `vsock://CID:PORT`, `tcp://HOST:PORT`, `unix:///PATH` |
 //! | [`location`] | where key material lives: `s3://BUCKET/KEY`, `file:///PATH`, ACM's bucket |
 //!
@@ -38,6 +39,7 @@ pub mod location;
 pub mod material;
 pub mod revocation;
 pub mod secret_pem;
+pub mod telemetry;
 pub mod verify;
 pub mod wire;
 

@@ -17,6 +17,7 @@
 //! | 4 KMS tunnel | `HOST:PORT` of the KMS endpoint | empty; the connection then carries the enclave's TLS to KMS |
 //! | 5 JWT key material | empty | the JWT-SVID signing key's material, same JSON as op 1; empty when the host has none (64 KiB) |
 //! | 6 connect | a destination [`crate::address::Address`] on the host's relay allow-list | empty; the connection then carries the enclave's bytes (its own TLS) to that destination |
+//! | 7 telemetry | empty | empty; the connection then carries [`crate::telemetry`] frames from the enclave |
 //!
 //! The host is untrusted: the enclave checks every length before reading, every payload's
 //! type, and trusts nothing in it until the certificate chains to its root and KMS has
@@ -56,6 +57,8 @@ pub enum Op {
     JwtKeyMaterial = 5,
     /// A relayed stream to an allow-listed destination (another enclave, a TCP address).
     Connect = 6,
+    /// The enclave's logs, metrics and health, streamed to the host.
+    Telemetry = 7,
 }
 
 /// A frame that breaks the protocol.
@@ -113,6 +116,7 @@ impl Op {
             Self::KmsTunnel,
             Self::JwtKeyMaterial,
             Self::Connect,
+            Self::Telemetry,
         ]
         .into_iter()
         .find(|op| *op as u8 == byte)
@@ -124,7 +128,7 @@ impl Op {
             Self::KeyMaterial | Self::JwtKeyMaterial => crate::material::MAX_KEY_MATERIAL_BYTES,
             Self::Credentials => 16 * 1024,
             Self::Crl => 16 * 1024 * 1024,
-            Self::KmsTunnel | Self::Connect => 0,
+            Self::KmsTunnel | Self::Connect | Self::Telemetry => 0,
         }
     }
 
@@ -137,6 +141,7 @@ impl Op {
             Self::KmsTunnel => "KMS tunnel",
             Self::JwtKeyMaterial => "JWT key material",
             Self::Connect => "relayed connection",
+            Self::Telemetry => "telemetry",
         }
     }
 }

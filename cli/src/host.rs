@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 use enclaveid_host::{
     Host, HostConfig, MaterialSource, ObjectLocation, Relay, RelayLimits, RelayStats, Route,
+    Telemetry,
 };
 use enclaveid_io::{Address, AddressExt as _};
 
@@ -75,6 +76,12 @@ pub(crate) struct HostArgs {
     /// parent that only carries traffic, such as the inference side of two instances).
     #[arg(long, requires = "routes")]
     relay_only: bool,
+    /// Serve the operator's view over HTTP here: /metrics (Prometheus: the enclaves'
+    /// metrics labelled by enclave, and the host's own), /healthz and /readyz (the
+    /// enclaves' health). The enclaves' log events go to stdout as JSON lines either way.
+    /// Such as tcp://0.0.0.0:9090.
+    #[arg(long, value_name = "ADDRESS")]
+    telemetry_listen: Option<String>,
 }
 
 pub(crate) async fn run(
@@ -107,6 +114,23 @@ pub(crate) async fn run(
         ..RelayLimits::default()
     };
     let relay_stats = RelayStats::default();
+    let telemetry = Telemetry::new(relay_stats.clone());
+    if let Some(listen) = &args.telemetry_listen {
+        let address: Address = listen
+            .parse()
+            .map_err(|e| usage(format!("--telemetry-listen {e}")))?;
+        let listener = address
+            .bind()
+            .await
+            .with_context(|| format!("cannot listen on --telemetry-listen {address}"))?;
+        let bound = listener.local_address().unwrap_or(address);
+        tracing::info!(listen = %bound, "serving /metrics, /healthz and /readyz");
+        tokio::spawn(enclaveid_host::telemetry::serve_http(
+            listener,
+            telemetry.clone(),
+            std::future::pending(),
+        ));
+    }
     let relay = Relay::bind(&routes, relay_limits, relay_stats.clone())
         .await
         .map_err(|(route, error)| anyhow::anyhow!("cannot listen for --route {route}: {error}"))?;
@@ -173,6 +197,7 @@ pub(crate) async fn run(
         relay_allow,
         relay_limits,
         relay_stats,
+        telemetry: Some(telemetry),
     };
     if config.kms_endpoints.is_empty() {
         // The region from the AWS environment names the endpoint.

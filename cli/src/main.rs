@@ -514,16 +514,22 @@ async fn within<T>(
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter =
         EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("warn,enclaveid=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colours only on a terminal: log files and collectors get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // The same events also go to the parent's host once the agent starts telemetry
+    // (`[telemetry]`); until then, and in the other subcommands, that layer is idle.
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(enclaveid_agent::telemetry::LogLayer);
     if std::env::var(ENV_LOG_FORMAT).is_ok_and(|f| f == "json") {
-        builder.json().init();
+        registry.with(output.json()).init();
     } else {
-        builder.init();
+        registry.with(output).init();
     }
 }

@@ -2,10 +2,12 @@
 //! enclave), answer heads (read by the enclave from the untrusted host), the error texts
 //! it relays, and the credentials JSON. Any input: decoding returns (never panics), what
 //! decodes re-encodes to the same bytes, no head announces more than its limit, and
-//! error texts come out printable and bounded.
+//! error texts come out printable and bounded. Also the telemetry frames the host reads
+//! from enclaves: heads within their limit, samples that parse encode as exposition text.
 
 #![no_main]
 
+use enclaveid_checks::telemetry::{self, Exposition, FrameKind, Health, Hello};
 use enclaveid_checks::wire::{self, AnswerHead, Credentials, Op};
 use libfuzzer_sys::fuzz_target;
 
@@ -13,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
-    match selector % 4 {
+    match selector % 5 {
         0 => {
             let Some(head) = rest.first_chunk::<{ wire::REQUEST_HEAD }>() else {
                 return;
@@ -55,6 +57,26 @@ fuzz_target!(|data: &[u8]| {
                 text.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
                 "{text:?}"
             );
+        }
+        4 => {
+            if let Some(head) = rest.first_chunk::<{ telemetry::FRAME_HEAD }>()
+                && let Ok((kind, len)) = telemetry::decode_frame_head(head)
+            {
+                assert!(len <= telemetry::MAX_FRAME);
+                let payload = &rest[telemetry::FRAME_HEAD..];
+                match kind {
+                    FrameKind::Hello => drop(telemetry::decode::<Hello>(kind, payload)),
+                    FrameKind::Health => drop(telemetry::decode::<Health>(kind, payload)),
+                    FrameKind::Log => drop(serde_json::from_slice::<serde_json::Value>(payload)),
+                    FrameKind::Metrics => {
+                        if let Ok(samples) = telemetry::decode_samples(payload) {
+                            let mut exposition = Exposition::default();
+                            exposition.add(vec![("enclave".into(), "cid:16".into())], samples);
+                            assert!(exposition.text().ends_with("# EOF\n"));
+                        }
+                    }
+                }
+            }
         }
         _ => {
             if let Ok(credentials) = Credentials::from_json(rest) {

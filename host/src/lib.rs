@@ -38,11 +38,13 @@
 mod objects;
 pub mod relay;
 mod server;
+pub mod telemetry;
 
 pub use enclaveid_checks::location::{LocationError, ObjectLocation};
 pub use objects::ObjectError;
 pub use relay::{Relay, RelayLimits, RelayStats, Route};
 pub use server::Host;
+pub use telemetry::Telemetry;
 
 /// Where the key-material object comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +99,8 @@ pub struct HostConfig {
     pub relay_limits: RelayLimits,
     /// Where relayed connections are counted (shared with the routes' [`Relay`]).
     pub relay_stats: RelayStats,
+    /// Where the enclaves' telemetry goes; `None`: a new one (see [`Host::telemetry`]).
+    pub telemetry: Option<std::sync::Arc<Telemetry>>,
 }
 
 /// Why the host could not start. Every variant is the operator's input.

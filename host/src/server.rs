@@ -28,6 +28,7 @@ pub struct Host {
     relay_allow: Vec<Address>,
     relay_limits: RelayLimits,
     relay_stats: RelayStats,
+    telemetry: Arc<crate::Telemetry>,
 }
 
 /// Why a request was not answered with its payload. Its text goes to the enclave.
@@ -75,6 +76,9 @@ impl Host {
             store,
             relay_allow: config.relay_allow,
             relay_limits: config.relay_limits,
+            telemetry: config
+                .telemetry
+                .unwrap_or_else(|| crate::Telemetry::new(config.relay_stats.clone())),
             relay_stats: config.relay_stats,
         })
     }
@@ -101,14 +105,19 @@ impl Host {
                 return;
             };
             let host = host.clone();
-            tokio::spawn(async move {
-                host.handle(stream, &peer).await;
-                drop(slot);
-            });
+            tokio::spawn(async move { host.handle(stream, &peer, slot).await });
         }
     }
 
-    async fn handle(&self, mut stream: Box<dyn Stream>, peer: &str) {
+    /// Serves one request. `slot` counts it among the requests served at once; long-lived
+    /// streams (relayed connections, telemetry) give it back and count under their own
+    /// limits.
+    async fn handle(
+        &self,
+        mut stream: Box<dyn Stream>,
+        peer: &str,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let request = match tokio::time::timeout(wire::TIMEOUT, read_request(&mut stream)).await {
             Ok(request) => request,
             Err(_) => Err(Refusal::Timeout),
@@ -124,7 +133,17 @@ impl Host {
         };
         let answer = match op {
             Op::KmsTunnel => return self.tunnel(stream, &payload, peer).await,
-            Op::Connect => return self.connect(stream, &payload, peer).await,
+            Op::Connect => {
+                drop(slot);
+                return self.connect(stream, &payload, peer).await;
+            }
+            Op::Telemetry => {
+                drop(slot);
+                if write_answer(&mut stream, Ok(&[])).await.is_ok() {
+                    self.telemetry.receive(stream, peer).await;
+                }
+                return;
+            }
             Op::KeyMaterial => match &self.material {
                 Some(material) => self.store.read(material).await.map_err(Refusal::from),
                 None => Err(Refusal::NoMaterial),
@@ -155,6 +174,11 @@ impl Host {
             Some(location) => Ok(self.store.read(location).await?),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// What the enclaves report (logs, metrics, health), for the HTTP endpoints.
+    pub fn telemetry(&self) -> Arc<crate::Telemetry> {
+        self.telemetry.clone()
     }
 
     /// The counters of relayed connections (connect requests; routes share them).

@@ -35,6 +35,8 @@ pub struct World {
     dir: tempfile::TempDir,
     host: Option<HostProcess>,
     jwt: bool,
+    /// More arguments for `enclaveid host` (`--telemetry-listen …`).
+    pub host_args: Vec<String>,
 }
 
 /// A running `enclaveid host`, killed on drop.
@@ -81,6 +83,7 @@ impl World {
             dir,
             host: None,
             jwt: false,
+            host_args: Vec::new(),
         }
     }
 
@@ -167,9 +170,10 @@ impl World {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_CONFIG_FILE", "/dev/null")
             .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .args(&self.host_args)
             .env("ENCLAVEID_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(self.host_stdout()).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
             .expect("spawn enclaveid host");
@@ -210,6 +214,11 @@ impl World {
             .as_ref()
             .map(HostProcess::stderr_text)
             .unwrap_or_default()
+    }
+
+    /// Where the host writes the enclaves' log events (its stdout).
+    pub fn host_stdout(&self) -> PathBuf {
+        self.dir.path().join("host.stdout")
     }
 
     /// Where the host listens.

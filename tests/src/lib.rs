@@ -343,3 +343,21 @@ pub fn can_switch_uid() -> bool {
             .output()
             .is_ok_and(|o| o.status.success())
 }
+
+/// Runs `command` with `stdin` written to its standard input; its output.
+pub fn output_with_stdin(command: &mut Command, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}

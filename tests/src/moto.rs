@@ -13,6 +13,8 @@ use hyper::body::Bytes;
 
 /// The moto version the tests are written against.
 pub const MOTO_VERSION: &str = "5.2.5";
+/// The Python `prometheus-client` whose parser checks the host's `/metrics` text.
+pub const PROMETHEUS_CLIENT_VERSION: &str = "0.21.1";
 
 /// A running moto server, killed on drop.
 pub struct Moto {
@@ -29,7 +31,9 @@ fn moto_server() -> &'static PathBuf {
         }
         let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/moto-venv");
         let server = venv.join("bin/moto_server");
-        let marker = venv.join(format!(".installed-{MOTO_VERSION}"));
+        let marker = venv.join(format!(
+            ".installed-{MOTO_VERSION}-prometheus-client-{PROMETHEUS_CLIENT_VERSION}"
+        ));
         if server.exists() && marker.exists() {
             return server;
         }
@@ -47,10 +51,16 @@ fn moto_server() -> &'static PathBuf {
             "--quiet",
             "--disable-pip-version-check",
             &format!("moto[server]=={MOTO_VERSION}"),
+            &format!("prometheus-client=={PROMETHEUS_CLIENT_VERSION}"),
         ]));
         std::fs::write(&marker, "").expect("write the install marker");
         server
     })
+}
+
+/// The Python of the tests' venv (moto and `prometheus-client` installed).
+pub fn venv_python() -> PathBuf {
+    moto_server().with_file_name("python")
 }
 
 impl Moto {

@@ -17,6 +17,7 @@ mod e2e {
     mod rotation;
     mod supervisor;
     mod svid;
+    mod telemetry;
     mod wire;
 
     /// A configuration with one entry, `spiffe://example.org/me`, for this process's uid.

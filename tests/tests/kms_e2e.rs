@@ -835,3 +835,131 @@ async fn hostile_host_stalling_the_tunnel_fails_each_sync_at_sync_timeout() {
     world.start_host();
     wait_for_x509svid(&agent, Duration::from_secs(40)).await;
 }
+
+/// `curl` against the host's telemetry endpoint: (HTTP status, body).
+fn curl(url: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl (the tests need it; .ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The host's `/metrics`, parsed by the Python `prometheus-client` OpenMetrics parser:
+/// `(name, labels, value)` per sample.
+fn parse_metrics(text: &str) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    let script = "import json, sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        out = []\n\
+        for family in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in family.samples:\n\
+        \x20       out.append([s.name, s.labels, s.value])\n\
+        print(json.dumps(out))\n";
+    let out = enclaveid_tests::output_with_stdin(
+        std::process::Command::new(enclaveid_tests::moto::venv_python()).args(["-c", script]),
+        text.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the text: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A production enclave has no console: with only the parent's view (the host's stdout and
+/// its HTTP endpoints, never the agent's stderr), an operator sees that KMS refused the
+/// image, which PCR0 it was, that the enclave is not ready, and the failed syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_a_refused_kms_policy_is_visible_on_the_parent() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    world.host_args = vec![format!("--telemetry-listen=tcp://127.0.0.1:{port}")];
+    world.start_host();
+    let config = format!(
+        "{}[telemetry]\ninterval = \"5s\"\n",
+        gateway_config(&world, 0xb2, "")
+    );
+    let _agent = AgentProcess::start(&config);
+    let pcr0 = enclaveid_attestor::hex(&[0xb2; 48]);
+
+    // The refusal, on the host's stdout, tagged with the enclave's PCR0.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let line = loop {
+        let out = std::fs::read_to_string(world.host_stdout()).unwrap_or_default();
+        if let Some(line) = out
+            .lines()
+            .find(|l| l.contains("AccessDeniedException") && l.contains("key material sync failed"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refusal on the host's stdout:\n{out}\nhost log:\n{}",
+            world.host_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(event["pcr0"], pcr0.as_str(), "{line}");
+    assert_eq!(event["level"], "ERROR", "{line}");
+    assert!(
+        event["enclave"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("pcr0:b2b2")),
+        "{line}"
+    );
+
+    // Not ready, and why.
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = curl(&format!("{base}/readyz"));
+        if body.contains("AccessDeniedException") {
+            assert_eq!(status, 503, "{body}");
+            assert!(
+                body.contains("not ready") && body.contains("b2b2b2"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(curl(&format!("{base}/healthz")).0, 200);
+
+    // The failed syncs, in Prometheus text a real parser reads.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, text) = curl(&format!("{base}/metrics"));
+        assert_eq!(status, 200, "{text}");
+        let samples = parse_metrics(&text);
+        let failed = samples.iter().find(|(name, labels, _)| {
+            name == "enclaveid_upstream_syncs_total"
+                && labels.get("result").map(String::as_str) == Some("failed")
+        });
+        if let Some((_, labels, value)) = failed
+            && *value >= 1.0
+        {
+            assert!(labels["enclave"].starts_with("pcr0:b2b2"), "{labels:?}");
+            assert!(samples.iter().any(|(name, labels, value)| name
+                == "enclaveid_host_enclave_ready"
+                && labels.contains_key("enclave")
+                && *value == 0.0));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed sync in /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -393,6 +393,65 @@ pub struct WorkloadApi<A> {
     attestor: A,
     tokens: TokenCache,
     limiter: Arc<Limiter>,
+    metrics: Arc<ApiMetrics>,
+}
+
+/// What the service counts, for the agent's metrics: calls by RPC and the status they
+/// got (for a stream, the status it was opened or refused with), and streams open now.
+#[derive(Debug, Default)]
+pub struct ApiMetrics {
+    calls: std::sync::Mutex<BTreeMap<(&'static str, i32), u64>>,
+    open_streams: std::sync::atomic::AtomicI64,
+}
+
+impl ApiMetrics {
+    /// Calls so far: (RPC, status code, count).
+    pub fn calls(&self) -> Vec<(&'static str, tonic::Code, u64)> {
+        let calls = self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        calls
+            .iter()
+            .map(|((rpc, code), n)| (*rpc, tonic::Code::from_i32(*code), *n))
+            .collect()
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> i64 {
+        self.open_streams.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn record<T>(&self, rpc: &'static str, result: &Result<T, Status>) {
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        let mut calls = self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *calls.entry((rpc, code as i32)).or_default() += 1;
+    }
+}
+
+/// Counts a stream as open while it lives.
+struct OpenStream(Arc<ApiMetrics>);
+
+impl OpenStream {
+    fn new(metrics: &Arc<ApiMetrics>) -> Self {
+        metrics
+            .open_streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0
+            .open_streams
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// JWT-SVIDs already signed, per (SPIFFE ID, audience set, key), reused until half their
@@ -515,7 +574,15 @@ impl<A: WorkloadAttestor> WorkloadApi<A> {
             attestor,
             tokens: TokenCache::new(limiter.limits().token_cache_bytes),
             limiter,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts calls and open streams into `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<ApiMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Wraps the service for tonic, with the security-header check in front of every
@@ -580,6 +647,7 @@ impl<A: WorkloadAttestor> WorkloadApi<A> {
             pending: Option<T>,
             /// Counts the stream against the caller's limits until it ends.
             _slot: limits::StreamSlot,
+            _open: OpenStream,
         }
         let state = State {
             snapshots,
@@ -587,6 +655,7 @@ impl<A: WorkloadAttestor> WorkloadApi<A> {
             last: None,
             pending: Some(first),
             _slot: slot,
+            _open: OpenStream::new(&self.metrics),
         };
         let stream = futures_util::stream::unfold(Some(state), move |state| async move {
             let mut state = state?;
@@ -674,99 +743,124 @@ impl<A: WorkloadAttestor> SpiffeWorkloadApi for WorkloadApi<A> {
         &self,
         request: Request<proto::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let admitted = self.selectors_of(&request).await?;
-        self.watch(admitted, Snapshot::x509_svid_response, "FetchX509SVID")
-            .map(Response::new)
+        let result: Result<Response<Self::FetchX509SVIDStream>, Status> = async {
+            let admitted = self.selectors_of(&request).await?;
+            self.watch(admitted, Snapshot::x509_svid_response, "FetchX509SVID")
+                .map(Response::new)
+        }
+        .await;
+        self.metrics.record("FetchX509SVID", &result);
+        result
     }
 
     async fn fetch_x509_bundles(
         &self,
         request: Request<proto::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let admitted = self.selectors_of(&request).await?;
-        self.watch(
-            admitted,
-            Snapshot::x509_bundles_response,
-            "FetchX509Bundles",
-        )
-        .map(Response::new)
+        let result: Result<Response<Self::FetchX509BundlesStream>, Status> = async {
+            let admitted = self.selectors_of(&request).await?;
+            self.watch(
+                admitted,
+                Snapshot::x509_bundles_response,
+                "FetchX509Bundles",
+            )
+            .map(Response::new)
+        }
+        .await;
+        self.metrics.record("FetchX509Bundles", &result);
+        result
     }
 
     async fn fetch_jwtsvid(
         &self,
         request: Request<proto::JwtsvidRequest>,
     ) -> Result<Response<proto::JwtsvidResponse>, Status> {
-        let (selectors, _slot) = self.selectors_of(&request).await?;
-        let request = request.into_inner();
-        if request.audience.is_empty() {
-            return Err(Status::invalid_argument("audience must be specified"));
-        }
-        let snapshot = self.snapshots.borrow().clone();
-        let identities: Vec<&Identity> = snapshot
-            .identities
-            .iter()
-            .filter(|identity| identity.selectors.is_subset(&selectors))
-            .filter(|identity| {
-                request.spiffe_id.is_empty() || identity.spiffe_id.to_string() == request.spiffe_id
-            })
-            .collect();
-        if identities.is_empty() {
-            tracing::info!(method = "FetchJWTSVID", spiffe_id = %request.spiffe_id, "no identity issued to caller");
-            return Err(Status::permission_denied(NO_IDENTITY_ISSUED));
-        }
-        let issuer = snapshot.jwt_issuer.as_deref().ok_or_else(|| {
-            Status::unavailable("no JWT-SVID signing key: none has been released to this agent")
-        })?;
-        let svids = identities
-            .into_iter()
-            .map(|identity| {
-                Ok(proto::Jwtsvid {
-                    spiffe_id: identity.spiffe_id.to_string(),
-                    svid: self.tokens.token(issuer, identity, &request.audience)?,
-                    hint: identity.hint.clone(),
+        let result: Result<Response<proto::JwtsvidResponse>, Status> = async {
+            let (selectors, _slot) = self.selectors_of(&request).await?;
+            let request = request.into_inner();
+            if request.audience.is_empty() {
+                return Err(Status::invalid_argument("audience must be specified"));
+            }
+            let snapshot = self.snapshots.borrow().clone();
+            let identities: Vec<&Identity> = snapshot
+                .identities
+                .iter()
+                .filter(|identity| identity.selectors.is_subset(&selectors))
+                .filter(|identity| {
+                    request.spiffe_id.is_empty() || identity.spiffe_id.to_string() == request.spiffe_id
                 })
-            })
-            .collect::<Result<_, Status>>()?;
-        Ok(Response::new(proto::JwtsvidResponse { svids }))
+                .collect();
+            if identities.is_empty() {
+                tracing::info!(method = "FetchJWTSVID", spiffe_id = %request.spiffe_id, "no identity issued to caller");
+                return Err(Status::permission_denied(NO_IDENTITY_ISSUED));
+            }
+            let issuer = snapshot.jwt_issuer.as_deref().ok_or_else(|| {
+                Status::unavailable("no JWT-SVID signing key: none has been released to this agent")
+            })?;
+            let svids = identities
+                .into_iter()
+                .map(|identity| {
+                    Ok(proto::Jwtsvid {
+                        spiffe_id: identity.spiffe_id.to_string(),
+                        svid: self.tokens.token(issuer, identity, &request.audience)?,
+                        hint: identity.hint.clone(),
+                    })
+                })
+                .collect::<Result<_, Status>>()?;
+            Ok(Response::new(proto::JwtsvidResponse { svids }))
+        }
+        .await;
+        self.metrics.record("FetchJWTSVID", &result);
+        result
     }
 
     async fn fetch_jwt_bundles(
         &self,
         request: Request<proto::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let admitted = self.selectors_of(&request).await?;
-        self.watch(admitted, Snapshot::jwt_bundles_response, "FetchJWTBundles")
-            .map(Response::new)
+        let result: Result<Response<Self::FetchJWTBundlesStream>, Status> = async {
+            let admitted = self.selectors_of(&request).await?;
+            self.watch(admitted, Snapshot::jwt_bundles_response, "FetchJWTBundles")
+                .map(Response::new)
+        }
+        .await;
+        self.metrics.record("FetchJWTBundles", &result);
+        result
     }
 
     async fn validate_jwtsvid(
         &self,
         request: Request<proto::ValidateJwtsvidRequest>,
     ) -> Result<Response<proto::ValidateJwtsvidResponse>, Status> {
-        // Any attested caller may validate; it needs no identity of its own.
-        let _slot = self.selectors_of(&request).await?;
-        let request = request.into_inner();
-        if request.audience.is_empty() {
-            return Err(Status::invalid_argument("audience must be specified"));
+        let result: Result<Response<proto::ValidateJwtsvidResponse>, Status> = async {
+            // Any attested caller may validate; it needs no identity of its own.
+            let _slot = self.selectors_of(&request).await?;
+            let request = request.into_inner();
+            if request.audience.is_empty() {
+                return Err(Status::invalid_argument("audience must be specified"));
+            }
+            if request.svid.is_empty() {
+                return Err(Status::invalid_argument("svid must be specified"));
+            }
+            let bundles = self.snapshots.borrow().jwt_bundles.clone();
+            let validated = jwt::validate(
+                &request.svid,
+                &request.audience,
+                &bundles,
+                SystemTime::now(),
+            )
+            .map_err(|invalid| {
+                tracing::info!(reason = %invalid, "JWT-SVID refused");
+                Status::invalid_argument(invalid.0)
+            })?;
+            Ok(Response::new(proto::ValidateJwtsvidResponse {
+                spiffe_id: validated.spiffe_id.to_string(),
+                claims: Some(to_proto_struct(validated.claims)),
+            }))
         }
-        if request.svid.is_empty() {
-            return Err(Status::invalid_argument("svid must be specified"));
-        }
-        let bundles = self.snapshots.borrow().jwt_bundles.clone();
-        let validated = jwt::validate(
-            &request.svid,
-            &request.audience,
-            &bundles,
-            SystemTime::now(),
-        )
-        .map_err(|invalid| {
-            tracing::info!(reason = %invalid, "JWT-SVID refused");
-            Status::invalid_argument(invalid.0)
-        })?;
-        Ok(Response::new(proto::ValidateJwtsvidResponse {
-            spiffe_id: validated.spiffe_id.to_string(),
-            claims: Some(to_proto_struct(validated.claims)),
-        }))
+        .await;
+        self.metrics.record("ValidateJWTSVID", &result);
+        result
     }
 }
 

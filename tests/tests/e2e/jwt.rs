@@ -309,22 +309,12 @@ fn the_cli_fetches_validates_and_prints_bundles() {
 /// `enclaveid ARGS --socket AGENT` with `stdin` on standard input: (success, stdout,
 /// stderr).
 fn run_cli(agent: &AgentProcess, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new(enclaveid_tests::enclaveid_bin())
-        .args(args)
-        .args(["--socket", &agent.endpoint()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = enclaveid_tests::output_with_stdin(
+        std::process::Command::new(enclaveid_tests::enclaveid_bin())
+            .args(args)
+            .args(["--socket", &agent.endpoint()]),
+        stdin.as_bytes(),
+    );
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
