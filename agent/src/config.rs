@@ -1254,6 +1254,47 @@ fn toml_error(text: &str, origin: &str, error: &toml::de::Error) -> ConfigError 
 mod tests {
     use super::*;
 
+    #[test]
+    fn telemetry_the_deploy_image_config_parses_and_sends_to_the_upstream_host() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/enclave/agent.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let text = if cfg!(feature = "nsm") {
+            text
+        } else {
+            // A build without NSM says so; the rest is checked with the fake attestor.
+            let error = Config::from_toml(&text, path).unwrap_err().to_string();
+            assert!(error.contains("--features nsm"), "{error}");
+            text.replace("kind = \"nsm\"", "kind = \"fake\"")
+        };
+        let config = Config::from_toml(&text, path).unwrap();
+        let Upstream::Kms(kms) = &config.upstream else {
+            panic!("the image's upstream is kms");
+        };
+        assert_eq!(config.telemetry.host.as_ref(), Some(&kms.host));
+        assert_eq!(
+            config.telemetry.metrics_socket.as_deref(),
+            Some(std::path::Path::new("/run/enclaveid/metrics.sock"))
+        );
+    }
+
+    #[test]
+    fn telemetry_settings_are_checked_and_dev_sends_nothing_by_default() {
+        let base = "trust_domain = \"example.org\"\n[upstream]\nkind = \"dev\"\n[attestor]\nkind = \"fake\"\n";
+        let config = Config::from_toml(base, "t").unwrap();
+        assert_eq!(config.telemetry, TelemetryConfig::default());
+        for (table, key) in [
+            ("level = \"trace\"", "telemetry.level"),
+            ("interval = \"1s\"", "telemetry.interval"),
+            ("host = \"http://x\"", "telemetry.host"),
+            ("metrics_socket = \"m.sock\"", "telemetry.metrics_socket"),
+            ("colour = \"red\"", "colour"),
+        ] {
+            let text = format!("{base}[telemetry]\n{table}\n");
+            let error = Config::from_toml(&text, "t").unwrap_err().to_string();
+            assert!(error.contains(key), "{table}: {error}");
+        }
+    }
+
     const GOOD: &str = r#"
 trust_domain = "example.org"
 socket_path = "/tmp/agent.sock"

@@ -908,6 +908,16 @@ async fn telemetry_a_refused_kms_policy_is_visible_on_the_parent() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let out = std::fs::read_to_string(world.host_stdout()).unwrap();
+    for line in out.lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("every line is one JSON event");
+    }
+    assert!(
+        !out.contains("PRIVATE KEY")
+            && !out.contains("-----BEGIN")
+            && !out.contains("enclaveid-test-secret"),
+        "no key material or credentials leave the enclave in telemetry:\n{out}"
+    );
     let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
     assert_eq!(event["pcr0"], pcr0.as_str(), "{line}");
     assert_eq!(event["level"], "ERROR", "{line}");
