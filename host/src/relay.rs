@@ -236,62 +236,83 @@ async fn serve_route(
             }
         };
         let Some(slot) = Slot::take(&stats, limits.max_connections) else {
-            stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(route = %name, %peer, limit = limits.max_connections, "relay refused a connection: the route has its limit open");
             continue;
         };
         let to = to.clone();
         let name = name.clone();
         tokio::spawn(async move {
-            let ended = match dial(&to, limits.connect_timeout).await {
-                Ok(upstream) => {
-                    slot.stats.opened.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(route = %name, %peer, "relay open");
-                    pump(stream, upstream, limits.idle_timeout, &slot.stats).await
-                }
+            let upstream = match slot.dial(&to, limits.connect_timeout).await {
+                Ok(upstream) => upstream,
                 Err(error) => {
-                    slot.stats.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(route = %name, %peer, %error, "relay could not reach the destination");
                     return;
                 }
             };
+            tracing::debug!(route = %name, %peer, "relay open");
+            let ended = slot.carry(stream, upstream, limits.idle_timeout).await;
             tracing::debug!(route = %name, %peer, ?ended, "relay closed");
-            drop(slot);
         });
     }
 }
 
 /// Dials `to` within `timeout`.
-pub(crate) async fn dial(to: &Address, timeout: Duration) -> std::io::Result<Box<dyn Stream>> {
+async fn dial(to: &Address, timeout: Duration) -> std::io::Result<Box<dyn Stream>> {
     match tokio::time::timeout(timeout, to.connect()).await {
         Ok(connected) => connected,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!(
-                "connecting to {to}: no answer in {}",
-                humantime::format_duration(timeout)
-            ),
+            format!("no answer in {}", humantime::format_duration(timeout)),
         )),
     }
 }
 
-/// One open connection of a route: counted in `active` while it lives.
+/// One connection of a route, from the cap to the end: counted in `active` while it
+/// lives, in `refused` when the cap or the dial turns it away, in `opened` when bytes
+/// start to move. Routes and connect requests count through it alike.
 pub(crate) struct Slot {
-    pub(crate) stats: Arc<RouteStats>,
+    stats: Arc<RouteStats>,
 }
 
 impl Slot {
-    /// A slot, or `None` when the route has `max` open.
+    /// A slot, or `None` (counted as refused) when the route has `max` open.
     pub(crate) fn take(stats: &Arc<RouteStats>, max: u64) -> Option<Self> {
-        stats
+        let taken = stats
             .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
-            })
-            .ok()?;
+            });
+        if taken.is_err() {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         Some(Self {
             stats: stats.clone(),
         })
+    }
+
+    /// Dials the destination within `timeout`; a failure counts as refused.
+    pub(crate) async fn dial(
+        &self,
+        to: &Address,
+        timeout: Duration,
+    ) -> std::io::Result<Box<dyn Stream>> {
+        let dialled = dial(to, timeout).await;
+        if dialled.is_err() {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        dialled
+    }
+
+    /// Counts the connection opened and moves bytes until it ends ([`pump`]).
+    pub(crate) async fn carry(
+        self,
+        a: Box<dyn Stream>,
+        b: Box<dyn Stream>,
+        idle: Duration,
+    ) -> Ended {
+        self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        pump(a, b, idle, &self.stats).await
     }
 }
 
@@ -303,12 +324,7 @@ impl Drop for Slot {
 
 /// Moves bytes both ways until both sides have closed, a socket fails, or nothing moved
 /// for `idle`. Half-close is passed on.
-pub(crate) async fn pump(
-    a: Box<dyn Stream>,
-    b: Box<dyn Stream>,
-    idle: Duration,
-    stats: &RouteStats,
-) -> Ended {
+async fn pump(a: Box<dyn Stream>, b: Box<dyn Stream>, idle: Duration, stats: &RouteStats) -> Ended {
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let mut a = Counted {

@@ -10,7 +10,7 @@ use enclaveid_io::{Address, Listener, Stream};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::objects::{ObjectError, Store};
-use crate::relay::{self, RelayLimits, RelayStats, Slot};
+use crate::relay::{RelayLimits, RelayStats, Slot};
 use crate::{HostConfig, HostError};
 
 /// How many enclave connections are served at once.
@@ -215,9 +215,6 @@ impl Host {
         let name = format!("connect {target}");
         let stats = self.relay_stats.route(&name);
         let Some(slot) = Slot::take(&stats, self.relay_limits.max_connections) else {
-            stats
-                .refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let error = format!(
                 "connect to {target} refused: {} connections to it are open, the limit",
                 self.relay_limits.max_connections
@@ -226,12 +223,9 @@ impl Host {
             let _ = write_answer(&mut stream, Err(&error)).await;
             return;
         };
-        let upstream = match relay::dial(&target, self.relay_limits.connect_timeout).await {
+        let upstream = match slot.dial(&target, self.relay_limits.connect_timeout).await {
             Ok(upstream) => upstream,
             Err(error) => {
-                stats
-                    .refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let error = format!("connecting to {target}: {error}");
                 tracing::warn!(%peer, %error, "relay could not reach the destination");
                 let _ = write_answer(&mut stream, Err(&error)).await;
@@ -241,12 +235,10 @@ impl Host {
         if write_answer(&mut stream, Ok(&[])).await.is_err() {
             return;
         }
-        stats
-            .opened
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ended = relay::pump(stream, upstream, self.relay_limits.idle_timeout, &stats).await;
+        let ended = slot
+            .carry(stream, upstream, self.relay_limits.idle_timeout)
+            .await;
         tracing::debug!(%peer, route = %name, ?ended, "relay closed");
-        drop(slot);
     }
 
     async fn tunnel(&self, mut stream: Box<dyn Stream>, target: &[u8], peer: &str) {
