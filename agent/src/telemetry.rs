@@ -477,39 +477,12 @@ pub(crate) async fn serve_local(
     };
     tracing::info!(path = %path.display(), "serving metrics (Prometheus text over HTTP)");
     let sources = Arc::new(sources);
-    tokio::pin!(stop);
-    loop {
-        let (stream, _) = tokio::select! {
-            () = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let sources = sources.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |_request| {
-                let text = exposition(&sources);
-                async move {
-                    hyper::Response::builder()
-                        .header(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )
-                        .body(http_body_util::Full::new(hyper::body::Bytes::from(text)))
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = tokio::time::timeout(
-                Duration::from_secs(30),
-                hyper::server::conn::http1::Builder::new().serve_connection(io, service),
-            )
-            .await;
-        });
-    }
+    let respond = move |_: &str| enclaveid_io::http::Reply {
+        status: 200,
+        content_type: enclaveid_io::http::OPENMETRICS,
+        body: exposition(&sources),
+    };
+    enclaveid_io::http::serve(listener, respond, stop).await;
     let _ = std::fs::remove_file(&path);
 }
 

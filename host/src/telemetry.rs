@@ -340,60 +340,33 @@ pub async fn serve_http(
     telemetry: Arc<Telemetry>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "telemetry endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let telemetry = telemetry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(
-                move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (status, content_type, body) = match request.uri().path() {
-                        "/metrics" => (
-                            200,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            telemetry.metrics_text(),
-                        ),
-                        "/healthz" => (200, "text/plain; charset=utf-8", "ok\n".to_owned()),
-                        "/readyz" => {
-                            let (ready, body) = telemetry.readiness();
-                            (
-                                if ready { 200 } else { 503 },
-                                "text/plain; charset=utf-8",
-                                body,
-                            )
-                        }
-                        other => (
-                            404,
-                            "text/plain; charset=utf-8",
-                            format!("{other:?} not found; served: /metrics, /healthz, /readyz\n"),
-                        ),
-                    };
-                    async move {
-                        hyper::Response::builder()
-                            .status(status)
-                            .header("content-type", content_type)
-                            .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
-                    }
-                },
-            );
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = tokio::time::timeout(
-                Duration::from_secs(30),
-                hyper::server::conn::http1::Builder::new().serve_connection(io, service),
-            )
-            .await;
-        });
-    }
+    use enclaveid_io::http::{OPENMETRICS, Reply, TEXT};
+    let respond = move |path: &str| match path {
+        "/metrics" => Reply {
+            status: 200,
+            content_type: OPENMETRICS,
+            body: telemetry.metrics_text(),
+        },
+        "/healthz" => Reply {
+            status: 200,
+            content_type: TEXT,
+            body: "ok\n".to_owned(),
+        },
+        "/readyz" => {
+            let (ready, body) = telemetry.readiness();
+            Reply {
+                status: if ready { 200 } else { 503 },
+                content_type: TEXT,
+                body,
+            }
+        }
+        other => Reply {
+            status: 404,
+            content_type: TEXT,
+            body: format!("{other:?} not found; served: /metrics, /healthz, /readyz\n"),
+        },
+    };
+    enclaveid_io::http::serve(listener, respond, shutdown).await;
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The I/O every side of EnclaveID shares: connecting to and listening on an
 //! [`Address`] (`vsock://CID:PORT` between an enclave and its parent instance,
-//! `tcp://HOST:PORT` and `unix:///PATH` elsewhere), and writing a file whole.
+//! `tcp://HOST:PORT` and `unix:///PATH` elsewhere), writing a file whole, and answering
+//! read-only HTTP endpoints ([`http`]).
 //!
 //! Parsing addresses is `enclaveid-checks`' (no I/O there); this crate adds the sockets.
 //! AF_VSOCK cannot be bound outside a VM with a vsock device; everything but the bind
@@ -20,6 +21,7 @@
 
 mod backoff;
 mod file;
+pub mod http;
 mod transport;
 
 pub use backoff::AcceptBackoff;
