@@ -217,43 +217,52 @@ impl Telemetry {
             self.refused.load(Ordering::Relaxed) as f64,
         ));
         for (route, stats) in self.relay.snapshot() {
-            let labels = |extra: (&str, &str)| {
-                vec![
-                    ("route".to_owned(), route.clone()),
-                    (extra.0.to_owned(), extra.1.to_owned()),
-                ]
-            };
-            let load = |n: &AtomicU64| n.load(Ordering::Relaxed) as f64;
-            own.push(counter(
-                "enclaveid_relay_connections",
-                "Relayed connections by route and result",
-                labels(("result", "opened")),
-                load(&stats.opened),
-            ));
-            own.push(counter(
-                "enclaveid_relay_connections",
-                "Relayed connections by route and result",
-                labels(("result", "refused")),
-                load(&stats.refused),
-            ));
-            own.push(counter(
-                "enclaveid_relay_bytes",
-                "Bytes relayed by route and direction",
-                labels(("direction", "out")),
-                load(&stats.bytes_out),
-            ));
-            own.push(counter(
-                "enclaveid_relay_bytes",
-                "Bytes relayed by route and direction",
-                labels(("direction", "in")),
-                load(&stats.bytes_in),
-            ));
-            own.push(gauge(
-                "enclaveid_relay_active_connections",
-                "Relayed connections open now",
-                vec![("route".to_owned(), route.clone())],
-                load(&stats.active),
-            ));
+            use SampleKind::{Counter, Gauge};
+            let route_label = ("route".to_owned(), route);
+            for (name, help, kind, extra, value) in [
+                (
+                    "enclaveid_relay_connections",
+                    "Relayed connections by route and result",
+                    Counter,
+                    Some(("result", "opened")),
+                    &stats.opened,
+                ),
+                (
+                    "enclaveid_relay_connections",
+                    "Relayed connections by route and result",
+                    Counter,
+                    Some(("result", "refused")),
+                    &stats.refused,
+                ),
+                (
+                    "enclaveid_relay_bytes",
+                    "Bytes relayed by route and direction",
+                    Counter,
+                    Some(("direction", "out")),
+                    &stats.bytes_out,
+                ),
+                (
+                    "enclaveid_relay_bytes",
+                    "Bytes relayed by route and direction",
+                    Counter,
+                    Some(("direction", "in")),
+                    &stats.bytes_in,
+                ),
+                (
+                    "enclaveid_relay_active_connections",
+                    "Relayed connections open now",
+                    Gauge,
+                    None,
+                    &stats.active,
+                ),
+            ] {
+                let mut labels = vec![route_label.clone()];
+                labels.extend(extra.map(|(k, v)| (k.to_owned(), v.to_owned())));
+                own.push(Sample {
+                    kind,
+                    ..gauge(name, help, labels, value.load(Ordering::Relaxed) as f64)
+                });
+            }
         }
         exposition.add(Vec::new(), own);
         exposition.text()
@@ -378,7 +387,11 @@ mod tests {
 
     #[tokio::test]
     async fn telemetry_from_an_enclave_shows_in_metrics_and_readiness() {
-        let telemetry = Telemetry::new(RelayStats::default());
+        let relay = RelayStats::default();
+        let route = relay.route("vsock://any:6000=vsock://16:5000");
+        route.bytes_in.fetch_add(5, Ordering::Relaxed);
+        route.active.fetch_add(1, Ordering::Relaxed);
+        let telemetry = Telemetry::new(relay);
         let (mut enclave, host) = tokio::io::duplex(64 * 1024);
         let receiving = {
             let telemetry = telemetry.clone();
@@ -420,6 +433,16 @@ mod tests {
         assert!(
             text.contains(
                 "enclaveid_upstream_syncs_total{enclave=\"cid:16\",result=\"failed\"} 2.0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("enclaveid_relay_bytes_total{route=\"vsock://any:6000=vsock://16:5000\",direction=\"in\"} 5.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "enclaveid_relay_active_connections{route=\"vsock://any:6000=vsock://16:5000\"} 1.0"
             ),
             "{text}"
         );
