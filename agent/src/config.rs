@@ -8,7 +8,7 @@
 //! jwt_ttl = "5m"                              # default JWT-SVID lifetime
 //! jwt_key_rotation = "24h"                    # dev upstream: JWT signing key lifetime
 //! [upstream]
-//! kind = "dev"          # or "kms"
+//! kind = "dev"          # or "kms", or "spire"
 //! # dev: cert_path / key_path load the dev CA instead of generating one at start;
 //! #      bundle_path is the trust bundle when cert_path is not a self-signed root
 //! # kms: trust_bundle_path = "/etc/enclaveid/pca-root.pem"  (required)
@@ -23,6 +23,14 @@
 //! #        longer (a stalled host or KMS) fails
 //! #      crl_export_path = "/run/enclaveid/crl.pem"         (optional) the CRL checked,
 //! #        written (0644, atomic) for workloads that check their peers' chains
+//! # spire: server_address = "vsock://3:8081"                (required) the SPIRE server,
+//! #          through the parent's relay
+//! #        trust_bundle_path = "/etc/enclaveid/spire-bundle.pem"  the server's bundle,
+//! #          in the image; or insecure_bootstrap = true (refused unless
+//! #          `enclaveid run --allow-insecure-bootstrap`)
+//! #        sync_interval = "5s"                              (default)
+//! #        node_attestor = "aws_nitro"                       (default) the server's plugin name
+//! #        no [[entry]]: entries come from the server
 //! [attestor]
 //! kind = "fake"         # "nsm" inside an enclave (a build with `--features nsm`)
 //! # allow_debug = false   accept this enclave's own debug-mode attestation
@@ -193,6 +201,11 @@ pub enum ConfigError {
         "development mode needs the fake attestor, which this build leaves out (an enclave image); use `enclaveid run --config` with attestor kind = \"nsm\""
     )]
     NoDevelopmentMode,
+    /// `upstream.insecure_bootstrap` without the command-line permission.
+    #[error(
+        "upstream.insecure_bootstrap = true trusts the first server that claims the SPIRE server's ID; it is for development only and is refused unless `enclaveid run --allow-insecure-bootstrap` is given. In production set upstream.trust_bundle_path to the server's bundle, built into the image"
+    )]
+    InsecureBootstrap,
 }
 
 /// Where the agent listens when `socket_path` is not set.
@@ -234,6 +247,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logs, metrics and health out of the enclave (`[telemetry]`).
     pub telemetry: TelemetryConfig,
+    /// Whether `upstream.insecure_bootstrap` may be used (`enclaveid run
+    /// --allow-insecure-bootstrap`); never read from the file, so that an image's
+    /// configuration alone cannot turn server verification off.
+    pub allow_insecure_bootstrap: bool,
 }
 
 /// The `[telemetry]` table.
@@ -332,7 +349,28 @@ pub enum Upstream {
     Dev(Option<CaFiles>),
     /// Private CA material released by KMS to this attested enclave.
     Kms(KmsConfig),
+    /// A SPIRE server: the agent attests to it and serves the entries it authorizes.
+    Spire(SpireConfig),
 }
+
+/// The `spire` upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpireConfig {
+    /// The SPIRE server's gRPC endpoint (`bind_port`), through the parent's relay.
+    pub server_address: enclaveid_io::Address,
+    /// The server's trust bundle (PEM), built into the image so that PCR0 covers it;
+    /// `None` with `insecure_bootstrap`.
+    pub trust_bundle_path: Option<PathBuf>,
+    /// Trust the first server that presents `spiffe://TD/spire/server` (development).
+    pub insecure_bootstrap: bool,
+    /// How often entries, bundles and SVIDs are synced.
+    pub sync_interval: Duration,
+    /// The node attestor's name in the server's configuration.
+    pub node_attestor: String,
+}
+
+/// The default `upstream.sync_interval` of the `spire` upstream (spire-agent's).
+pub const DEFAULT_SPIRE_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The `kms` upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -563,6 +601,10 @@ struct RawUpstream {
     crl_export_path: Option<PathBuf>,
     crl_max_age: Option<String>,
     sync_timeout: Option<String>,
+    server_address: Option<String>,
+    insecure_bootstrap: Option<bool>,
+    sync_interval: Option<String>,
+    node_attestor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -630,28 +672,50 @@ impl Config {
             None => DEFAULT_JWT_KEY_ROTATION,
         };
         let up = &raw.upstream;
-        let kms_keys = [
-            ("host", up.host.is_some()),
-            ("trust_bundle_path", up.trust_bundle_path.is_some()),
-            ("region", up.region.is_some()),
-            ("kms_endpoint", up.kms_endpoint.is_some()),
-            ("resync_interval", up.resync_interval.is_some()),
-            ("require_crl", up.require_crl.is_some()),
-            ("crl_max_age", up.crl_max_age.is_some()),
-            ("sync_timeout", up.sync_timeout.is_some()),
-            ("crl_export_path", up.crl_export_path.is_some()),
+        // Each key and the upstream kinds it applies to.
+        let keys = [
+            ("host", up.host.is_some(), &["kms"][..]),
+            (
+                "trust_bundle_path",
+                up.trust_bundle_path.is_some(),
+                &["kms", "spire"][..],
+            ),
+            ("region", up.region.is_some(), &["kms"][..]),
+            ("kms_endpoint", up.kms_endpoint.is_some(), &["kms"][..]),
+            (
+                "resync_interval",
+                up.resync_interval.is_some(),
+                &["kms"][..],
+            ),
+            ("require_crl", up.require_crl.is_some(), &["kms"][..]),
+            ("crl_max_age", up.crl_max_age.is_some(), &["kms"][..]),
+            ("sync_timeout", up.sync_timeout.is_some(), &["kms"][..]),
+            (
+                "crl_export_path",
+                up.crl_export_path.is_some(),
+                &["kms"][..],
+            ),
+            ("cert_path", up.cert_path.is_some(), &["dev"][..]),
+            ("key_path", up.key_path.is_some(), &["dev"][..]),
+            ("bundle_path", up.bundle_path.is_some(), &["dev"][..]),
+            (
+                "server_address",
+                up.server_address.is_some(),
+                &["spire"][..],
+            ),
+            (
+                "insecure_bootstrap",
+                up.insecure_bootstrap.is_some(),
+                &["spire"][..],
+            ),
+            ("sync_interval", up.sync_interval.is_some(), &["spire"][..]),
+            ("node_attestor", up.node_attestor.is_some(), &["spire"][..]),
         ];
-        let dev_keys = [
-            ("cert_path", up.cert_path.is_some()),
-            ("key_path", up.key_path.is_some()),
-            ("bundle_path", up.bundle_path.is_some()),
-        ];
-        let misplaced = match up.kind.as_str() {
-            "dev" => kms_keys.iter().find(|(_, set)| *set),
-            "kms" => dev_keys.iter().find(|(_, set)| *set),
-            _ => None,
-        };
-        if let Some((key, _)) = misplaced {
+        let known = ["dev", "kms", "spire"].contains(&up.kind.as_str());
+        let misplaced = keys
+            .iter()
+            .find(|(_, set, kinds)| known && *set && !kinds.contains(&up.kind.as_str()));
+        if let Some((key, _, _)) = misplaced {
             return Err(ConfigError::Misplaced {
                 origin: origin.to_owned(),
                 key,
@@ -660,6 +724,16 @@ impl Config {
         }
         let upstream = match raw.upstream.kind.as_str() {
             "kms" => Upstream::Kms(parse_kms(raw.upstream, &invalid)?),
+            "spire" => {
+                if !raw.entries.is_empty() {
+                    return Err(invalid(
+                        "entry",
+                        &raw.entries.len(),
+                        &"with upstream.kind = \"spire\" the entries come from the SPIRE server (spire-server entry create); remove the [[entry]] tables",
+                    ));
+                }
+                Upstream::Spire(parse_spire(raw.upstream, &invalid)?)
+            }
             "dev" => Upstream::Dev(match (raw.upstream.cert_path, raw.upstream.key_path) {
                 (None, None) if raw.upstream.bundle_path.is_none() => None,
                 (Some(cert_path), Some(key_path)) => Some(CaFiles {
@@ -678,7 +752,7 @@ impl Config {
                 return Err(invalid(
                     "upstream.kind",
                     &other,
-                    &"accepted: \"dev\", \"kms\"",
+                    &"accepted: \"dev\", \"kms\", \"spire\"",
                 ));
             }
         };
@@ -778,6 +852,7 @@ impl Config {
             telemetry: parse_telemetry(raw.telemetry, &upstream, &invalid)?,
             upstream,
             entries,
+            allow_insecure_bootstrap: false,
         })
     }
 
@@ -805,6 +880,7 @@ impl Config {
             bundle_endpoint: None,
             limits: LimitsConfig::default(),
             telemetry: TelemetryConfig::default(),
+            allow_insecure_bootstrap: false,
             upstream: Upstream::Dev(None),
             attestor: AttestorConfig {
                 kind: AttestorKind::Fake(enclaveid_attestor::FakeConfig::default()),
@@ -823,6 +899,67 @@ impl Config {
 }
 
 type Invalid<'a> = dyn Fn(&str, &dyn std::fmt::Debug, &dyn std::fmt::Display) -> ConfigError + 'a;
+
+fn parse_spire(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<SpireConfig, ConfigError> {
+    let address = raw.server_address.ok_or_else(|| {
+        invalid(
+            "upstream.server_address",
+            &"",
+            &"required for kind = \"spire\": the SPIRE server's address, such as \"vsock://3:8081\" (the parent's relay) or \"tcp://10.0.0.5:8081\"",
+        )
+    })?;
+    let server_address = address
+        .parse()
+        .map_err(|e| invalid("upstream.server_address", &address, &e))?;
+    let insecure_bootstrap = raw.insecure_bootstrap.unwrap_or(false);
+    match (&raw.trust_bundle_path, insecure_bootstrap) {
+        (Some(path), true) => {
+            return Err(invalid(
+                "upstream.insecure_bootstrap",
+                &true,
+                &format!(
+                    "trust_bundle_path = {:?} is set too; choose one (the bundle file, for production)",
+                    path.display()
+                ),
+            ));
+        }
+        (None, false) => {
+            return Err(invalid(
+                "upstream.trust_bundle_path",
+                &"",
+                &"required for kind = \"spire\": the SPIRE server's trust bundle (PEM), in the image (or insecure_bootstrap = true, for development)",
+            ));
+        }
+        _ => {}
+    }
+    let node_attestor = raw.node_attestor.unwrap_or_else(|| "aws_nitro".to_owned());
+    if node_attestor.is_empty() || node_attestor.contains(char::is_whitespace) {
+        return Err(invalid(
+            "upstream.node_attestor",
+            &node_attestor,
+            &"accepted: the NodeAttestor plugin's name in the server's configuration, such as \"aws_nitro\"",
+        ));
+    }
+    Ok(SpireConfig {
+        server_address,
+        trust_bundle_path: raw.trust_bundle_path,
+        insecure_bootstrap,
+        sync_interval: match &raw.sync_interval {
+            Some(value) => humantime::parse_duration(value)
+                .ok()
+                .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(d))
+                .ok_or_else(|| {
+                    invalid(
+                        "upstream.sync_interval",
+                        value,
+                        &"accepted: a duration from 1s to 1h, such as \"5s\"",
+                    )
+                })?,
+            None => DEFAULT_SPIRE_SYNC_INTERVAL,
+        },
+        node_attestor,
+    })
+}
 
 fn parse_kms(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<KmsConfig, ConfigError> {
     let region = raw.region.ok_or_else(|| {
@@ -909,7 +1046,7 @@ fn parse_telemetry(
 ) -> Result<TelemetryConfig, ConfigError> {
     let default_host = match upstream {
         Upstream::Kms(kms) => Some(kms.host.clone()),
-        Upstream::Dev(_) => None,
+        Upstream::Dev(_) | Upstream::Spire(_) => None,
     };
     let Some(raw) = raw else {
         return Ok(TelemetryConfig {
@@ -1514,6 +1651,65 @@ selectors = ["unix:uid:1001"]
             assert!(error.starts_with("agent.toml"), "{error}");
             for want in *wants {
                 assert!(error.contains(want), "{to}: missing {want:?} in {error}");
+            }
+        }
+    }
+
+    #[test]
+    fn spire_upstream_config_is_checked_key_by_key() {
+        let base = "trust_domain = \"example.org\"\n[attestor]\nkind = \"fake\"\n[upstream]\nkind = \"spire\"\n";
+        let good =
+            format!("{base}server_address = \"vsock://3:8081\"\ntrust_bundle_path = \"/b.pem\"\n");
+        let config = Config::from_toml(&good, "agent.toml").unwrap();
+        let Upstream::Spire(spire) = &config.upstream else {
+            panic!("not spire: {:?}", config.upstream);
+        };
+        assert_eq!(spire.server_address.to_string(), "vsock://3:8081");
+        assert_eq!(spire.sync_interval, DEFAULT_SPIRE_SYNC_INTERVAL);
+        assert_eq!(spire.node_attestor, "aws_nitro");
+        assert!(!spire.insecure_bootstrap);
+        assert!(!config.allow_insecure_bootstrap, "never from the file");
+
+        let cases: &[(String, &[&str])] = &[
+            (base.to_owned(), &["upstream.server_address", "required"]),
+            (
+                format!("{base}server_address = \"vsock://3\"\ntrust_bundle_path = \"/b\""),
+                &["upstream.server_address", "vsock://CID:PORT"],
+            ),
+            (
+                format!("{base}server_address = \"tcp://127.0.0.1:1\""),
+                &["upstream.trust_bundle_path", "insecure_bootstrap"],
+            ),
+            (
+                format!("{good}insecure_bootstrap = true"),
+                &["upstream.insecure_bootstrap", "choose one"],
+            ),
+            (
+                format!("{good}sync_interval = \"0s\""),
+                &["upstream.sync_interval", "1s to 1h"],
+            ),
+            (
+                format!("{good}node_attestor = \"\""),
+                &["upstream.node_attestor"],
+            ),
+            (
+                format!("{good}region = \"eu-west-1\""),
+                &["upstream.region does not apply to upstream.kind = \"spire\""],
+            ),
+            (
+                format!(
+                    "{good}[[entry]]\nspiffe_id = \"spiffe://example.org/w\"\nselectors = [\"unix:uid:1\"]\n"
+                ),
+                &["entry", "come from the SPIRE server"],
+            ),
+        ];
+        for (text, wants) in cases {
+            let error = Config::from_toml(text, "agent.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(!error.contains('\n'), "not one line: {error}");
+            for want in *wants {
+                assert!(error.contains(want), "{text}: missing {want:?} in {error}");
             }
         }
     }

@@ -30,6 +30,12 @@ pub enum EnclaveError {
 // === impl Enclave ===
 
 impl Enclave {
+    /// The attestor, for protocols that bind their own fields into a document (the
+    /// `spire` upstream's node attestation).
+    pub(crate) fn attestor(&self) -> &dyn enclaveid_attestor::Attestor {
+        self.attestor.as_ref()
+    }
+
     /// Opens the configured attestor.
     pub fn open(config: &AttestorConfig) -> Result<Self, EnclaveError> {
         let (attestor, verifier): (Box<dyn enclaveid_attestor::Attestor>, _) = match &config.kind {

@@ -138,7 +138,20 @@ impl JwtIssuer for JwtKey {
         &self.kid
     }
 
-    fn issue(
+    fn issue<'a>(
+        &'a self,
+        spiffe_id: &'a SpiffeId,
+        audience: &'a [String],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> jwt::Issuing<'a> {
+        Box::pin(std::future::ready(self.sign(spiffe_id, audience, ttl, now)))
+    }
+}
+
+impl JwtKey {
+    /// A token signed with this key.
+    fn sign(
         &self,
         spiffe_id: &SpiffeId,
         audience: &[String],
@@ -304,9 +317,10 @@ mod tests {
         let id = SpiffeId::new("spiffe://example.org/w").unwrap();
         let now = SystemTime::now();
         let old = keys
-            .issuer()
+            .current
+            .as_ref()
             .unwrap()
-            .issue(&id, &["a".into()], Duration::from_secs(60), now)
+            .sign(&id, &["a".into()], Duration::from_secs(60), now)
             .unwrap();
         let validate = |keys: &JwtKeys, token: &str, at: SystemTime| {
             jwt::validate(token, "a", &keys.bundles(), at).map(|v| v.spiffe_id)
@@ -315,9 +329,10 @@ mod tests {
 
         keys.rotate(now).unwrap();
         let new = keys
-            .issuer()
+            .current
+            .as_ref()
             .unwrap()
-            .issue(&id, &["a".into()], Duration::from_secs(60), now)
+            .sign(&id, &["a".into()], Duration::from_secs(60), now)
             .unwrap();
         assert_ne!(new.split('.').next(), old.split('.').next(), "another kid");
         assert_eq!(
@@ -353,7 +368,7 @@ mod tests {
             let again = JwtKey::from_signing_key(&signing).unwrap();
             assert_eq!(key.id(), again.id(), "the key ID depends on the key only");
             let token = key
-                .issue(
+                .sign(
                     &id,
                     &["a".into()],
                     Duration::from_secs(60),

@@ -48,6 +48,7 @@ mod release;
 mod rotation;
 pub mod selector;
 mod server;
+mod spire;
 pub mod telemetry;
 mod time;
 mod upstream;
@@ -67,6 +68,7 @@ pub use kms::KmsError;
 pub use release::{Release, ReleaseError};
 pub use rotation::Renewer;
 pub use server::{STATUS_HEADER, SocketError};
+pub use spire::SpireError;
 
 use crate::authority::Authority;
 use crate::config::Upstream;
@@ -118,17 +120,26 @@ impl Error {
 
 /// An agent whose CA is ready, whose first SVIDs are minted and whose socket is bound.
 pub struct Agent {
-    rotator: Rotator,
+    /// The snapshot's writer: the rotator (`dev`, `kms`) or the SPIRE upstream.
+    writer: Writer,
+    renewer: Renewer,
     snapshots: tokio::sync::watch::Receiver<std::sync::Arc<enclaveid_workload_api::Snapshot>>,
     attestor: UnixAttestor,
     socket: BoundSocket,
-    upstream: Option<KmsUpstream>,
     problems: tokio::sync::watch::Receiver<Option<String>>,
     bundle_endpoint: Option<bundle_endpoint::Server>,
     limits: enclaveid_workload_api::Limits,
     api_metrics: std::sync::Arc<enclaveid_workload_api::ApiMetrics>,
     telemetry: config::TelemetryConfig,
     hello: enclaveid_checks::telemetry::Hello,
+}
+
+/// What writes the Workload API's snapshot.
+enum Writer {
+    /// Local minting (`dev`) or KMS-released material (`kms`).
+    Rotator(Box<Rotator>, Option<Box<KmsUpstream>>),
+    /// A SPIRE server (`spire`).
+    Spire(Box<spire::SpireUpstream>),
 }
 
 // === impl Agent ===
@@ -152,13 +163,95 @@ impl Agent {
         // Only node selectors some entry names can change a match; every caller's stream
         // carries its selectors, so the others would only cost memory.
         node_selectors.retain(|s| config.entries.iter().any(|e| e.selectors.contains(s)));
-        let attestor = UnixAttestor::new(
-            config.entries.iter().flat_map(|e| &e.selectors),
-            node_selectors,
-            config.limits.max_executable_bytes,
-        );
+        let attestor = match &config.upstream {
+            // Entries arrive later from the server, with any unix: selector: read them all.
+            Upstream::Spire(_) => UnixAttestor::new(
+                selector::Selector::reading_everything(),
+                Vec::new(),
+                config.limits.max_executable_bytes,
+            ),
+            _ => UnixAttestor::new(
+                config.entries.iter().flat_map(|e| &e.selectors),
+                node_selectors,
+                config.limits.max_executable_bytes,
+            ),
+        };
         let (problem_tx, problems) = tokio::sync::watch::channel(None);
-        let (rotator, snapshots, upstream) = match &config.upstream {
+        let (writer, snapshots) = match &config.upstream {
+            Upstream::Spire(spire) => {
+                if spire.insecure_bootstrap && !config.allow_insecure_bootstrap {
+                    return Err(ConfigError::InsecureBootstrap.into());
+                }
+                let roots = match &spire.trust_bundle_path {
+                    Some(path) => config::read_certs("upstream.trust_bundle_path", path)?,
+                    None => Vec::new(),
+                };
+                tracing::info!(
+                    trust_domain = %config.trust_domain,
+                    server = %spire.server_address,
+                    insecure_bootstrap = spire.insecure_bootstrap,
+                    "upstream: a SPIRE server; entries and SVIDs come from it"
+                );
+                let (upstream, snapshots) = spire::SpireUpstream::new(
+                    spire.clone(),
+                    config.trust_domain.clone(),
+                    enclave,
+                    roots,
+                    problem_tx,
+                );
+                (Writer::Spire(Box::new(upstream)), snapshots)
+            }
+            local => {
+                let (rotator, snapshots, upstream) =
+                    Self::local_writer(&config, local, enclave, problem_tx)?;
+                (
+                    Writer::Rotator(Box::new(rotator), upstream.map(Box::new)),
+                    snapshots,
+                )
+            }
+        };
+        let renewer = match &writer {
+            Writer::Rotator(rotator, _) => rotator.renewer(),
+            Writer::Spire(spire) => spire.renewer(),
+        };
+        let bundle_endpoint = config
+            .bundle_endpoint
+            .clone()
+            .map(|b| bundle_endpoint::Server::new(b, &config.trust_domain, snapshots.clone()))
+            .transpose()?;
+        let socket = BoundSocket::bind(&config.socket_path)?;
+        tracing::info!(socket = %socket.path().display(), "serving the SPIFFE Workload API");
+        Ok(Self {
+            writer,
+            renewer,
+            snapshots,
+            attestor,
+            socket,
+            problems,
+            bundle_endpoint,
+            limits: config.limits.api.clone(),
+            api_metrics: std::sync::Arc::default(),
+            telemetry: config.telemetry.clone(),
+            hello,
+        })
+    }
+
+    /// The rotator of the `dev` and `kms` upstreams, its first SVIDs minted.
+    #[allow(clippy::type_complexity, reason = "private, three parts")]
+    fn local_writer(
+        config: &Config,
+        upstream: &Upstream,
+        enclave: Enclave,
+        problem_tx: tokio::sync::watch::Sender<Option<String>>,
+    ) -> Result<
+        (
+            Rotator,
+            tokio::sync::watch::Receiver<std::sync::Arc<enclaveid_workload_api::Snapshot>>,
+            Option<KmsUpstream>,
+        ),
+        Error,
+    > {
+        let (rotator, snapshots, upstream) = match upstream {
             Upstream::Dev(files) => {
                 let authority = match files {
                     None => Authority::generate_dev(&config.trust_domain)?,
@@ -180,7 +273,7 @@ impl Agent {
                 let jwt = jwt::JwtKeys::new(
                     &config.trust_domain,
                     config.jwt_key_rotation,
-                    longest_jwt_ttl(&config),
+                    longest_jwt_ttl(config),
                 )?;
                 (rotator.with_jwt_keys(jwt), snapshots, None)
             }
@@ -192,7 +285,7 @@ impl Agent {
                     Rotator::new(&config.trust_domain, bundle, None, &config.entries);
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
                 let (jwt_tx, jwt_rx) = tokio::sync::mpsc::channel(1);
-                let jwt = jwt::JwtKeys::provisioned(&config.trust_domain, longest_jwt_ttl(&config));
+                let jwt = jwt::JwtKeys::provisioned(&config.trust_domain, longest_jwt_ttl(config));
                 let upstream = KmsUpstream::new(
                     kms.clone(),
                     roots,
@@ -218,34 +311,16 @@ impl Agent {
                     .with_jwt_updates(jwt_rx);
                 (rotator, snapshots, Some(upstream))
             }
+            Upstream::Spire(_) => unreachable!("the spire upstream has no rotator"),
         };
         let mut rotator = rotator;
         rotator.rotate_due();
-        let bundle_endpoint = config
-            .bundle_endpoint
-            .clone()
-            .map(|b| bundle_endpoint::Server::new(b, &config.trust_domain, snapshots.clone()))
-            .transpose()?;
-        let socket = BoundSocket::bind(&config.socket_path)?;
-        tracing::info!(socket = %socket.path().display(), "serving the SPIFFE Workload API");
-        Ok(Self {
-            rotator,
-            snapshots,
-            attestor,
-            socket,
-            upstream,
-            problems,
-            bundle_endpoint,
-            limits: config.limits.api.clone(),
-            api_metrics: std::sync::Arc::default(),
-            telemetry: config.telemetry.clone(),
-            hello,
-        })
+        Ok((rotator, snapshots, upstream))
     }
 
     /// A handle that forces every SVID to be re-minted now (a rotation on demand).
     pub fn renewer(&self) -> Renewer {
-        self.rotator.renewer()
+        self.renewer.clone()
     }
 
     /// The socket path.
@@ -276,10 +351,15 @@ impl Agent {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let stop = CancellationToken::new();
-        let rotation = tokio::spawn(self.rotator.run(stop.clone().cancelled_owned()));
-        if let Some(upstream) = self.upstream {
-            tokio::spawn(upstream.run(stop.clone().cancelled_owned()));
-        }
+        let rotation = match self.writer {
+            Writer::Rotator(rotator, upstream) => {
+                if let Some(upstream) = upstream {
+                    tokio::spawn(upstream.run(stop.clone().cancelled_owned()));
+                }
+                tokio::spawn(rotator.run(stop.clone().cancelled_owned()))
+            }
+            Writer::Spire(spire) => tokio::spawn(spire.run(stop.clone().cancelled_owned())),
+        };
         let reserved = self
             .bundle_endpoint
             .as_ref()

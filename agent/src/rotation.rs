@@ -98,6 +98,11 @@ pub(crate) struct Rotator {
 pub struct Renewer(Arc<tokio::sync::Notify>);
 
 impl Renewer {
+    /// A renewer that wakes `notify`.
+    pub(crate) fn from_notify(notify: Arc<tokio::sync::Notify>) -> Self {
+        Self(notify)
+    }
+
     /// Re-mints every SVID now, as if each had reached its rotation time: a forced
     /// rotation (`SIGHUP` to `enclaveid run`). Leaf material (an SVID the Private CA
     /// issued) cannot be re-minted here and is left as is.
@@ -430,6 +435,7 @@ impl Rotator {
                 hint: slot.entry.hint.clone(),
                 svid: slot.svid.clone(),
                 jwt_ttl: slot.entry.jwt_ttl,
+                federates_with: Vec::new(),
             })
             .collect();
         self.snapshots.send_replace(Arc::new(Snapshot {

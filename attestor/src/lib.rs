@@ -40,6 +40,7 @@ mod document;
 #[cfg(feature = "fake")]
 mod fake;
 mod fake_config;
+pub mod node_protocol;
 #[cfg(feature = "nsm")]
 mod nsm;
 mod verify;

@@ -37,6 +37,7 @@ pub mod crl;
 pub mod keys;
 pub mod location;
 pub mod material;
+pub mod peer;
 pub mod revocation;
 pub mod secret_pem;
 pub mod telemetry;

@@ -104,6 +104,10 @@ struct RunArgs {
     /// the workload not started).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     ready_timeout: Duration,
+    /// Allow `upstream.insecure_bootstrap = true` (the `spire` upstream trusts the first
+    /// server that presents the SPIRE server's ID). Development only; never in an image.
+    #[arg(long)]
+    allow_insecure_bootstrap: bool,
 }
 
 #[derive(Args)]
@@ -412,6 +416,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Config::dev(uid, enclaveid_agent::dev_socket_path(uid))?
         }
     };
+    let mut config = config;
+    config.allow_insecure_bootstrap = args.allow_insecure_bootstrap;
     let agent = Agent::start(config)?;
     if args.source.dev {
         let socket = agent.socket_path().display().to_string();

@@ -155,9 +155,11 @@ impl AgentConfig {
     /// The answer to `challenge`.
     pub fn respond(&self, challenge: &[u8]) -> Result<Vec<u8>, Error> {
         match &self.answer {
-            Answer::Attest(attestor) => {
-                protocol::respond(attestor.as_ref(), &self.trust_domain, challenge)
-            }
+            Answer::Attest(attestor) => Ok(protocol::respond(
+                attestor.as_ref(),
+                &self.trust_domain,
+                challenge,
+            )?),
             Answer::Replay(bytes) => {
                 tracing::warn!("replaying a stored challenge response (fake_replay_response_path)");
                 Ok(bytes.clone())

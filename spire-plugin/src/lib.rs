@@ -25,7 +25,9 @@
 
 pub mod agent;
 pub mod goplugin;
-pub mod protocol;
+/// The `aws_nitro` protocol between the plugins (in the attestor crate, which the
+/// EnclaveID agent's `spire` upstream shares).
+pub use enclaveid_attestor::node_protocol as protocol;
 pub mod server;
 
 mod config;
@@ -104,6 +106,9 @@ pub enum Error {
     /// The attestor could not make a document.
     #[error(transparent)]
     Attestor(#[from] enclaveid_attestor::Error),
+    /// A protocol message could not be made or read.
+    #[error(transparent)]
+    Protocol(#[from] enclaveid_attestor::node_protocol::ProtocolError),
     /// A message between the plugins is malformed.
     #[error("malformed {what}: {why}")]
     Malformed {

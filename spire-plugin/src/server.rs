@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+use enclaveid_attestor::node_protocol::ProtocolError;
 use enclaveid_attestor::{Policy, Verifier, VerifyAt, hex};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -302,7 +303,9 @@ async fn attest(
     let attributes = config
         .verify(&challenge, &response, SystemTime::now())
         .map_err(|e| match e {
-            Error::Malformed { .. } => Status::invalid_argument(e.to_string()),
+            Error::Malformed { .. } | Error::Protocol(ProtocolError::Malformed { .. }) => {
+                Status::invalid_argument(e.to_string())
+            }
             e => Status::permission_denied(e.to_string()),
         })?;
     tracing::info!(agent_id = %attributes.spiffe_id, "enclave attested");
@@ -339,6 +342,7 @@ mod nitro_attestor_tests {
     use std::collections::BTreeMap;
     use std::time::{Duration, SystemTime};
 
+    use enclaveid_attestor::node_protocol::ProtocolError;
     use enclaveid_attestor::{FakeAttestor, FakeConfig, hex};
 
     use super::ServerConfig;
@@ -540,10 +544,10 @@ mod nitro_attestor_tests {
             assert!(
                 matches!(
                     result,
-                    Err(Error::Malformed {
+                    Err(Error::Protocol(ProtocolError::Malformed {
                         what: "challenge response",
                         ..
-                    })
+                    }))
                 ),
                 "{result:?}"
             );

@@ -59,6 +59,47 @@ pub fn go_build(what: &str, module: &Path, out: &Path, packages: &[&str]) {
     );
 }
 
+/// The PCR0 the `aws_nitro` server plugin of [`nitro_server_plugin`] allows in the tests.
+pub const NITRO_PCR0: [u8; 48] = [0x1c; 48];
+
+/// A fake Nitro attestation root, written as `nitro-root.pem` and `nitro-root.key` under
+/// `dir` (what the server plugin pins and the fake attestors sign with); the attestor too.
+pub fn write_fake_nitro_root(dir: &Path) -> enclaveid_attestor::FakeAttestor {
+    let attestor = enclaveid_attestor::FakeAttestor::new(enclaveid_attestor::FakeConfig::default())
+        .expect("fake root");
+    let root = attestor.root();
+    std::fs::write(dir.join("nitro-root.pem"), &root.cert_pem).expect("write");
+    std::fs::write(dir.join("nitro-root.key"), &root.key_pem).expect("write");
+    attestor
+}
+
+/// The project's `aws_nitro` server plugin block for spire-server, pinned by checksum as
+/// production configurations should be, trusting the fake root under `dir` and allowing
+/// `pcr0` only.
+pub fn nitro_server_plugin(dir: &Path, pcr0: &[u8]) -> String {
+    let binary = std::fs::read(crate::nitro_attestor_bin()).expect("the plugin binary");
+    let checksum = enclaveid_attestor::hex(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &binary).as_ref(),
+    );
+    format!(
+        r#"NodeAttestor "aws_nitro" {{
+    plugin_cmd = "{bin}"
+    plugin_args = ["server"]
+    plugin_checksum = "{checksum}"
+    plugin_data {{
+      root_cert_path = "{dir}/nitro-root.pem"
+      max_age = "5m"
+      allowed_pcrs = {{
+        pcr0 = ["{pcr0}"]
+      }}
+    }}
+  }}"#,
+        bin = crate::nitro_attestor_bin().display(),
+        dir = dir.display(),
+        pcr0 = enclaveid_attestor::hex(pcr0),
+    )
+}
+
 /// A CA for the server's `disk` UpstreamAuthority.
 pub struct DiskUpstream<'a> {
     /// The CA certificate (PEM) SPIRE's own CA is signed by.
@@ -130,6 +171,66 @@ impl SpireServer {
         Self::launch(dir, trust_domain, None, "", plugins, &[])
     }
 
+    /// [`SpireServer::start`] with `server_extra` in the `server` block and `plugins` in
+    /// the `plugins` block.
+    pub fn start_configured(
+        dir: &Path,
+        trust_domain: &str,
+        server_extra: &str,
+        plugins: &str,
+    ) -> Self {
+        Self::launch(dir, trust_domain, None, server_extra, plugins, &[])
+    }
+
+    /// Kills the server (an outage); [`SpireServer::restart`] brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again with the same configuration, port and data, and waits for
+    /// its health check.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(&self.dir, &[]);
+        wait_until(
+            "spire-server",
+            Duration::from_secs(60),
+            || self.cli(&["healthcheck"]).status.success(),
+            &self.dir.join("server.stderr"),
+        );
+    }
+
+    /// The `bind_port` agents dial.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn spawn(dir: &Path, env: &[(&str, &str)]) -> Child {
+        let log = dir.join("server.log");
+        Command::new(spire_bin_dir().join("spire-server"))
+            .args(["run", "-config"])
+            .arg(dir.join("server.conf"))
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("log"),
+            )
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("server.stderr"))
+                    .expect("log"),
+            )
+            .spawn()
+            .expect("spawn spire-server")
+    }
+
     fn launch(
         dir: &Path,
         trust_domain: &str,
@@ -179,9 +280,7 @@ plugins {{
       connection_string = "{dir}/data/datastore.sqlite3"
     }}
   }}
-  KeyManager "memory" {{
-    plugin_data {{}}
-  }}
+  {key_manager}
   NodeAttestor "join_token" {{
     plugin_data {{}}
   }}
@@ -191,18 +290,15 @@ plugins {{
 "#,
             socket = socket.display(),
             dir = dir.display(),
+            // `disk` when the caller wants the CA to survive a restart.
+            key_manager = if plugins_extra.contains("KeyManager") {
+                ""
+            } else {
+                "KeyManager \"memory\" {\n    plugin_data {}\n  }"
+            },
         );
         std::fs::write(dir.join("server.conf"), config).expect("write server.conf");
-        let log = dir.join("server.log");
-        let child = Command::new(spire_bin_dir().join("spire-server"))
-            .args(["run", "-config"])
-            .arg(dir.join("server.conf"))
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(std::fs::File::create(dir.join("server.stderr")).expect("log"))
-            .spawn()
-            .expect("spawn spire-server");
+        let child = Self::spawn(&dir, env);
         let server = Self {
             child,
             dir,

@@ -17,39 +17,16 @@ use enclaveid_tests::{euid, fetch_x509, nitro_attestor_bin};
 
 const TRUST_DOMAIN: &str = "nitro.example";
 const MODULE_ID: &str = "i-0123456789abcdef0-enc0123456789abcdef";
-const GOOD_PCR0: [u8; 48] = [0x1c; 48];
+const GOOD_PCR0: [u8; 48] = enclaveid_tests::spire::NITRO_PCR0;
+const TRUST_DOMAIN_PCR0: &[u8] = &GOOD_PCR0;
 const BAD_PCR0: [u8; 48] = [0xba; 48];
 
-/// A fake attestation root, written as PEM files under `dir`; returns the attestor too.
 fn fake_root(dir: &Path) -> FakeAttestor {
-    let attestor = FakeAttestor::new(FakeConfig::default()).expect("fake root");
-    let root = attestor.root();
-    std::fs::write(dir.join("nitro-root.pem"), &root.cert_pem).expect("write");
-    std::fs::write(dir.join("nitro-root.key"), &root.key_pem).expect("write");
-    attestor
+    enclaveid_tests::spire::write_fake_nitro_root(dir)
 }
 
-/// The server plugin, pinned by checksum as production configurations should be.
 fn server_plugin(dir: &Path) -> String {
-    let binary = std::fs::read(nitro_attestor_bin()).expect("the plugin binary");
-    let checksum = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &binary).as_ref());
-    format!(
-        r#"NodeAttestor "aws_nitro" {{
-    plugin_cmd = "{bin}"
-    plugin_args = ["server"]
-    plugin_checksum = "{checksum}"
-    plugin_data {{
-      root_cert_path = "{dir}/nitro-root.pem"
-      max_age = "5m"
-      allowed_pcrs = {{
-        pcr0 = ["{pcr0}"]
-      }}
-    }}
-  }}"#,
-        bin = nitro_attestor_bin().display(),
-        dir = dir.display(),
-        pcr0 = hex(&GOOD_PCR0),
-    )
+    enclaveid_tests::spire::nitro_server_plugin(dir, TRUST_DOMAIN_PCR0)
 }
 
 /// The agent plugin with the fake attestor; `extra` adds `plugin_data` settings.

@@ -25,6 +25,9 @@ use enclaveid_tests::pca::TestPca;
 use enclaveid_tests::spire::{DiskUpstream, SpireAgent, SpireServer, free_port, go_build};
 use enclaveid_tests::{AgentProcess, enclaveid_bin, euid};
 
+#[path = "spire_interop/upstream.rs"]
+mod upstream;
+
 /// Builds the Go client once per test run.
 fn go_client() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

@@ -22,19 +22,23 @@ pub const KEY_USE: &str = "jwt-svid";
 /// The largest token accepted for validation.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// Signs a JWT-SVID. Implemented by the agent, which holds the keys.
+/// A token being issued: signed at once with a local key, or asked of a server.
+pub type Issuing<'a> = std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+
+/// Issues a JWT-SVID. Implemented by the agent: it signs with its own key, or asks its
+/// upstream (a SPIRE server signs them for the `spire` upstream).
 pub trait JwtIssuer: Send + Sync + std::fmt::Debug + 'static {
     /// The key ID the next token will carry (tokens are cached per key).
     fn kid(&self) -> &str;
 
     /// A signed token for `spiffe_id` with these audiences, valid `ttl` from `now`.
-    fn issue(
-        &self,
-        spiffe_id: &SpiffeId,
-        audience: &[String],
+    fn issue<'a>(
+        &'a self,
+        spiffe_id: &'a SpiffeId,
+        audience: &'a [String],
         ttl: Duration,
         now: SystemTime,
-    ) -> Result<String, String>;
+    ) -> Issuing<'a>;
 }
 
 /// A signature algorithm of the JWT-SVID specification.

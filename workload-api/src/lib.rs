@@ -152,6 +152,9 @@ pub struct Identity {
     pub svid: Option<Svid>,
     /// The lifetime of this identity's JWT-SVIDs.
     pub jwt_ttl: std::time::Duration,
+    /// Trust-domain IDs (`spiffe://other.org`) whose bundles a caller with this identity
+    /// also gets (SPIRE's `federates_with`); empty: only its own trust domain's.
+    pub federates_with: Vec<String>,
 }
 
 /// An issued X.509-SVID: certificate chain and private key.
@@ -231,12 +234,11 @@ impl Snapshot {
         if svids.is_empty() {
             return None;
         }
-        // Bundles of trust domains other than those of the caller's SVIDs are federated.
+        // As SPIRE does: the bundles the caller's identities federate with, other than
+        // the trust domains of its SVIDs.
         let federated_bundles = self
-            .bundles
-            .iter()
+            .visible_bundles(&self.bundles, selectors)
             .filter(|(td, _)| !svids.iter().any(|svid| is_member(&svid.spiffe_id, td)))
-            .map(|(td, bundle)| (td.clone(), bundle.clone()))
             .collect();
         Some(proto::X509svidResponse {
             svids,
@@ -250,12 +252,30 @@ impl Snapshot {
         self.issued_to(selectors).next()?;
         Some(proto::X509BundlesResponse {
             crl: Vec::new(),
-            bundles: self
-                .bundles
-                .iter()
-                .map(|(td, b)| (td.clone(), b.clone()))
-                .collect(),
+            bundles: self.visible_bundles(&self.bundles, selectors).collect(),
         })
+    }
+
+    /// The bundles of `all` a caller with `selectors` may see: those of its identities'
+    /// trust domains and of the trust domains they federate with.
+    fn visible_bundles<'a>(
+        &'a self,
+        all: &'a BTreeMap<String, Bytes>,
+        selectors: &'a Selectors,
+    ) -> impl Iterator<Item = (String, Bytes)> + 'a {
+        let mine: Vec<&Identity> = self
+            .identities
+            .iter()
+            .filter(|identity| identity.selectors.is_subset(selectors))
+            .collect();
+        all.iter()
+            .filter(move |(td, _)| {
+                mine.iter().any(|identity| {
+                    is_member(&identity.spiffe_id.to_string(), td)
+                        || identity.federates_with.iter().any(|f| f == *td)
+                })
+            })
+            .map(|(td, b)| (td.clone(), b.clone()))
     }
 }
 
@@ -266,11 +286,7 @@ impl Snapshot {
             .iter()
             .find(|identity| identity.selectors.is_subset(selectors))?;
         Some(proto::JwtBundlesResponse {
-            bundles: self
-                .jwt_bundles
-                .iter()
-                .map(|(td, b)| (td.clone(), b.clone()))
-                .collect(),
+            bundles: self.visible_bundles(&self.jwt_bundles, selectors).collect(),
         })
     }
 }
@@ -490,7 +506,7 @@ impl TokenCache {
         }
     }
 
-    fn token(
+    async fn token(
         &self,
         issuer: &dyn jwt::JwtIssuer,
         identity: &Identity,
@@ -505,20 +521,24 @@ impl TokenCache {
             audiences,
             issuer.kid().to_owned(),
         );
-        let mut cache = self
+        let cached = self
             .entries
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(cached) = cache.map.get(&key)
-            && now < cached.renew_at
-        {
-            return Ok(cached.token.clone());
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map
+            .get(&key)
+            .filter(|cached| now < cached.renew_at)
+            .map(|cached| cached.token.clone());
+        if let Some(token) = cached {
+            return Ok(token);
         }
+        // Not under the lock: a server may be asked (the `spire` upstream).
         let token = issuer
             .issue(&identity.spiffe_id, audience, identity.jwt_ttl, now)
+            .await
             .map_err(|e| {
                 tracing::error!(error = %e, spiffe_id = %identity.spiffe_id, "could not sign a JWT-SVID");
-                Status::internal(format!("could not sign a JWT-SVID: {e}"))
+                Status::unavailable(format!("could not issue a JWT-SVID: {e}"))
             })?;
         let bytes = ENTRY_OVERHEAD
             + key.0.len()
@@ -529,6 +549,10 @@ impl TokenCache {
             // Larger than the whole budget: served, not kept.
             return Ok(token);
         }
+        let mut cache = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.map.len() >= MAX_CACHED_TOKENS || cache.bytes + bytes > self.budget {
             cache.map.retain(|_, cached| now < cached.renew_at);
             cache.bytes = cache.map.values().map(|c| c.bytes).sum();
@@ -797,16 +821,14 @@ impl<A: WorkloadAttestor> SpiffeWorkloadApi for WorkloadApi<A> {
             let issuer = snapshot.jwt_issuer.as_deref().ok_or_else(|| {
                 Status::unavailable("no JWT-SVID signing key: none has been released to this agent")
             })?;
-            let svids = identities
-                .into_iter()
-                .map(|identity| {
-                    Ok(proto::Jwtsvid {
-                        spiffe_id: identity.spiffe_id.to_string(),
-                        svid: self.tokens.token(issuer, identity, &request.audience)?,
-                        hint: identity.hint.clone(),
-                    })
-                })
-                .collect::<Result<_, Status>>()?;
+            let mut svids = Vec::with_capacity(identities.len());
+            for identity in identities {
+                svids.push(proto::Jwtsvid {
+                    spiffe_id: identity.spiffe_id.to_string(),
+                    svid: self.tokens.token(issuer, identity, &request.audience).await?,
+                    hint: identity.hint.clone(),
+                });
+            }
             Ok(Response::new(proto::JwtsvidResponse { svids }))
         }
         .await;
@@ -885,6 +907,7 @@ mod tests {
                 )
             }),
             jwt_ttl: std::time::Duration::from_secs(300),
+            federates_with: Vec::new(),
         }
     }
 
@@ -892,11 +915,14 @@ mod tests {
         Snapshot {
             identities: vec![
                 identity("spiffe://example.org/a", &["unix:uid:1"], true),
-                identity(
-                    "spiffe://example.org/b",
-                    &["unix:uid:1", "unix:gid:2"],
-                    true,
-                ),
+                Identity {
+                    federates_with: vec!["spiffe://other.org".to_owned()],
+                    ..identity(
+                        "spiffe://example.org/b",
+                        &["unix:uid:1", "unix:gid:2"],
+                        true,
+                    )
+                },
                 identity("spiffe://example.org/c", &["unix:uid:3"], false),
             ],
             bundles: BTreeMap::from([
@@ -921,6 +947,17 @@ mod tests {
             .unwrap();
         assert_eq!(only_uid.svids.len(), 1);
         assert_eq!(only_uid.svids[0].spiffe_id, "spiffe://example.org/a");
+        assert!(
+            only_uid.federated_bundles.is_empty(),
+            "a federates with nothing"
+        );
+        let bundles = snapshot
+            .x509_bundles_response(&selectors(&["unix:uid:1"]))
+            .unwrap();
+        assert_eq!(
+            bundles.bundles.keys().collect::<Vec<_>>(),
+            ["spiffe://example.org"]
+        );
 
         let both = snapshot
             .x509_svid_response(&selectors(&["unix:gid:2", "unix:uid:1"]))
@@ -953,8 +990,9 @@ mod tests {
                 .x509_svid_response(&selectors(&["unix:uid:3"]))
                 .is_none()
         );
+        // A caller whose identity federates with other.org also gets its bundle.
         let bundles = snapshot
-            .x509_bundles_response(&selectors(&["unix:uid:1"]))
+            .x509_bundles_response(&selectors(&["unix:uid:1", "unix:gid:2"]))
             .unwrap();
         assert_eq!(bundles.bundles.len(), 2);
     }
@@ -1089,22 +1127,22 @@ mod tests {
             "kid"
         }
 
-        fn issue(
-            &self,
-            _spiffe_id: &SpiffeId,
-            audience: &[String],
+        fn issue<'a>(
+            &'a self,
+            _spiffe_id: &'a SpiffeId,
+            audience: &'a [String],
             _ttl: std::time::Duration,
             _now: SystemTime,
-        ) -> Result<String, String> {
+        ) -> jwt::Issuing<'a> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Base64url of a payload that holds the audiences, plus header and signature.
             let payload: usize = audience.iter().map(|a| a.len() + 3).sum();
-            Ok("t".repeat(payload * 4 / 3 + 200))
+            Box::pin(std::future::ready(Ok("t".repeat(payload * 4 / 3 + 200))))
         }
     }
 
-    #[test]
-    fn hostile_jwt_svids_for_thousands_of_large_audiences_stay_within_the_byte_budget() {
+    #[tokio::test]
+    async fn hostile_jwt_svids_for_thousands_of_large_audiences_stay_within_the_byte_budget() {
         const BUDGET: usize = 1024 * 1024;
         let cache = TokenCache::new(BUDGET);
         let issuer = CountingIssuer::default();
@@ -1112,7 +1150,7 @@ mod tests {
         // 4,096 distinct 60 KiB audiences: 590 MiB if every token were kept.
         for i in 0..4096 {
             let audience = format!("{i:05}{}", "a".repeat(60 * 1024));
-            let token = cache.token(&issuer, &me, &[audience]).unwrap();
+            let token = cache.token(&issuer, &me, &[audience]).await.unwrap();
             assert!(token.len() > 60 * 1024);
             let entries = cache.entries.lock().unwrap();
             let held: usize = entries
@@ -1134,8 +1172,8 @@ mod tests {
         // Small tokens are still reused.
         let calls = issuer.0.load(std::sync::atomic::Ordering::Relaxed);
         let small = ["db".to_owned()];
-        let first = cache.token(&issuer, &me, &small).unwrap();
-        assert_eq!(cache.token(&issuer, &me, &small).unwrap(), first);
+        let first = cache.token(&issuer, &me, &small).await.unwrap();
+        assert_eq!(cache.token(&issuer, &me, &small).await.unwrap(), first);
         assert_eq!(
             issuer.0.load(std::sync::atomic::Ordering::Relaxed),
             calls + 1

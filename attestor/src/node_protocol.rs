@@ -1,4 +1,6 @@
-//! What the agent plugin and the server plugin say to each other, through SPIRE.
+//! The `aws_nitro` node attestation protocol: what an agent (the project's SPIRE agent
+//! plugin, or the EnclaveID agent with `upstream.kind = "spire"`) and the project's
+//! SPIRE server plugin say to each other, through SPIRE. No I/O: the attestor is passed in.
 //!
 //! All messages are JSON, byte strings in standard base64:
 //!
@@ -19,10 +21,28 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use enclaveid_attestor::{AttestationRequest, Attestor};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::{AttestationRequest, Attestor};
+
+/// Why a protocol message could not be made or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The attestor could not make a document.
+    #[error(transparent)]
+    Attestor(#[from] crate::Error),
+    /// A message is malformed.
+    #[error("malformed {what}: {why}")]
+    Malformed {
+        /// Which message.
+        what: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+use ProtocolError as Error;
 
 /// The protocol this crate speaks; a server refuses another.
 pub const PROTOCOL: &str = "enclaveid-nitro-attestor/1";
@@ -31,8 +51,8 @@ pub const PROTOCOL: &str = "enclaveid-nitro-attestor/1";
 pub const CHALLENGE_LEN: usize = 32;
 
 /// The largest challenge response a server reads: a document (at most
-/// [`enclaveid_attestor::MAX_DOCUMENT_BYTES`]) and a signature, base64 in JSON.
-pub const MAX_RESPONSE_BYTES: usize = enclaveid_attestor::MAX_DOCUMENT_BYTES * 4 / 3 + 1024;
+/// [`crate::MAX_DOCUMENT_BYTES`]) and a signature, base64 in JSON.
+pub const MAX_RESPONSE_BYTES: usize = crate::MAX_DOCUMENT_BYTES * 4 / 3 + 1024;
 
 /// Domain separation for the proof-of-possession signature.
 const SIGNATURE_CONTEXT: &[u8] = b"enclaveid-nitro-attestor/1 proof of possession\0";
