@@ -320,8 +320,6 @@ fn spire_and_enclaveid_svids_under_one_root_do_mtls_both_ways() {
 /// agents; what differs is listed in docs/spire-compat.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spire_status_codes_match_for_what_clients_rely_on() {
-    use enclaveid_tests::{raw_client, with_header};
-    use enclaveid_workload_api::proto::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
     let dir = tempfile::tempdir().unwrap();
     let root = hierarchy(dir.path());
     let enclaveid = agent("go", "", Some(dir.path()));
@@ -350,53 +348,58 @@ async fn spire_status_codes_match_for_what_clients_rely_on() {
     .unwrap();
 
     let mut answers = Vec::new();
-    for socket in [
-        enclaveid.socket().to_owned(),
-        spire_agent.socket().to_owned(),
-    ] {
-        let mut client = raw_client(&socket).await;
-        let no_header = client
-            .fetch_x509svid(tonic::Request::new(X509svidRequest {}))
-            .await
-            .unwrap_err();
-        let no_audience = client
-            .fetch_jwtsvid(with_header(JwtsvidRequest::default()))
-            .await
-            .unwrap_err();
-        let garbage = client
-            .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
-                audience: "a".into(),
-                svid: "garbage".into(),
-            }))
-            .await
-            .unwrap_err();
-        let no_token = client
-            .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
-                audience: "a".into(),
-                svid: String::new(),
-            }))
-            .await
-            .unwrap_err();
-        let other_id = client
-            .fetch_jwtsvid(with_header(JwtsvidRequest {
-                audience: vec!["a".into()],
-                spiffe_id: "spiffe://example.org/not-mine".into(),
-            }))
-            .await
-            .unwrap_err();
-        eprintln!("{}:", socket.display());
-        for status in [&no_header, &no_audience, &garbage, &no_token, &other_id] {
-            eprintln!("  {:?} {:?}", status.code(), status.message());
-        }
-        answers.push([
-            (no_header.code(), no_header.message().to_owned()),
-            (no_audience.code(), no_audience.message().to_owned()),
-            (garbage.code(), String::new()),
-            (no_token.code(), no_token.message().to_owned()),
-            (other_id.code(), String::new()),
-        ]);
+    for socket in [enclaveid.socket(), spire_agent.socket()] {
+        answers.push(status_answers(socket, "spiffe://example.org/not-mine").await);
     }
     assert_eq!(answers[0], answers[1]);
+}
+
+/// The status codes (and the messages clients match on) of calls clients get wrong:
+/// no security header, no audience, a garbage token, no token, another's SPIFFE ID.
+async fn status_answers(socket: &Path, other_id: &str) -> [(tonic::Code, String); 5] {
+    use enclaveid_tests::{raw_client, with_header};
+    use enclaveid_workload_api::proto::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
+    let mut client = raw_client(socket).await;
+    let no_header = client
+        .fetch_x509svid(tonic::Request::new(X509svidRequest {}))
+        .await
+        .unwrap_err();
+    let no_audience = client
+        .fetch_jwtsvid(with_header(JwtsvidRequest::default()))
+        .await
+        .unwrap_err();
+    let garbage = client
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: "a".into(),
+            svid: "garbage".into(),
+        }))
+        .await
+        .unwrap_err();
+    let no_token = client
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: "a".into(),
+            svid: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    let other_id = client
+        .fetch_jwtsvid(with_header(JwtsvidRequest {
+            audience: vec!["a".into()],
+            spiffe_id: other_id.into(),
+        }))
+        .await
+        .unwrap_err();
+    eprintln!("{}:", socket.display());
+    for status in [&no_header, &no_audience, &garbage, &no_token, &other_id] {
+        eprintln!("  {:?} {:?}", status.code(), status.message());
+    }
+    [
+        (no_header.code(), no_header.message().to_owned()),
+        (no_audience.code(), no_audience.message().to_owned()),
+        (garbage.code(), String::new()),
+        (no_token.code(), no_token.message().to_owned()),
+        (other_id.code(), String::new()),
+    ]
 }
 
 /// A SPIRE server in another trust domain federates with EnclaveID's bundle endpoint

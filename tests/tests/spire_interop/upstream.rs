@@ -12,7 +12,7 @@ use enclaveid_tests::spire::{NITRO_PCR0, SpireServer, nitro_server_plugin, write
 use enclaveid_tests::{AgentProcess, enclaveid_bin, euid, fetch_x509, wait_for_x509svid};
 use enclaveid_workload_api::proto;
 
-use super::{GoServer, go_at, go_eventually, stdout_of};
+use super::{GoServer, go_at, go_eventually, status_answers, stdout_of};
 
 const TD: &str = "nitro.example";
 const MODULE_ID: &str = "i-0123456789abcdef0-enc0fedcba987654321";
@@ -363,6 +363,61 @@ async fn spire_upstream_federated_bundles_reach_the_entries_that_federate() {
         response.federated_bundles.keys().collect::<Vec<_>>(),
         ["spiffe://other.example"]
     );
+
+    // An entry under a node alias that matches the enclave's PCR0 applies too; it
+    // federates with nothing, and another alias's entry never arrives.
+    let image = format!("aws_nitro:pcr0:{}", hex(&NITRO_PCR0));
+    let other_image = format!("aws_nitro:pcr0:{}", hex(&[0xee; 48]));
+    for (alias, selector, workload) in [
+        ("image-1c", &image, "by-image"),
+        ("image-ee", &other_image, "other-image"),
+    ] {
+        let alias = format!("spiffe://{TD}/enclave/{alias}");
+        server.cli_ok(&[
+            "entry",
+            "create",
+            "-node",
+            "-spiffeID",
+            &alias,
+            "-selector",
+            selector,
+        ]);
+        server.cli_ok(&[
+            "entry",
+            "create",
+            "-parentID",
+            &alias,
+            "-spiffeID",
+            &format!("spiffe://{TD}/{workload}"),
+            "-selector",
+            &format!("unix:uid:{}", euid()),
+        ]);
+    }
+    let both = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let r = fetch_x509(agent.socket()).await.unwrap();
+            if r.svids.len() >= 2 {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the alias's entry within 30 s");
+    let mut ids: Vec<_> = both.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [
+            format!("spiffe://{TD}/by-image"),
+            format!("spiffe://{TD}/federated")
+        ]
+    );
+    // The caller has an identity that federates, so the bundle still reaches it.
+    assert!(
+        both.federated_bundles
+            .contains_key("spiffe://other.example")
+    );
     let expected = pem::parse(&other.root_pem).unwrap().into_contents();
     assert_eq!(
         response.federated_bundles["spiffe://other.example"].as_ref(),
@@ -453,14 +508,20 @@ async fn spire_upstream_server_ca_rotation_sends_the_bundle_before_the_svids() {
     }
 }
 
-#[test]
-fn spire_upstream_and_spire_agent_workloads_do_mtls_both_ways() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path(), "");
-    let enclave = enclave_agent(&server, dir.path(), &NITRO_PCR0);
+/// One server; an EnclaveID agent (aws_nitro, in the "enclave") and a spire-agent
+/// (join token) beside it, each with one workload entry for this uid.
+fn both_agents(
+    dir: &Path,
+) -> (
+    SpireServer,
+    AgentProcess,
+    enclaveid_tests::spire::SpireAgent,
+) {
+    let server = server(dir, "");
+    let enclave = enclave_agent(&server, dir, &NITRO_PCR0);
     wait_attested(&server, &enclave);
     create_entry(&server, "enclave-workload", &[]);
-    let spire_agent = server.start_agent(dir.path());
+    let spire_agent = server.start_agent(dir);
     server.entry_create(
         &format!("spiffe://{TD}/spire-workload"),
         &[&format!("unix:uid:{}", euid())],
@@ -468,6 +529,45 @@ fn spire_upstream_and_spire_agent_workloads_do_mtls_both_ways() {
     );
     go_eventually(&enclave.endpoint(), &["fetch"]);
     go_eventually(&spire_agent.endpoint(), &["fetch"]);
+    (server, enclave, spire_agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spire_upstream_clients_see_what_spire_agent_shows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, enclave, spire_agent) = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || both_agents(&dir)
+    })
+    .await
+    .unwrap();
+    // go-spiffe sees the same shape from both (the SPIFFE ID aside).
+    let shape = |endpoint: String| {
+        let out = stdout_of(&go_at(&endpoint, &["fetch"]));
+        out.lines()
+            .filter(|l| !l.starts_with("id "))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = tokio::task::spawn_blocking({
+        let (e, s) = (enclave.endpoint(), spire_agent.endpoint());
+        move || (shape(e), shape(s))
+    })
+    .await
+    .unwrap();
+    assert_eq!(a, b);
+    // The status codes clients rely on are the same.
+    let other = format!("spiffe://{TD}/not-mine");
+    assert_eq!(
+        status_answers(enclave.socket(), &other).await,
+        status_answers(spire_agent.socket(), &other).await
+    );
+}
+
+#[test]
+fn spire_upstream_and_spire_agent_workloads_do_mtls_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, enclave, spire_agent) = both_agents(dir.path());
 
     let on_enclave = GoServer::start(
         &enclave.endpoint(),
