@@ -164,12 +164,10 @@ impl Agent {
         // carries its selectors, so the others would only cost memory.
         node_selectors.retain(|s| config.entries.iter().any(|e| e.selectors.contains(s)));
         let attestor = match &config.upstream {
-            // Entries arrive later from the server, with any unix: selector: read them all.
-            Upstream::Spire(_) => UnixAttestor::new(
-                selector::Selector::reading_everything(),
-                Vec::new(),
-                config.limits.max_executable_bytes,
-            ),
+            // Entries arrive later from the server; the upstream says what they need.
+            Upstream::Spire(_) => {
+                UnixAttestor::for_changing_entries(config.limits.max_executable_bytes)
+            }
             _ => UnixAttestor::new(
                 config.entries.iter().flat_map(|e| &e.selectors),
                 node_selectors,
@@ -198,6 +196,7 @@ impl Agent {
                     enclave,
                     roots,
                     problem_tx,
+                    attestor.clone(),
                 );
                 (Writer::Spire(Box::new(upstream)), snapshots)
             }

@@ -89,21 +89,6 @@ impl Selector {
     pub fn needs_sha256(&self) -> bool {
         matches!(self, Self::Sha256(_))
     }
-
-    /// One selector of each kind whose matching reads something about the caller: for a
-    /// workload attestor that must produce every `unix:` selector (entries that arrive
-    /// later, from a SPIRE server, may name any).
-    pub fn reading_everything() -> &'static [Selector] {
-        static ALL: std::sync::LazyLock<[Selector; 4]> = std::sync::LazyLock::new(|| {
-            [
-                Selector::User(String::new()),
-                Selector::SupplementaryGroup(String::new()),
-                Selector::Path(String::new()),
-                Selector::Sha256(String::new()),
-            ]
-        });
-        ALL.as_slice()
-    }
 }
 
 impl FromStr for Selector {

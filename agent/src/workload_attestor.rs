@@ -29,6 +29,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use enclaveid_workload_api::{Caller, Error as ApiError, Selectors, WorkloadAttestor};
@@ -128,10 +129,14 @@ struct Inner {
     proc_root: std::path::PathBuf,
     /// What the configured selectors need beyond the peer credentials. Hashing a large
     /// binary, or asking NSS, on every call would be wasted work when no entry uses it.
-    need_names: bool,
-    need_supplementary_groups: bool,
-    need_path: bool,
-    need_sha256: bool,
+    /// Atomics: with the `spire` upstream, entries (and so these) change while serving.
+    need_names: AtomicBool,
+    need_supplementary_groups: AtomicBool,
+    need_path: AtomicBool,
+    need_sha256: AtomicBool,
+    /// Note every caller's executable at accept, even while no entry names one (entries
+    /// that do may arrive later; the exec-after-connect check needs the note).
+    note_always: bool,
     /// The largest executable hashed for `unix:sha256`.
     max_executable_bytes: u64,
     /// SHA-256 of executables, keyed by what identifies the file's content on disk.
@@ -185,10 +190,11 @@ impl UnixAttestor {
         Self {
             inner: Arc::new(Inner {
                 proc_root: proc_root.into(),
-                need_names,
-                need_supplementary_groups,
-                need_path,
-                need_sha256,
+                need_names: AtomicBool::new(need_names),
+                need_supplementary_groups: AtomicBool::new(need_supplementary_groups),
+                need_path: AtomicBool::new(need_path),
+                need_sha256: AtomicBool::new(need_sha256),
+                note_always: false,
                 max_executable_bytes: crate::config::DEFAULT_MAX_EXECUTABLE_BYTES,
                 hashes: Mutex::new(HashMap::new()),
                 node_selectors: Vec::new(),
@@ -196,22 +202,67 @@ impl UnixAttestor {
         }
     }
 
+    /// An attestor for entries that change while serving (the `spire` upstream): it
+    /// reads what [`UnixAttestor::set_needs`] says the current entries need, and notes
+    /// every caller's executable at accept.
+    pub(crate) fn for_changing_entries(max_executable_bytes: u64) -> Self {
+        let mut attestor = Self::new(std::iter::empty(), Vec::new(), max_executable_bytes);
+        if let Some(inner) = Arc::get_mut(&mut attestor.inner) {
+            inner.note_always = true;
+        }
+        attestor
+    }
+
+    /// Reads what `selectors` (the entries' now) need, and no more.
+    pub(crate) fn set_needs<'a>(&self, selectors: impl IntoIterator<Item = &'a Selector>) {
+        let (mut names, mut groups, mut path, mut sha256) = (false, false, false, false);
+        for selector in selectors {
+            names |= selector.needs_names();
+            groups |= selector.needs_supplementary_groups();
+            path |= selector.needs_path();
+            sha256 |= selector.needs_sha256();
+        }
+        let inner = &self.inner;
+        inner.need_names.store(names, Ordering::Relaxed);
+        inner
+            .need_supplementary_groups
+            .store(groups, Ordering::Relaxed);
+        inner.need_path.store(path, Ordering::Relaxed);
+        inner.need_sha256.store(sha256, Ordering::Relaxed);
+    }
+
+    fn need_names(&self) -> bool {
+        self.inner.need_names.load(Ordering::Relaxed)
+    }
+
+    fn need_supplementary_groups(&self) -> bool {
+        self.inner.need_supplementary_groups.load(Ordering::Relaxed)
+    }
+
+    fn need_path(&self) -> bool {
+        self.inner.need_path.load(Ordering::Relaxed)
+    }
+
+    fn need_sha256(&self) -> bool {
+        self.inner.need_sha256.load(Ordering::Relaxed)
+    }
+
     fn needs_proc(&self) -> bool {
-        self.inner.need_supplementary_groups || self.inner.need_path || self.inner.need_sha256
+        self.need_supplementary_groups() || self.need_path() || self.need_sha256()
     }
 
     fn needs_blocking_io(&self) -> bool {
-        self.needs_proc() || self.inner.need_names
+        self.needs_proc() || self.need_names()
     }
 
     /// The selectors of `caller`, doing any `/proc` and NSS lookups synchronously.
     fn needs_image(&self) -> bool {
-        self.inner.need_path || self.inner.need_sha256
+        self.need_path() || self.need_sha256()
     }
 
     /// What the process runs now, when an entry names executables.
     fn note(&self, caller: &Caller) -> Option<ProcessImage> {
-        if !self.needs_image() {
+        if !self.needs_image() && !self.inner.note_always {
             return None;
         }
         let pid = caller.pid.filter(|pid| *pid > 0)?;
@@ -229,7 +280,7 @@ impl UnixAttestor {
         let mut selectors: Selectors = inner.node_selectors.iter().cloned().collect();
         selectors.insert(Selector::Uid(caller.uid).to_string());
         selectors.insert(Selector::Gid(caller.gid).to_string());
-        if inner.need_names {
+        if self.need_names() {
             if let Ok(Some(user)) = User::from_uid(Uid::from_raw(caller.uid)) {
                 selectors.insert(Selector::User(user.name).to_string());
             }
@@ -261,7 +312,7 @@ impl UnixAttestor {
                 uid: caller.uid,
             });
         }
-        if inner.need_supplementary_groups {
+        if self.need_supplementary_groups() {
             for gid in status_field(&status, "Groups:")
                 .unwrap_or_default()
                 .split_whitespace()
@@ -270,7 +321,7 @@ impl UnixAttestor {
                     continue;
                 };
                 selectors.insert(Selector::SupplementaryGid(gid).to_string());
-                if inner.need_names
+                if self.need_names()
                     && let Ok(Some(group)) = Group::from_gid(Gid::from_raw(gid))
                 {
                     selectors.insert(Selector::SupplementaryGroup(group.name).to_string());
@@ -286,11 +337,11 @@ impl UnixAttestor {
                 return Err(AttestationError::ExecAfterConnect { pid });
             }
         }
-        if inner.need_path {
+        if self.need_path() {
             let path = std::fs::read_link(&exe).map_err(|e| gone("exe", e))?;
             selectors.insert(Selector::Path(path.to_string_lossy().into_owned()).to_string());
         }
-        if inner.need_sha256 {
+        if self.need_sha256() {
             let digest = self.sha256_of(&exe, pid, accepted)?;
             selectors.insert(Selector::Sha256(digest).to_string());
         }

@@ -182,6 +182,56 @@ impl SpireServer {
         Self::launch(dir, trust_domain, None, server_extra, plugins, &[])
     }
 
+    /// A server for `trust_domain` with the project's `aws_nitro` node attestor (trusting
+    /// the fake root it writes under `dir`, allowing [`NITRO_PCR0`]) and a `disk`
+    /// KeyManager, so that its CA survives a restart as in production; `server_extra`
+    /// goes in its `server` block.
+    pub fn start_nitro(dir: &Path, trust_domain: &str, server_extra: &str) -> Self {
+        write_fake_nitro_root(dir);
+        let plugins = format!(
+            "{}\n  KeyManager \"disk\" {{\n    plugin_data {{\n      keys_path = \"{}/server-keys.json\"\n    }}\n  }}",
+            nitro_server_plugin(dir, &NITRO_PCR0),
+            dir.display()
+        );
+        Self::start_configured(dir, trust_domain, server_extra, &plugins)
+    }
+
+    /// The configuration of an EnclaveID agent whose upstream is this server (a server of
+    /// [`SpireServer::start_nitro`] under `dir`): the server's bundle written to `dir` as
+    /// the image's bootstrap bundle, the fake attestor with `module_id` and `pcr0`, and
+    /// entries synced every `sync_interval`. `{socket}` is left for [`crate::AgentProcess`].
+    pub fn enclaveid_config(
+        &self,
+        dir: &Path,
+        module_id: &str,
+        pcr0: &[u8],
+        sync_interval: &str,
+    ) -> String {
+        let bundle = dir.join("spire-bundle.pem");
+        std::fs::write(&bundle, self.cli_ok(&["bundle", "show"])).expect("write the bundle");
+        format!(
+            r#"trust_domain = "{td}"
+socket_path = "{{socket}}"
+[upstream]
+kind = "spire"
+server_address = "tcp://127.0.0.1:{port}"
+trust_bundle_path = "{bundle}"
+sync_interval = "{sync_interval}"
+[attestor]
+kind = "fake"
+module_id = "{module_id}"
+pcrs = {{ 0 = "{pcr0}" }}
+root_cert_path = "{dir}/nitro-root.pem"
+root_key_path = "{dir}/nitro-root.key"
+"#,
+            td = self.trust_domain,
+            port = self.port,
+            bundle = bundle.display(),
+            dir = dir.display(),
+            pcr0 = enclaveid_attestor::hex(pcr0),
+        )
+    }
+
     /// Kills the server (an outage); [`SpireServer::restart`] brings it back.
     pub fn stop(&mut self) {
         let _ = self.child.kill();

@@ -188,6 +188,8 @@ pub(crate) struct SpireUpstream {
     bundles: BTreeMap<String, Bytes>,
     jwt_bundles: BTreeMap<String, Bytes>,
     failures: u32,
+    /// Told what the entries' selectors need read about callers.
+    attestor: crate::workload_attestor::UnixAttestor,
 }
 
 impl SpireUpstream {
@@ -199,6 +201,7 @@ impl SpireUpstream {
         enclave: Enclave,
         roots: Vec<CertificateDer<'static>>,
         problems: watch::Sender<Option<String>>,
+        attestor: crate::workload_attestor::UnixAttestor,
     ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
         let (snapshots, rx) = watch::channel(Arc::new(Snapshot::default()));
         let bootstrapped = !roots.is_empty();
@@ -220,6 +223,7 @@ impl SpireUpstream {
             entries: Vec::new(),
             svids: HashMap::new(),
             failures: 0,
+            attestor,
         };
         upstream.problems.send_replace(Some(format!(
             "not yet attested to the SPIRE server at {}",
@@ -455,6 +459,12 @@ impl SpireUpstream {
                 .or_insert_with(|| entry.id.clone());
         }
         *lock(&self.shared.entry_ids) = entry_ids;
+        let in_use: Vec<crate::selector::Selector> = served
+            .iter()
+            .flat_map(|e| e.selectors.iter())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        self.attestor.set_needs(&in_use);
         if served.len() != self.entries.len()
             || served
                 .iter()

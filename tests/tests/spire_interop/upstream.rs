@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use enclaveid_attestor::hex;
-use enclaveid_tests::spire::{NITRO_PCR0, SpireServer, nitro_server_plugin, write_fake_nitro_root};
+use enclaveid_tests::spire::{NITRO_PCR0, SpireServer};
 use enclaveid_tests::{AgentProcess, enclaveid_bin, euid, fetch_x509, wait_for_x509svid};
 use enclaveid_workload_api::proto;
 
@@ -17,23 +17,8 @@ use super::{GoServer, go_at, go_eventually, status_answers, stdout_of};
 const TD: &str = "nitro.example";
 const MODULE_ID: &str = "i-0123456789abcdef0-enc0fedcba987654321";
 
-/// A server with the aws_nitro plugin and a `disk` KeyManager (its CA survives a
-/// restart, as in production); `server_extra` goes in its `server` block.
 fn server(dir: &Path, server_extra: &str) -> SpireServer {
-    write_fake_nitro_root(dir);
-    let plugins = format!(
-        "{}\n  KeyManager \"disk\" {{\n    plugin_data {{\n      keys_path = \"{}/server-keys.json\"\n    }}\n  }}",
-        nitro_server_plugin(dir, &NITRO_PCR0),
-        dir.display()
-    );
-    SpireServer::start_configured(dir, TD, server_extra, &plugins)
-}
-
-/// The server's bundle, PEM, written where an image would carry it.
-fn bundle_file(server: &SpireServer, dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("spire-bundle.pem");
-    std::fs::write(&path, server.cli_ok(&["bundle", "show"])).unwrap();
-    path
+    SpireServer::start_nitro(dir, TD, server_extra)
 }
 
 /// An EnclaveID agent whose upstream is `server`, attesting with PCR0 `pcr0`.
@@ -42,26 +27,7 @@ fn enclave_agent(server: &SpireServer, dir: &Path, pcr0: &[u8]) -> AgentProcess 
 }
 
 fn agent_config(server: &SpireServer, dir: &Path, pcr0: &[u8]) -> String {
-    format!(
-        r#"trust_domain = "{TD}"
-socket_path = "{{socket}}"
-[upstream]
-kind = "spire"
-server_address = "tcp://127.0.0.1:{port}"
-trust_bundle_path = "{bundle}"
-sync_interval = "1s"
-[attestor]
-kind = "fake"
-module_id = "{MODULE_ID}"
-pcrs = {{ 0 = "{pcr0}" }}
-root_cert_path = "{dir}/nitro-root.pem"
-root_key_path = "{dir}/nitro-root.key"
-"#,
-        port = server.port(),
-        bundle = bundle_file(server, dir).display(),
-        dir = dir.display(),
-        pcr0 = hex(pcr0),
-    )
+    server.enclaveid_config(dir, MODULE_ID, pcr0, "1s")
 }
 
 fn agent_id() -> String {
@@ -219,6 +185,33 @@ async fn spire_upstream_attests_and_serves_the_servers_entries() {
         leaf(&first).raw_serial(),
         "a new SVID"
     );
+
+    // An entry naming the caller's executable (read only once an entry needs it) applies
+    // too, on a new connection.
+    let exe = std::env::current_exe().unwrap();
+    let by_path = create_entry(
+        &server,
+        "by-path",
+        &["-selector", &format!("unix:path:{}", exe.display())],
+    );
+    let with_path = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let r = fetch_x509(agent.socket()).await.unwrap();
+            if r.svids.len() == 2 {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the unix:path entry within 30 s");
+    assert!(
+        with_path
+            .svids
+            .iter()
+            .any(|s| s.spiffe_id == format!("spiffe://{TD}/by-path"))
+    );
+    server.cli_ok(&["entry", "delete", "-entryID", &by_path]);
 
     // JWT-SVIDs come from the server and validate against the bundle it sent.
     let jwt = client
