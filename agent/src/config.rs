@@ -1656,6 +1656,24 @@ selectors = ["unix:uid:1001"]
     }
 
     #[test]
+    fn spire_upstream_the_deploy_example_parses() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/enclave/agent-spire.toml"
+        );
+        let text = std::fs::read_to_string(path)
+            .unwrap()
+            .replace("kind = \"nsm\"", "kind = \"fake\"");
+        let config = Config::from_toml(&text, path).unwrap();
+        let Upstream::Spire(spire) = &config.upstream else {
+            panic!("the example's upstream is spire");
+        };
+        assert_eq!(spire.server_address.to_string(), "vsock://3:8081");
+        assert!(config.entries.is_empty());
+        assert!(config.telemetry.host.is_some());
+    }
+
+    #[test]
     fn spire_upstream_config_is_checked_key_by_key() {
         let base = "trust_domain = \"example.org\"\n[attestor]\nkind = \"fake\"\n[upstream]\nkind = \"spire\"\n";
         let good =

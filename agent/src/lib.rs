@@ -4,7 +4,9 @@
 //! Owns: the configuration ([`config`]), selectors ([`selector`]), Unix workload
 //! attestation, the signing CA and SVID minting, rotation, JWT-SVID signing keys, the
 //! SPIFFE bundle endpoint, the `kms` upstream (material through `enclaveid host`, key
-//! released by KMS to this enclave's attestation) and the socket.
+//! released by KMS to this enclave's attestation), the `spire` upstream (the agent as the
+//! SPIRE agent of its enclave: `aws_nitro` node attestation, entries and SVIDs from a
+//! SPIRE server) and the socket.
 //!
 //! Leaves to others: the Workload API's wire contract (`enclaveid-workload-api`), Nitro
 //! attestation documents (`enclaveid-attestor`), the formats and certificate checks the

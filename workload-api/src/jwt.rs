@@ -159,6 +159,18 @@ pub fn claims(spiffe_id: &SpiffeId, audience: &[String], ttl: Duration, now: Sys
     })
 }
 
+/// When a token should be replaced: half-way from its `iat` to its `exp` (read from the
+/// token itself, which may come from a server whose default lifetime is not known here);
+/// `None` when the claims cannot be read.
+pub fn renew_time(token: &str) -> Option<SystemTime> {
+    let payload = token.split('.').nth(1)?;
+    let claims: Value = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
+    let iat = claims.get("iat")?.as_u64()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    let half = exp.checked_sub(iat)? / 2;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(iat.checked_add(half)?))
+}
+
 /// A public JWK of an EC key from its uncompressed point (`04 || x || y`).
 pub fn ec_jwk(kid: &str, curve: &str, point: &[u8]) -> Result<Value, String> {
     let coordinate = match curve {

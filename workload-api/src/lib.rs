@@ -566,7 +566,10 @@ impl TokenCache {
             key,
             Cached {
                 token: token.clone(),
-                renew_at: now.checked_add(identity.jwt_ttl / 2).unwrap_or(now),
+                // From the token's own times when it carries them (the `spire` upstream's
+                // server chooses the lifetime), else from the identity's.
+                renew_at: jwt::renew_time(&token)
+                    .unwrap_or_else(|| now.checked_add(identity.jwt_ttl / 2).unwrap_or(now)),
                 bytes,
             },
         ) {
@@ -1178,6 +1181,21 @@ mod tests {
             issuer.0.load(std::sync::atomic::Ordering::Relaxed),
             calls + 1
         );
+    }
+
+    #[test]
+    fn spire_upstream_tokens_are_reused_for_half_of_their_own_lifetime() {
+        let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        // 60 s, whatever the identity's jwt_ttl says.
+        let claims = jwt::claims(&id, &["a".into()], std::time::Duration::from_secs(60), now);
+        let token = jwt::encode(jwt::Alg::Es256, "k", &claims, |_| Ok(vec![0; 64])).unwrap();
+        assert_eq!(
+            jwt::renew_time(&token),
+            Some(now + std::time::Duration::from_secs(30))
+        );
+        assert_eq!(jwt::renew_time("not.a-token"), None);
+        assert_eq!(jwt::renew_time("t"), None);
     }
 
     #[test]
