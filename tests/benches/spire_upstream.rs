@@ -12,6 +12,8 @@
 //!   SVID (median of 5);
 //! - CPU time (user + system) over an idle window: 10 minutes, `--idle SECS` to change.
 //!
+//! EnclaveID's per-uid connection cap is raised to let one uid hold 1,000 connections.
+//!
 //! Run: `cargo bench -p enclaveid-tests --bench spire_upstream`; `-- --quick` for a smoke
 //! run (100 streams, 30 s idle). Needs Go to build SPIRE on first use.
 
@@ -107,12 +109,12 @@ async fn main() {
         let dir = dir.path().to_owned();
         move || {
             let server = SpireServer::start_nitro(&dir, TD, "");
-            let enclaveid = AgentProcess::start_quiet(&server.enclaveid_config(
-                &dir,
-                MODULE_ID,
-                &enclaveid_tests::spire::NITRO_PCR0,
-                "5s",
-            ));
+            // One uid opens all the streams, one connection each: above the default
+            // per-uid cap of 256 connections, which spire-agent does not have.
+            let limits = "[limits]\nmax_connections = 4096\nmax_connections_per_uid = 4096\n";
+            let config =
+                server.enclaveid_config(&dir, MODULE_ID, &enclaveid_tests::spire::NITRO_PCR0, "5s");
+            let enclaveid = AgentProcess::start_quiet(&format!("{config}{limits}"));
             let spire_agent = server.start_agent(&dir);
             (server, enclaveid, spire_agent)
         }
@@ -209,6 +211,8 @@ async fn main() {
             pids.map(|(_, pid)| rss_kib(pid)),
         );
         drop((a, b));
+        // Let both agents see those connections close before the next round.
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
 
     let before = pids.map(|(_, pid)| cpu_time(pid));

@@ -586,14 +586,16 @@ impl SpireUpstream {
         }
     }
 
-    /// How long until an SVID is due for rotation or expires.
+    /// How long until an SVID or the agent SVID is next due for rotation, or an SVID
+    /// expires. What is already overdue (its replacement failed) waits for the next pass
+    /// at the usual pace instead: a server that keeps failing is not asked in a loop.
     fn until_next_due(&self) -> Duration {
         let now = SystemTime::now();
         self.svids
             .values()
             .flat_map(|m| [m.rotate_at, m.svid.not_after()])
             .chain(self.agent.as_ref().map(|_| self.agent_rotate_at))
-            .map(|t| t.duration_since(now).unwrap_or_default())
+            .filter_map(|t| t.duration_since(now).ok())
             .min()
             .unwrap_or(MAX_RETRY)
             .max(Duration::from_millis(100))

@@ -302,6 +302,15 @@ async fn spire_upstream_outage_keeps_serving_then_recovers_and_reattests() {
     assert_eq!(during.svids[0].spiffe_id, before.svids[0].spiffe_id);
     tokio::time::sleep(Duration::from_secs(22)).await;
 
+    // Retries back off (1 s, doubling to 30 s), also once the agent SVID is overdue: the
+    // server is not asked in a loop.
+    let retries = agent.stderr_text().matches("retry_in").count();
+    assert!(
+        (2..=12).contains(&retries),
+        "{retries} retries in about 25 s:\n{}",
+        agent.stderr_text()
+    );
+
     // Back: the agent re-attests (its SVID expired meanwhile) and is healthy again.
     let attested = agent
         .stderr_text()
