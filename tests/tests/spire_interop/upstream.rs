@@ -448,6 +448,20 @@ async fn spire_upstream_server_ca_rotation_sends_the_bundle_before_the_svids() {
     assert_eq!(roots(&first), 1);
     let issuer = |r: &proto::X509svidResponse| leaf(r).issuer().to_string();
     let old_issuer = issuer(&first);
+    // A go-spiffe mTLS server on this identity, its X509Source following the rotation; a
+    // client with a fresh source calls it at each step of the switch.
+    let me = format!("spiffe://{TD}/rotating");
+    let echo = GoServer::start(&agent.endpoint(), &me);
+    let mtls_call = |step: &str| {
+        let answer = tokio::task::block_in_place(|| {
+            stdout_of(&go_at(
+                &agent.endpoint(),
+                &["call", &echo.address, &me, step],
+            ))
+        });
+        assert_eq!(answer, format!("{me} says {step}\n"));
+    };
+    mtls_call("before");
 
     server.cli_ok(&["localauthority", "x509", "prepare"]);
     // The new authority reaches the bundle while SVIDs still chain to the old one.
@@ -463,6 +477,7 @@ async fn spire_upstream_server_ca_rotation_sends_the_bundle_before_the_svids() {
     .await
     .expect("the prepared authority in the bundle");
     assert_eq!(issuer(&prepared), old_issuer);
+    mtls_call("prepared");
     server.cli_ok(&["localauthority", "x509", "activate", "-authorityID", &{
         let shown = server.cli_ok(&["localauthority", "x509", "show"]);
         shown
@@ -499,6 +514,7 @@ async fn spire_upstream_server_ca_rotation_sends_the_bundle_before_the_svids() {
         )
         .expect("the SVID verifies against its bundle");
         if issuer(&r) != old_issuer {
+            mtls_call("activated");
             break;
         }
         assert!(
