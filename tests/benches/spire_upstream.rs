@@ -12,6 +12,9 @@
 //!   SVID (median of 5);
 //! - CPU time (user + system) over an idle window: 10 minutes, `--idle SECS` to change.
 //!
+//! A third agent is the floor for RSS and CPU: EnclaveID with the `dev` upstream (its CA in
+//! memory, one entry), the same Workload API without a server to talk to.
+//!
 //! EnclaveID's per-uid connection cap is raised to let one uid hold 1,000 connections.
 //!
 //! Run: `cargo bench -p enclaveid-tests --bench spire_upstream`; `-- --quick` for a smoke
@@ -81,9 +84,9 @@ async fn entry_to_stream(server: &SpireServer, socket: &Path, parent: &str, n: u
     created.elapsed()
 }
 
-fn print_rss(when: &str, [ours, theirs]: [u64; 2]) {
+fn print_rss(when: &str, [ours, theirs, dev]: [u64; 3]) {
     println!(
-        "rss {when}: enclaveid {ours} KiB, spire-agent {theirs} KiB ({:.2}x)",
+        "rss {when}: enclaveid {ours} KiB, spire-agent {theirs} KiB ({:.2}x); floor: enclaveid with the dev upstream {dev} KiB",
         ours as f64 / theirs as f64
     );
 }
@@ -159,9 +162,17 @@ async fn main() {
         assert!(Instant::now() < deadline, "spire-agent served no SVID");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The floor: the same Workload API with the `dev` upstream (a CA in memory), one entry.
+    let dev = AgentProcess::start_quiet(&format!(
+        "trust_domain = \"{TD}\"\nsocket_path = \"{{socket}}\"\n\
+         [upstream]\nkind = \"dev\"\n[attestor]\nkind = \"fake\"\n\
+         [limits]\nmax_connections = 4096\nmax_connections_per_uid = 4096\n\
+         [[entry]]\nspiffe_id = \"spiffe://{TD}/bench\"\nselectors = [\"{uid}\"]\n"
+    ));
     let pids = [
         ("enclaveid", enclaveid.pid()),
         ("spire-agent", spire_agent.pid()),
+        ("enclaveid dev", dev.pid()),
     ];
     println!("spire_upstream: one server, one entry each, sync every 5 s, 2 vCPUs");
 
@@ -205,12 +216,13 @@ async fn main() {
     for &n in counts {
         let a = open_streams(enclaveid.socket(), n).await;
         let b = open_streams(spire_agent.socket(), n).await;
+        let c = open_streams(dev.socket(), n).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         print_rss(
             &format!("with {n} streams"),
             pids.map(|(_, pid)| rss_kib(pid)),
         );
-        drop((a, b));
+        drop((a, b, c));
         // Let both agents see those connections close before the next round.
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
@@ -218,6 +230,11 @@ async fn main() {
     let before = pids.map(|(_, pid)| cpu_time(pid));
     tokio::time::sleep(idle).await;
     let after = pids.map(|(_, pid)| cpu_time(pid));
+    let [_, _, dev_cpu] = [0, 1, 2].map(|i| after[i] - before[i]);
+    println!(
+        "floor: enclaveid with the dev upstream, cpu {}",
+        ms(dev_cpu)
+    );
     let used = [after[0] - before[0], after[1] - before[1]];
     println!(
         "cpu over {}s idle: enclaveid {}, spire-agent {} ({:.2}x)",
