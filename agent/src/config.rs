@@ -243,6 +243,9 @@ pub struct Config {
     pub entries: Vec<Entry>,
     /// The SPIFFE bundle endpoint, if the trust domain is federated.
     pub bundle_endpoint: Option<BundleEndpoint>,
+    /// SVIDs written to files for programs that do not speak the Workload API
+    /// (`[[files]]`).
+    pub files: Vec<FileOutput>,
     /// What one caller may take of the Workload API (`[limits]`).
     pub limits: LimitsConfig,
     /// Logs, metrics and health out of the enclave (`[telemetry]`).
@@ -549,7 +552,66 @@ struct RawConfig {
     bundle_endpoint: Option<RawBundleEndpoint>,
     limits: Option<RawLimits>,
     telemetry: Option<RawTelemetry>,
+    #[serde(default)]
+    files: Vec<RawFiles>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    spiffe_id: String,
+    dir: PathBuf,
+    svid_file_name: Option<String>,
+    svid_key_file_name: Option<String>,
+    svid_bundle_file_name: Option<String>,
+    #[serde(default)]
+    jwt_audiences: Vec<String>,
+    cert_mode: Option<String>,
+    key_mode: Option<String>,
+    owner: Option<String>,
+    cmd: Option<PathBuf>,
+    #[serde(default)]
+    cmd_args: Vec<String>,
+    pid_file: Option<PathBuf>,
+    renew_signal: Option<String>,
+}
+
+/// One `[[files]]` block: an identity's SVID, key, bundle and JWT-SVIDs written to a
+/// directory on every change, for programs that read files (nginx, a Python server).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileOutput {
+    /// The identity written.
+    pub spiffe_id: SpiffeId,
+    /// The directory; the files are reached through `DIR/NAME` (symlinks into the current
+    /// generation, `DIR/current/`).
+    pub dir: PathBuf,
+    /// The certificate chain, PEM (default `svid.pem`).
+    pub svid_file_name: String,
+    /// The private key, PKCS#8 PEM (default `svid_key.pem`).
+    pub svid_key_file_name: String,
+    /// The trust bundle, PEM (default `svid_bundle.pem`).
+    pub svid_bundle_file_name: String,
+    /// One JWT-SVID file per audience, `jwt_<AUDIENCE>.token` (characters other than
+    /// letters, digits, `.`, `-` and `_` become `_`).
+    pub jwt_audiences: Vec<String>,
+    /// Mode of the certificate and bundle files (default 0644).
+    pub cert_mode: u32,
+    /// Mode of the key (default 0600).
+    pub key_mode: u32,
+    /// Owner `(uid, gid)` of what is written; `None`: the agent's.
+    pub owner: Option<(u32, u32)>,
+    /// Run after each write (`cmd` and `cmd_args`).
+    pub cmd: Option<(PathBuf, Vec<String>)>,
+    /// Signal the process whose PID is in this file after each write.
+    pub signal: Option<(PathBuf, nix::sys::signal::Signal)>,
+}
+
+/// The default file names, as spiffe-helper's examples name them.
+pub const DEFAULT_SVID_FILE: &str = "svid.pem";
+/// See [`DEFAULT_SVID_FILE`].
+pub const DEFAULT_SVID_KEY_FILE: &str = "svid_key.pem";
+/// See [`DEFAULT_SVID_FILE`].
+pub const DEFAULT_SVID_BUNDLE_FILE: &str = "svid_bundle.pem";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -640,7 +702,7 @@ struct RawEntry {
 impl Config {
     /// Parses and checks a configuration file's text; `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, origin, &e))?;
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, origin, &e))?;
         let invalid = |key: &str, value: &dyn std::fmt::Debug, why: &dyn std::fmt::Display| {
             ConfigError::Invalid {
                 origin: origin.to_owned(),
@@ -832,6 +894,11 @@ impl Config {
             });
         }
 
+        let files = std::mem::take(&mut raw.files)
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| parse_files(i, f, &trust_domain, &entries, &upstream, &invalid))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             trust_domain,
             socket_path: raw
@@ -850,6 +917,7 @@ impl Config {
                 .transpose()?
                 .unwrap_or_default(),
             telemetry: parse_telemetry(raw.telemetry, &upstream, &invalid)?,
+            files,
             upstream,
             entries,
             allow_insecure_bootstrap: false,
@@ -881,6 +949,7 @@ impl Config {
             limits: LimitsConfig::default(),
             telemetry: TelemetryConfig::default(),
             allow_insecure_bootstrap: false,
+            files: Vec::new(),
             upstream: Upstream::Dev(None),
             attestor: AttestorConfig {
                 kind: AttestorKind::Fake(enclaveid_attestor::FakeConfig::default()),
@@ -899,6 +968,155 @@ impl Config {
 }
 
 type Invalid<'a> = dyn Fn(&str, &dyn std::fmt::Debug, &dyn std::fmt::Display) -> ConfigError + 'a;
+
+fn parse_files(
+    i: usize,
+    raw: RawFiles,
+    trust_domain: &TrustDomain,
+    entries: &[Entry],
+    upstream: &Upstream,
+    invalid: &Invalid<'_>,
+) -> Result<FileOutput, ConfigError> {
+    let key = |field: &str| format!("files[{i}].{field}");
+    let spiffe_id = SpiffeId::new(&raw.spiffe_id)
+        .map_err(|e| invalid(&key("spiffe_id"), &raw.spiffe_id, &e))?;
+    // With the spire upstream, entries come later from the server.
+    let known =
+        matches!(upstream, Upstream::Spire(_)) || entries.iter().any(|e| e.spiffe_id == spiffe_id);
+    if !spiffe_id.is_member_of(trust_domain) || !known {
+        return Err(invalid(
+            &key("spiffe_id"),
+            &raw.spiffe_id,
+            &"accepted: the SPIFFE ID of an [[entry]] of this file",
+        ));
+    }
+    if !raw.dir.is_absolute() {
+        return Err(invalid(
+            &key("dir"),
+            &raw.dir.display(),
+            &"accepted: an absolute path",
+        ));
+    }
+    let name = |field: &str, value: Option<String>, default: &str| {
+        let value = value.unwrap_or_else(|| default.to_owned());
+        let plain = !value.is_empty()
+            && value != "."
+            && value != ".."
+            && value != "current"
+            && !value.starts_with(".enclaveid")
+            && !value.contains('/');
+        if plain {
+            Ok(value)
+        } else {
+            Err(invalid(
+                &key(field),
+                &value,
+                &"accepted: a plain file name (no '/', not \"current\" or \".enclaveid*\")",
+            ))
+        }
+    };
+    let svid_file_name = name("svid_file_name", raw.svid_file_name, DEFAULT_SVID_FILE)?;
+    let svid_key_file_name = name(
+        "svid_key_file_name",
+        raw.svid_key_file_name,
+        DEFAULT_SVID_KEY_FILE,
+    )?;
+    let svid_bundle_file_name = name(
+        "svid_bundle_file_name",
+        raw.svid_bundle_file_name,
+        DEFAULT_SVID_BUNDLE_FILE,
+    )?;
+    if svid_file_name == svid_key_file_name
+        || svid_file_name == svid_bundle_file_name
+        || svid_key_file_name == svid_bundle_file_name
+    {
+        return Err(invalid(
+            &key("svid_key_file_name"),
+            &svid_key_file_name,
+            &"the three file names must differ",
+        ));
+    }
+    for (j, audience) in raw.jwt_audiences.iter().enumerate() {
+        if audience.is_empty() || audience.len() > 255 {
+            return Err(invalid(
+                &format!("files[{i}].jwt_audiences[{j}]"),
+                audience,
+                &"accepted: a non-empty audience of at most 255 bytes",
+            ));
+        }
+    }
+    let mode = |field: &str, value: &Option<String>, default: u32| match value {
+        None => Ok(default),
+        Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    &key(field),
+                    text,
+                    &"accepted: an octal mode such as \"0640\"",
+                )
+            }),
+    };
+    let cert_mode = mode("cert_mode", &raw.cert_mode, 0o644)?;
+    let key_mode = mode("key_mode", &raw.key_mode, 0o600)?;
+    if key_mode & 0o007 != 0 {
+        return Err(invalid(
+            &key("key_mode"),
+            &format!("{key_mode:04o}"),
+            &"a private key must not be readable or writable by others; accepted: 0600, 0640, 0400, 0440",
+        ));
+    }
+    let owner = match &raw.owner {
+        None => None,
+        Some(text) => Some(
+            text.split_once(':')
+                .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+                .ok_or_else(|| invalid(&key("owner"), text, &"accepted: \"UID:GID\", numeric"))?,
+        ),
+    };
+    let signal = match (raw.pid_file, &raw.renew_signal) {
+        (None, None) => None,
+        (Some(pid_file), Some(name)) => {
+            let signal = name
+                .parse::<nix::sys::signal::Signal>()
+                .ok()
+                .or_else(|| format!("SIG{name}").parse().ok())
+                .ok_or_else(|| {
+                    invalid(
+                        &key("renew_signal"),
+                        name,
+                        &"accepted: a signal name such as \"SIGHUP\" or \"HUP\"",
+                    )
+                })?;
+            Some((pid_file, signal))
+        }
+        (pid_file, renew_signal) => {
+            return Err(invalid(
+                &key(if pid_file.is_some() {
+                    "renew_signal"
+                } else {
+                    "pid_file"
+                }),
+                &renew_signal.as_deref().unwrap_or(""),
+                &"pid_file and renew_signal go together: set both to signal a process after each write",
+            ));
+        }
+    };
+    Ok(FileOutput {
+        spiffe_id,
+        dir: raw.dir,
+        svid_file_name,
+        svid_key_file_name,
+        svid_bundle_file_name,
+        jwt_audiences: raw.jwt_audiences,
+        cert_mode,
+        key_mode,
+        owner,
+        cmd: raw.cmd.map(|cmd| (cmd, raw.cmd_args)),
+        signal,
+    })
+}
 
 fn parse_spire(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<SpireConfig, ConfigError> {
     let address = raw.server_address.ok_or_else(|| {
@@ -1653,6 +1871,67 @@ selectors = ["unix:uid:1001"]
                 assert!(error.contains(want), "{to}: missing {want:?} in {error}");
             }
         }
+    }
+
+    #[test]
+    fn file_output_blocks_are_checked_key_by_key() {
+        let block = |extra: &str| {
+            format!(
+                "{GOOD}[[files]]\nspiffe_id = \"spiffe://example.org/gateway\"\ndir = \"/run/out\"\n{extra}\n"
+            )
+        };
+        let config = Config::from_toml(&block(""), "agent.toml").unwrap();
+        let files = &config.files[0];
+        assert_eq!(files.svid_file_name, "svid.pem");
+        assert_eq!(files.svid_key_file_name, "svid_key.pem");
+        assert_eq!(files.svid_bundle_file_name, "svid_bundle.pem");
+        assert_eq!((files.cert_mode, files.key_mode), (0o644, 0o600));
+        let signalled = Config::from_toml(
+            &block("pid_file = \"/run/nginx.pid\"\nrenew_signal = \"HUP\"\nowner = \"0:33\"\nkey_mode = \"0640\""),
+            "agent.toml",
+        )
+        .unwrap();
+        let files = &signalled.files[0];
+        assert_eq!(
+            files.signal.as_ref().unwrap().1,
+            nix::sys::signal::Signal::SIGHUP
+        );
+        assert_eq!((files.owner, files.key_mode), (Some((0, 33)), 0o640));
+
+        for (extra, wants) in [
+            ("dir = \"rel\"", &["files[0].dir", "absolute"][..]),
+            (
+                "svid_file_name = \"a/b\"",
+                &["files[0].svid_file_name", "plain file name"],
+            ),
+            ("svid_key_file_name = \"svid.pem\"", &["must differ"]),
+            ("key_mode = \"0644\"", &["files[0].key_mode", "others"]),
+            ("cert_mode = \"9\"", &["files[0].cert_mode", "octal"]),
+            ("owner = \"www-data\"", &["files[0].owner", "UID:GID"]),
+            (
+                "renew_signal = \"HUP\"",
+                &["files[0].pid_file", "go together"],
+            ),
+            (
+                "pid_file = \"/p\"\nrenew_signal = \"NOPE\"",
+                &["files[0].renew_signal", "NOPE"],
+            ),
+            ("jwt_audiences = [\"\"]", &["files[0].jwt_audiences[0]"]),
+        ] {
+            let text = block(extra).replace("dir = \"/run/out\"\ndir", "dir");
+            let error = Config::from_toml(&text, "agent.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(!error.contains('\n'), "not one line: {error}");
+            for want in wants {
+                assert!(error.contains(want), "{extra}: missing {want:?} in {error}");
+            }
+        }
+        let unknown = block("").replace("gateway\"\ndir", "nobody\"\ndir");
+        let error = Config::from_toml(&unknown, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("[[entry]]"), "{error}");
     }
 
     #[test]

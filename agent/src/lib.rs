@@ -43,6 +43,7 @@ mod authority;
 mod bundle_endpoint;
 pub mod config;
 mod enclave;
+mod files;
 mod host_client;
 mod jwt;
 mod kms;
@@ -64,6 +65,7 @@ pub use authority::MintError;
 pub use bundle_endpoint::{BundleEndpointError, document as bundle_document};
 pub use config::{Config, ConfigError};
 pub use enclave::{Enclave, EnclaveError};
+pub use files::FilesError;
 pub use host_client::{AnswerError, HostError};
 pub use jwt::JwtKeyError;
 pub use kms::KmsError;
@@ -134,6 +136,7 @@ pub struct Agent {
     api_metrics: std::sync::Arc<enclaveid_workload_api::ApiMetrics>,
     telemetry: config::TelemetryConfig,
     hello: enclaveid_checks::telemetry::Hello,
+    files: Vec<config::FileOutput>,
 }
 
 /// What writes the Workload API's snapshot.
@@ -234,6 +237,7 @@ impl Agent {
             api_metrics: std::sync::Arc::default(),
             telemetry: config.telemetry.clone(),
             hello,
+            files: config.files.clone(),
         })
     }
 
@@ -389,6 +393,11 @@ impl Agent {
                 stop.clone().cancelled_owned(),
             ));
         }
+        tokio::spawn(files::run(
+            self.files,
+            self.snapshots.clone(),
+            stop.clone().cancelled_owned(),
+        ));
         let trigger = stop.clone();
         tokio::spawn(async move {
             shutdown.await;

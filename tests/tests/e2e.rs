@@ -9,6 +9,7 @@
 mod e2e {
     mod attest;
     mod cli;
+    mod files;
     mod hostile;
     mod jwt;
     mod node;
