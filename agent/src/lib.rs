@@ -137,6 +137,18 @@ pub struct Agent {
     telemetry: config::TelemetryConfig,
     hello: enclaveid_checks::telemetry::Hello,
     files: Vec<config::FileOutput>,
+    reloader: Reloader,
+    reload_problems: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+/// Applies a re-read configuration to the running agent (`SIGHUP` to `enclaveid run`).
+#[derive(Clone)]
+pub struct Reloader {
+    /// The running configuration's parts that a reload cannot change, to say so.
+    running: std::sync::Arc<Config>,
+    entries: Option<tokio::sync::mpsc::Sender<Vec<config::Entry>>>,
+    attestor: UnixAttestor,
+    problem: std::sync::Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 /// What writes the Workload API's snapshot.
@@ -164,10 +176,7 @@ impl Agent {
             trust_domain: config.trust_domain.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        let mut node_selectors = enclave::node_selectors(&verified);
-        // Only node selectors some entry names can change a match; every caller's stream
-        // carries its selectors, so the others would only cost memory.
-        node_selectors.retain(|s| config.entries.iter().any(|e| e.selectors.contains(s)));
+        let node_selectors = enclave::node_selectors(&verified);
         let attestor = match &config.upstream {
             // Entries arrive later from the server; the upstream says what they need.
             Upstream::Spire(_) => {
@@ -218,6 +227,21 @@ impl Agent {
             Writer::Rotator(rotator, _) => rotator.renewer(),
             Writer::Spire(spire) => spire.renewer(),
         };
+        let (reload_problem, reload_problems) = tokio::sync::watch::channel(None);
+        let (entries_tx, entries_rx) = tokio::sync::mpsc::channel(1);
+        let (writer, entries_tx) = match writer {
+            Writer::Rotator(rotator, upstream) => (
+                Writer::Rotator(Box::new(rotator.with_reloads(entries_rx)), upstream),
+                Some(entries_tx),
+            ),
+            spire => (spire, None),
+        };
+        let reloader = Reloader {
+            running: std::sync::Arc::new(config.clone()),
+            entries: entries_tx,
+            attestor: attestor.clone(),
+            problem: std::sync::Arc::new(reload_problem),
+        };
         let bundle_endpoint = config
             .bundle_endpoint
             .clone()
@@ -238,6 +262,8 @@ impl Agent {
             telemetry: config.telemetry.clone(),
             hello,
             files: config.files.clone(),
+            reloader,
+            reload_problems,
         })
     }
 
@@ -328,6 +354,11 @@ impl Agent {
         self.renewer.clone()
     }
 
+    /// A handle that applies a re-read configuration (`SIGHUP`).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// The socket path.
     pub fn socket_path(&self) -> &Path {
         self.socket.path()
@@ -356,6 +387,7 @@ impl Agent {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let stop = CancellationToken::new();
+        let problems = merge_problems(self.problems, self.reload_problems);
         let rotation = match self.writer {
             Writer::Rotator(rotator, upstream) => {
                 if let Some(upstream) = upstream {
@@ -379,7 +411,7 @@ impl Agent {
         }
         let sources = || telemetry::Sources {
             snapshots: self.snapshots.clone(),
-            problems: self.problems.clone(),
+            problems: problems.clone(),
             api: self.api_metrics.clone(),
         };
         if let Some(sender) = telemetry::Sender::new(&self.telemetry, self.hello.clone(), sources())
@@ -407,7 +439,7 @@ impl Agent {
         let served = server::serve(
             self.socket,
             self.snapshots,
-            self.problems,
+            problems,
             self.attestor,
             self.limits,
             reserved,
@@ -418,6 +450,94 @@ impl Agent {
         stop.cancel();
         let _ = rotation.await;
         Ok(served?)
+    }
+}
+
+/// One health reason from the upstream's and the last reload's: both when both are set.
+fn merge_problems(
+    mut upstream: tokio::sync::watch::Receiver<Option<String>>,
+    mut reload: tokio::sync::watch::Receiver<Option<String>>,
+) -> tokio::sync::watch::Receiver<Option<String>> {
+    let combine = |a: &Option<String>, b: &Option<String>| match (a, b) {
+        (None, None) => None,
+        (Some(x), None) | (None, Some(x)) => Some(x.clone()),
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(combine(&upstream.borrow(), &reload.borrow()));
+    tokio::spawn(async move {
+        let (mut upstream_open, mut reload_open) = (true, true);
+        while upstream_open || reload_open {
+            tokio::select! {
+                changed = upstream.changed(), if upstream_open => upstream_open = changed.is_ok(),
+                changed = reload.changed(), if reload_open => reload_open = changed.is_ok(),
+                () = tx.closed() => return,
+            }
+            tx.send_replace(combine(&upstream.borrow(), &reload.borrow()));
+        }
+    });
+    rx
+}
+
+// === impl Reloader ===
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader").finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// Applies `reread`, the configuration file read again: its entries replace the
+    /// running ones (unchanged entries keep their SVIDs and streams). A configuration that
+    /// failed validation is refused: one log line naming the key and the value, the
+    /// running configuration stays, and health says so until a reload succeeds. What a
+    /// reload cannot change (trust domain, upstream, attestor, socket, limits, telemetry,
+    /// bundle endpoint, `[[files]]`) is logged and applies at the next start.
+    pub fn reload(&self, reread: Result<Config, ConfigError>) {
+        let config = match reread {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(error = %error, "configuration reload refused; the running configuration stays");
+                self.problem
+                    .send_replace(Some(format!("configuration reload refused: {error}")));
+                return;
+            }
+        };
+        let running = &self.running;
+        let unchanged = [
+            ("trust_domain", config.trust_domain == running.trust_domain),
+            ("upstream", config.upstream == running.upstream),
+            ("attestor", config.attestor == running.attestor),
+            ("socket_path", config.socket_path == running.socket_path),
+            ("limits", config.limits == running.limits),
+            ("telemetry", config.telemetry == running.telemetry),
+            (
+                "bundle_endpoint",
+                config.bundle_endpoint == running.bundle_endpoint,
+            ),
+            ("files", config.files == running.files),
+            ("svid_ttl", config.svid_ttl == running.svid_ttl),
+        ];
+        for (key, same) in unchanged {
+            if !same {
+                tracing::warn!(
+                    key,
+                    "changed in the file; a reload does not apply it: it takes effect at the next start"
+                );
+            }
+        }
+        let Some(entries) = &self.entries else {
+            tracing::info!("entries come from the SPIRE server; nothing to reload");
+            self.problem.send_replace(None);
+            return;
+        };
+        self.attestor
+            .set_needs(config.entries.iter().flat_map(|e| &e.selectors));
+        if entries.try_send(config.entries).is_err() {
+            tracing::warn!("a reload is already being applied; this one is dropped");
+            return;
+        }
+        self.problem.send_replace(None);
     }
 }
 

@@ -89,6 +89,8 @@ pub(crate) struct Rotator {
     renew: Arc<tokio::sync::Notify>,
     jwt: Option<JwtKeys>,
     jwt_updates: Option<mpsc::Receiver<Option<JwtKey>>>,
+    /// Entries of a reloaded configuration.
+    reloads: Option<mpsc::Receiver<Vec<Entry>>>,
     /// The clocks at the last look, to notice a step of the wall clock.
     last_seen: Option<(Instant, SystemTime)>,
 }
@@ -104,7 +106,7 @@ impl Renewer {
     }
 
     /// Re-mints every SVID now, as if each had reached its rotation time: a forced
-    /// rotation (`SIGHUP` to `enclaveid run`). Leaf material (an SVID the Private CA
+    /// rotation (`SIGUSR1` to `enclaveid run`). Leaf material (an SVID the Private CA
     /// issued) cannot be re-minted here and is left as is.
     pub fn renew_now(&self) {
         self.0.notify_one();
@@ -154,6 +156,7 @@ impl Rotator {
             renew: Arc::default(),
             jwt: None,
             jwt_updates: None,
+            reloads: None,
             last_seen: None,
         };
         if let Some(signer) = signer {
@@ -189,6 +192,58 @@ impl Rotator {
     pub(crate) fn with_jwt_updates(mut self, updates: mpsc::Receiver<Option<JwtKey>>) -> Self {
         self.jwt_updates = Some(updates);
         self
+    }
+
+    /// Entries sent on `reloads` replace the current ones while [`Rotator::run`] runs
+    /// ([`Rotator::set_entries`]).
+    pub(crate) fn with_reloads(mut self, reloads: mpsc::Receiver<Vec<Entry>>) -> Self {
+        self.reloads = Some(reloads);
+        self
+    }
+
+    /// The entries of a reloaded configuration: an entry unchanged (every field equal)
+    /// keeps its slot and its SVID, so streams see no change; a removed one is dropped
+    /// (its callers' streams end with `PermissionDenied` when it was their last
+    /// identity); an added or changed one is minted at the next pass. File order is kept.
+    pub(crate) fn set_entries(&mut self, entries: &[Entry]) {
+        let now = Instant::now();
+        let mut old: Vec<Option<Slot>> = std::mem::take(&mut self.entries)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let (mut kept, mut added) = (0, 0);
+        for entry in entries {
+            let same = old
+                .iter_mut()
+                .find(|slot| slot.as_ref().is_some_and(|s| s.entry == *entry))
+                .and_then(Option::take);
+            match same {
+                Some(slot) => {
+                    kept += 1;
+                    self.entries.push(slot);
+                }
+                None => {
+                    added += 1;
+                    // Leaf material (an SVID the Private CA issued) is served as it is.
+                    let svid = match &self.signer {
+                        Some(Signer::Leaf(leaf)) if leaf.spiffe_id == entry.spiffe_id => Some(
+                            Svid::new(leaf.chain_der.clone(), leaf.key_der.clone(), leaf.not_after),
+                        ),
+                        _ => None,
+                    };
+                    self.entries.push(Slot {
+                        selectors: entry.selectors.iter().map(ToString::to_string).collect(),
+                        entry: entry.clone(),
+                        svid,
+                        rotate_at: now,
+                        failures: 0,
+                    });
+                }
+            }
+        }
+        let removed = old.iter().flatten().count();
+        tracing::info!(kept, added, removed, "entries reloaded");
+        self.publish();
     }
 
     /// A handle that forces a rotation while [`Rotator::run`] runs.
@@ -361,6 +416,7 @@ impl Rotator {
         tokio::pin!(shutdown);
         let mut updates = self.updates.take();
         let mut jwt_updates = self.jwt_updates.take();
+        let mut reloads = self.reloads.take();
         let renew = self.renew.clone();
         loop {
             let next = self.rotate_due();
@@ -376,9 +432,19 @@ impl Rotator {
                     None => std::future::pending().await,
                 }
             };
+            let reload = async {
+                match reloads.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep_until(next) => {}
                 () = renew.notified() => self.renew_all(),
+                entries = reload => match entries {
+                    Some(entries) => self.set_entries(&entries),
+                    None => reloads = None,
+                },
                 update = jwt_update => match update {
                     Some(update) => self.set_jwt_key(update),
                     None => jwt_updates = None,

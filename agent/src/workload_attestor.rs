@@ -142,7 +142,9 @@ struct Inner {
     /// SHA-256 of executables, keyed by what identifies the file's content on disk.
     hashes: Mutex<HashMap<FileKey, String>>,
     /// Selectors of the enclave itself (`nitro:`), true for every caller.
-    node_selectors: Vec<String>,
+    node_selectors: std::sync::RwLock<Vec<String>>,
+    /// All of the enclave's node selectors; those some entry names are active.
+    all_node_selectors: Vec<Selector>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -160,18 +162,20 @@ const HASH_CACHE_ENTRIES: usize = 256;
 // === impl UnixAttestor ===
 
 impl UnixAttestor {
-    /// An attestor that reads only what the given selectors need, and adds the
-    /// enclave's own `node_selectors` to every caller's.
+    /// An attestor that reads only what the given selectors need, and adds those of the
+    /// enclave's own `node_selectors` they name to every caller's (only those can change
+    /// a match; every caller's stream carries its selectors, so others would cost memory).
     pub(crate) fn new<'a>(
-        selectors_in_use: impl IntoIterator<Item = &'a Selector>,
+        selectors_in_use: impl IntoIterator<Item = &'a Selector> + Clone,
         node_selectors: Vec<Selector>,
         max_executable_bytes: u64,
     ) -> Self {
-        let mut attestor = Self::with_proc_root("/proc", selectors_in_use);
+        let mut attestor = Self::with_proc_root("/proc", selectors_in_use.clone());
         if let Some(inner) = Arc::get_mut(&mut attestor.inner) {
-            inner.node_selectors = node_selectors.iter().map(ToString::to_string).collect();
+            inner.all_node_selectors = node_selectors;
             inner.max_executable_bytes = max_executable_bytes;
         }
+        attestor.set_needs(selectors_in_use);
         attestor
     }
 
@@ -197,7 +201,8 @@ impl UnixAttestor {
                 note_always: false,
                 max_executable_bytes: crate::config::DEFAULT_MAX_EXECUTABLE_BYTES,
                 hashes: Mutex::new(HashMap::new()),
-                node_selectors: Vec::new(),
+                node_selectors: std::sync::RwLock::default(),
+                all_node_selectors: Vec::new(),
             }),
         }
     }
@@ -213,15 +218,27 @@ impl UnixAttestor {
         attestor
     }
 
-    /// Reads what `selectors` (the entries' now) need, and no more.
+    /// Reads what `selectors` (the entries' now) need, and no more; adds the node
+    /// selectors they name to every caller's.
     pub(crate) fn set_needs<'a>(&self, selectors: impl IntoIterator<Item = &'a Selector>) {
         let (mut names, mut groups, mut path, mut sha256) = (false, false, false, false);
+        let mut nodes = Vec::new();
         for selector in selectors {
             names |= selector.needs_names();
             groups |= selector.needs_supplementary_groups();
             path |= selector.needs_path();
             sha256 |= selector.needs_sha256();
+            if self.inner.all_node_selectors.contains(selector) {
+                nodes.push(selector.to_string());
+            }
         }
+        nodes.sort();
+        nodes.dedup();
+        *self
+            .inner
+            .node_selectors
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = nodes;
         let inner = &self.inner;
         inner.need_names.store(names, Ordering::Relaxed);
         inner
@@ -277,7 +294,13 @@ impl UnixAttestor {
         accepted: Option<ProcessImage>,
     ) -> Result<Selectors, AttestationError> {
         let inner = &self.inner;
-        let mut selectors: Selectors = inner.node_selectors.iter().cloned().collect();
+        let mut selectors: Selectors = inner
+            .node_selectors
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
         selectors.insert(Selector::Uid(caller.uid).to_string());
         selectors.insert(Selector::Gid(caller.gid).to_string());
         if self.need_names() {

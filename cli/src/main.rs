@@ -431,17 +431,44 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         )?;
         out.flush()?;
     }
-    // SIGHUP forces a rotation: every SVID is re-minted now.
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    // SIGHUP re-reads the configuration file; SIGUSR1 forces a rotation (every SVID
+    // re-minted now).
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
         Ok(mut hangup) => {
-            let renewer = agent.renewer();
+            let reloader = agent.reloader();
+            let path = args.source.config.clone();
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
+                    let Some(path) = &path else {
+                        tracing::warn!(
+                            "SIGHUP: --dev has no configuration file to reload; SIGUSR1 renews every SVID"
+                        );
+                        continue;
+                    };
+                    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                    let reread = std::fs::read_to_string(path)
+                        .map_err(|source| ConfigError::Read {
+                            path: path.clone(),
+                            source,
+                        })
+                        .and_then(|text| Config::from_toml(&text, &path.display().to_string()));
+                    reloader.reload(reread);
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "cannot watch SIGHUP; configuration reload is off"),
+    }
+    match signal(SignalKind::user_defined1()) {
+        Ok(mut usr1) => {
+            let renewer = agent.renewer();
+            tokio::spawn(async move {
+                while usr1.recv().await.is_some() {
                     renewer.renew_now();
                 }
             });
         }
-        Err(error) => tracing::warn!(%error, "cannot watch SIGHUP; forced rotation is off"),
+        Err(error) => tracing::warn!(%error, "cannot watch SIGUSR1; forced rotation is off"),
     }
     if !args.command.is_empty() {
         return supervise::supervise(agent, &args.command, args.ready_timeout).await;

@@ -8,7 +8,7 @@
 //!   alternate between the agents) and on a new connection per call;
 //! - RSS idle and with N open FetchX509SVID streams;
 //! - pushing one change to all N streams: time from the first stream receiving it to the
-//!   last, and the agent's CPU time over the push. EnclaveID re-mints on SIGHUP; SPIRE
+//!   last, and the agent's CPU time over the push. EnclaveID re-mints on SIGUSR1; SPIRE
 //!   pushes an entry update (a new hint) at its next sync, so its window also holds up to
 //!   one sync interval of idle time (CPU is what to compare there).
 //!
@@ -133,7 +133,7 @@ async fn run(streams: usize, samples: usize) {
 
     let e_cpu = cpu(enclaveid.pid());
     let pushed = e_streams.wait_for_change();
-    enclaveid.hangup();
+    enclaveid.renew();
     let e_fanout = pushed.await;
     let e_push_cpu = cpu(enclaveid.pid()) - e_cpu;
 

@@ -189,13 +189,27 @@ impl AgentProcess {
         self.child.as_ref().map(Child::id).unwrap_or_default()
     }
 
-    /// Sends SIGHUP: the agent re-mints every SVID now (and replaces its `dev` JWT key).
-    pub fn hangup(&self) {
+    /// Sends SIGUSR1: the agent re-mints every SVID now (and replaces its `dev` JWT key).
+    pub fn renew(&self) {
+        self.signal("-USR1");
+    }
+
+    /// Sends SIGHUP: the agent re-reads its configuration file.
+    pub fn reload(&self) {
+        self.signal("-HUP");
+    }
+
+    /// The path of the configuration file the agent was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-HUP", &self.pid().to_string()])
+            .args([signal, &self.pid().to_string()])
             .status()
             .expect("running kill");
-        assert!(status.success(), "kill -HUP {} failed", self.pid());
+        assert!(status.success(), "kill {signal} {} failed", self.pid());
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the process to exit.

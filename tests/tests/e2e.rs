@@ -14,6 +14,7 @@ mod e2e {
     mod jwt;
     mod node;
     mod relay;
+    mod reload;
     mod robustness;
     mod rotation;
     mod supervisor;

@@ -610,7 +610,7 @@ async fn spire_streams_and_bundle_keys_match() {
             let server = &server;
             server.entry_update(&entry, "spiffe://example.org/go", &[&selector], "changed");
         } else {
-            enclaveid.hangup();
+            enclaveid.renew();
         }
         let second = tokio::time::timeout(Duration::from_secs(60), stream.message())
             .await

@@ -546,16 +546,16 @@ async fn hostile_a_rotated_out_svid_key_is_gone_from_the_agent_s_memory() {
         "the key in service is found: the scan works"
     );
 
-    // Rotated out (SIGHUP re-mints every SVID), then served again so that buffers that
+    // Rotated out (SIGUSR1 re-mints every SVID), then served again so that buffers that
     // held the old key are reused or freed.
-    agent.hangup();
+    agent.renew();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let response = first_x509_response(agent.socket()).await;
         if response.svids[0].x509_svid_key[..] != old[..] {
             break;
         }
-        assert!(Instant::now() < deadline, "no rotation after SIGHUP");
+        assert!(Instant::now() < deadline, "no rotation after SIGUSR1");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

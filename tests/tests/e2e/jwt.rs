@@ -238,7 +238,7 @@ async fn after_a_key_rotation_old_tokens_validate_until_they_expire() {
     assert_eq!(first.get(&td).unwrap().jwt_authorities().count(), 1);
     let old = client.fetch_jwt_token(["aud"], None).await.unwrap();
 
-    agent.hangup();
+    agent.renew();
     // The stream sends the whole new state: the new key and the old one.
     let second = tokio::time::timeout(Duration::from_secs(10), bundles.next())
         .await

@@ -71,15 +71,15 @@ async fn a_five_second_svid_rotates_on_the_open_stream_with_overlapping_validity
 }
 
 #[tokio::test]
-async fn sighup_forces_a_rotation_on_the_open_stream() {
+async fn sigusr1_forces_a_rotation_on_the_open_stream() {
     let (agent, mut updates, first) = agent_with_stream("hup", "").await;
     let old = x509(first.svids()[0].leaf().as_bytes());
 
-    agent.hangup();
+    agent.renew();
     // An hour-long SVID would not rotate for 30 minutes: only the signal explains this.
     let second = tokio::time::timeout(Duration::from_secs(10), updates.next())
         .await
-        .expect("no rotation within 10 s of SIGHUP")
+        .expect("no rotation within 10 s of SIGUSR1")
         .unwrap()
         .unwrap();
     let new = x509(second.svids()[0].leaf().as_bytes());
