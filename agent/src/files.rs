@@ -45,6 +45,10 @@ pub enum FilesError {
         #[source]
         source: std::io::Error,
     },
+    /// The SVID's chain or bundle does not parse (the agent checked it when it was
+    /// issued; this would be a bug).
+    #[error("the certificates to write")]
+    Certificate(#[from] enclaveid_checks::certs::CertificateError),
     /// A JWT-SVID could not be issued.
     #[error("a JWT-SVID for audience {audience:?}: {why}")]
     Jwt {
@@ -247,19 +251,10 @@ fn write_generation(output: &FileOutput, n: u64, files: &Generation<'_>) -> Resu
         std::fs::set_permissions(&generation, std::fs::Permissions::from_mode(0o755))
             .map_err(err(&generation))?;
         let pem = |what: &str, der: &[u8]| -> Result<String, FilesError> {
-            let certs =
-                enclaveid_checks::certs::split_der(der, what).map_err(|e| FilesError::Write {
-                    path: generation.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+            let certs = enclaveid_checks::certs::split_der(der, what)?;
             Ok(certs
                 .iter()
-                .map(|c| {
-                    pem::encode_config(
-                        &pem::Pem::new("CERTIFICATE", c.to_vec()),
-                        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-                    )
-                })
+                .map(|c| enclaveid_checks::secret_pem::encode("CERTIFICATE", c).to_string())
                 .collect())
         };
         let chain = pem("chain", files.chain)?;

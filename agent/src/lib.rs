@@ -189,7 +189,9 @@ impl Agent {
             ),
         };
         let (problem_tx, problems) = tokio::sync::watch::channel(None);
-        let (writer, snapshots) = match &config.upstream {
+        // Reloaded entries go to the rotator; the spire upstream takes the server's.
+        let (entries_tx, entries_rx) = tokio::sync::mpsc::channel(1);
+        let (writer, snapshots, entries_tx) = match &config.upstream {
             Upstream::Spire(spire) => {
                 if spire.insecure_bootstrap && !config.allow_insecure_bootstrap {
                     return Err(ConfigError::InsecureBootstrap.into());
@@ -212,14 +214,16 @@ impl Agent {
                     problem_tx,
                     attestor.clone(),
                 );
-                (Writer::Spire(Box::new(upstream)), snapshots)
+                (Writer::Spire(Box::new(upstream)), snapshots, None)
             }
             local => {
                 let (rotator, snapshots, upstream) =
                     Self::local_writer(&config, local, enclave, problem_tx)?;
+                let rotator = Box::new(rotator.with_reloads(entries_rx));
                 (
-                    Writer::Rotator(Box::new(rotator), upstream.map(Box::new)),
+                    Writer::Rotator(rotator, upstream.map(Box::new)),
                     snapshots,
+                    Some(entries_tx),
                 )
             }
         };
@@ -228,14 +232,6 @@ impl Agent {
             Writer::Spire(spire) => spire.renewer(),
         };
         let (reload_problem, reload_problems) = tokio::sync::watch::channel(None);
-        let (entries_tx, entries_rx) = tokio::sync::mpsc::channel(1);
-        let (writer, entries_tx) = match writer {
-            Writer::Rotator(rotator, upstream) => (
-                Writer::Rotator(Box::new(rotator.with_reloads(entries_rx)), upstream),
-                Some(entries_tx),
-            ),
-            spire => (spire, None),
-        };
         let reloader = Reloader {
             running: std::sync::Arc::new(config.clone()),
             entries: entries_tx,

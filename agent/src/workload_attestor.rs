@@ -166,15 +166,16 @@ impl UnixAttestor {
     /// enclave's own `node_selectors` they name to every caller's (only those can change
     /// a match; every caller's stream carries its selectors, so others would cost memory).
     pub(crate) fn new<'a>(
-        selectors_in_use: impl IntoIterator<Item = &'a Selector> + Clone,
+        selectors_in_use: impl IntoIterator<Item = &'a Selector>,
         node_selectors: Vec<Selector>,
         max_executable_bytes: u64,
     ) -> Self {
-        let mut attestor = Self::with_proc_root("/proc", selectors_in_use.clone());
+        let mut attestor = Self::with_proc_root("/proc", std::iter::empty());
         if let Some(inner) = Arc::get_mut(&mut attestor.inner) {
             inner.all_node_selectors = node_selectors;
             inner.max_executable_bytes = max_executable_bytes;
         }
+        // After the node selectors are known: it picks those the entries name.
         attestor.set_needs(selectors_in_use);
         attestor
     }
@@ -183,28 +184,22 @@ impl UnixAttestor {
         proc_root: impl Into<std::path::PathBuf>,
         selectors_in_use: impl IntoIterator<Item = &'a Selector>,
     ) -> Self {
-        let (mut need_names, mut need_supplementary_groups, mut need_path, mut need_sha256) =
-            (false, false, false, false);
-        for selector in selectors_in_use {
-            need_names |= selector.needs_names();
-            need_supplementary_groups |= selector.needs_supplementary_groups();
-            need_path |= selector.needs_path();
-            need_sha256 |= selector.needs_sha256();
-        }
-        Self {
+        let attestor = Self {
             inner: Arc::new(Inner {
                 proc_root: proc_root.into(),
-                need_names: AtomicBool::new(need_names),
-                need_supplementary_groups: AtomicBool::new(need_supplementary_groups),
-                need_path: AtomicBool::new(need_path),
-                need_sha256: AtomicBool::new(need_sha256),
+                need_names: AtomicBool::new(false),
+                need_supplementary_groups: AtomicBool::new(false),
+                need_path: AtomicBool::new(false),
+                need_sha256: AtomicBool::new(false),
                 note_always: false,
                 max_executable_bytes: crate::config::DEFAULT_MAX_EXECUTABLE_BYTES,
                 hashes: Mutex::new(HashMap::new()),
                 node_selectors: std::sync::RwLock::default(),
                 all_node_selectors: Vec::new(),
             }),
-        }
+        };
+        attestor.set_needs(selectors_in_use);
+        attestor
     }
 
     /// An attestor for entries that change while serving (the `spire` upstream): it

@@ -157,10 +157,7 @@ fn write_files(dir: &Path, context: &X509Context) -> anyhow::Result<()> {
 }
 
 fn pem_block(tag: &str, der: &[u8]) -> String {
-    pem::encode_config(
-        &pem::Pem::new(tag, der.to_vec()),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
+    enclaveid_checks::secret_pem::encode(tag, der).to_string()
 }
 
 fn write_atomic(dir: &Path, name: &str, data: &[u8], mode: u32) -> anyhow::Result<()> {

@@ -271,7 +271,7 @@ impl Snapshot {
         all.iter()
             .filter(move |(td, _)| {
                 mine.iter().any(|identity| {
-                    is_member(&identity.spiffe_id.to_string(), td)
+                    td.strip_prefix("spiffe://") == Some(identity.spiffe_id.trust_domain_name())
                         || identity.federates_with.iter().any(|f| f == *td)
                 })
             })

@@ -68,8 +68,8 @@ impl SpireError {
     }
 
     /// Whether the server wants a new node attestation: the agent SVID is expired, unknown,
-    /// replaced or must be re-attested (`PermissionDenied`, as spire-agent reads it), or
-    /// the handshake failed on it.
+    /// replaced or must be re-attested (`PermissionDenied`, as spire-agent reads it). An
+    /// agent SVID past its notAfter is re-attested without asking.
     pub(crate) fn must_reattest(&self) -> bool {
         self.status()
             .is_some_and(|s| s.code() == tonic::Code::PermissionDenied)

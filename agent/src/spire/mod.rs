@@ -100,6 +100,15 @@ struct Minted {
     rotate_at: SystemTime,
 }
 
+/// An SVID from the server that passed [`SpireUpstream::check_svid`].
+struct Checked {
+    chain: Vec<CertificateDer<'static>>,
+    id: SpiffeId,
+    not_after: SystemTime,
+    /// Half of its life, jittered.
+    rotate_at: SystemTime,
+}
+
 /// An entry as served: its identity fields, parsed once.
 struct ServedEntry {
     id: String,
@@ -291,6 +300,8 @@ impl SpireUpstream {
             .agent
             .as_ref()
             .is_none_or(|a| a.not_after <= now || self.agent_rotate_at <= now);
+        // An attestation fetches the bundle itself, on its own connection.
+        let mut attested = false;
         if agent_due {
             let renewable = self
                 .agent
@@ -298,7 +309,10 @@ impl SpireUpstream {
                 .filter(|a| !a.reattestable && a.not_after > now);
             match (renewable, self.client.clone()) {
                 (Some(_), Some(client)) => self.renew_agent(&client).await?,
-                _ => self.attest().await?,
+                _ => {
+                    self.attest().await?;
+                    attested = true;
+                }
             }
         }
         let Some(client) = self.client.clone() else {
@@ -307,8 +321,10 @@ impl SpireUpstream {
                 what: "no agent SVID",
             });
         };
-        let bundle = client.bundle_of_trust_domain().await?;
-        self.set_own_bundle(&bundle);
+        if !attested {
+            let bundle = client.bundle_of_trust_domain().await?;
+            self.set_own_bundle(&bundle);
+        }
         let entries = client.authorized_entries().await?;
         self.set_entries(&entries);
         let federated: BTreeSet<String> = self
@@ -377,30 +393,14 @@ impl SpireUpstream {
         reattestable: bool,
         call: &'static str,
     ) -> Result<(), SpireError> {
-        let chain: Vec<CertificateDer<'static>> = svid
-            .cert_chain
-            .iter()
-            .map(|der| CertificateDer::from(der.clone()))
-            .collect();
         let now = SystemTime::now();
-        let id = enclaveid_checks::peer::verify_svid(
-            &chain,
-            &self.roots,
-            now,
-            enclaveid_checks::peer::Role::Client,
-        )
-        .map_err(|source| SpireError::Certificate { call, source })?;
-        if !same_public_key(&chain[0], &key) {
-            return Err(SpireError::Protocol {
-                call,
-                what: "an agent SVID for another key than the one sent",
-            });
-        }
-        let not_after = unix_to_system(svid.expires_at);
-        let not_before = leaf_not_before(&chain).unwrap_or(now);
-        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-        let delay = crate::rotation::rotation_delay(lifetime, rand::random_range(-1.0..=1.0));
-        self.agent_rotate_at = crate::time::later_wall(not_before, delay);
+        let Checked {
+            chain,
+            id,
+            not_after,
+            rotate_at,
+        } = self.check_svid(&svid, &key, now, call)?;
+        self.agent_rotate_at = rotate_at;
         tracing::info!(
             agent_id = %id,
             not_after = %humantime::format_rfc3339(not_after),
@@ -459,12 +459,7 @@ impl SpireUpstream {
                 .or_insert_with(|| entry.id.clone());
         }
         *lock(&self.shared.entry_ids) = entry_ids;
-        let in_use: Vec<crate::selector::Selector> = served
-            .iter()
-            .flat_map(|e| e.selectors.iter())
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        self.attestor.set_needs(&in_use);
+        // Same IDs and revisions: same selectors, nothing new for the attestor.
         if served.len() != self.entries.len()
             || served
                 .iter()
@@ -472,6 +467,12 @@ impl SpireUpstream {
                 .any(|(a, b)| a.id != b.id || a.revision != b.revision)
         {
             tracing::info!(entries = served.len(), "entries from the SPIRE server");
+            let in_use: Vec<crate::selector::Selector> = served
+                .iter()
+                .flat_map(|e| e.selectors.iter())
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            self.attestor.set_needs(&in_use);
         }
         self.entries = served;
     }
@@ -533,28 +534,17 @@ impl SpireUpstream {
             return Err(format!("code {}: {}", status.code, status.message));
         }
         let svid = result.svid.ok_or("no SVID in the result")?;
-        let chain: Vec<CertificateDer<'static>> = svid
-            .cert_chain
-            .iter()
-            .map(|der| CertificateDer::from(der.clone()))
-            .collect();
-        let id = enclaveid_checks::peer::verify_svid(
-            &chain,
-            &self.roots,
-            now,
-            enclaveid_checks::peer::Role::Client,
-        )
-        .map_err(|e| enclaveid_checks::Chain(&e).to_string())?;
+        let Checked {
+            chain,
+            id,
+            not_after,
+            rotate_at,
+        } = self
+            .check_svid(&svid, &key, now, "BatchNewX509SVID")
+            .map_err(|e| enclaveid_checks::Chain(&e).to_string())?;
         if id != entry.spiffe_id {
             return Err(format!("it names {id}, not {}", entry.spiffe_id));
         }
-        if !same_public_key(&chain[0], &key) {
-            return Err("it certifies another key than the one sent".to_owned());
-        }
-        let not_after = unix_to_system(svid.expires_at);
-        let not_before = leaf_not_before(&chain).unwrap_or(now);
-        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-        let delay = crate::rotation::rotation_delay(lifetime, rand::random_range(-1.0..=1.0));
         let serial = chain_serial(&chain[0]);
         tracing::info!(
             spiffe_id = %entry.spiffe_id,
@@ -566,6 +556,46 @@ impl SpireUpstream {
         Ok(Minted {
             svid: Svid::new(chain_der, key, not_after),
             revision: entry.revision,
+            rotate_at,
+        })
+    }
+
+    /// An SVID the server returned, checked before anything relies on it: it chains to
+    /// the bundle and certifies the key sent in the CSR. Replaced at a jittered half of
+    /// its life, as [`crate::rotation`] replaces minted ones.
+    fn check_svid(
+        &self,
+        svid: &proto::types::X509svid,
+        key: &[u8],
+        now: SystemTime,
+        call: &'static str,
+    ) -> Result<Checked, SpireError> {
+        let chain: Vec<CertificateDer<'static>> = svid
+            .cert_chain
+            .iter()
+            .map(|der| CertificateDer::from(der.clone()))
+            .collect();
+        let id = enclaveid_checks::peer::verify_svid(
+            &chain,
+            &self.roots,
+            now,
+            enclaveid_checks::peer::Role::Client,
+        )
+        .map_err(|source| SpireError::Certificate { call, source })?;
+        if !same_public_key(&chain[0], key) {
+            return Err(SpireError::Protocol {
+                call,
+                what: "an SVID for another key than the one sent",
+            });
+        }
+        let not_after = unix_to_system(svid.expires_at);
+        let not_before = leaf_not_before(&chain).unwrap_or(now);
+        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+        let delay = crate::rotation::rotation_delay(lifetime, rand::random_range(-1.0..=1.0));
+        Ok(Checked {
+            chain,
+            id,
+            not_after,
             rotate_at: crate::time::later_wall(not_before, delay),
         })
     }
