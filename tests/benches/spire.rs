@@ -25,7 +25,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use enclaveid_tests::bench::{first_message_latency, open_streams, p50_p99, rss_kib};
+use enclaveid_tests::bench::{cpu_time, first_message_latency, open_streams, p50_p99, rss_kib};
 use enclaveid_tests::spire::SpireServer;
 use enclaveid_tests::{AgentProcess, euid, first_message, raw_client, with_header};
 use enclaveid_workload_api::proto::X509svidRequest;
@@ -62,19 +62,6 @@ async fn new_connection_latency(socket: &Path, samples: usize) -> (Duration, Dur
         times.push(started.elapsed());
     }
     p50_p99(times)
-}
-
-/// User + system CPU time of a process.
-fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10) // USER_HZ = 100
 }
 
 fn main() {
@@ -131,17 +118,17 @@ async fn run(streams: usize, samples: usize) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (e_rss, s_rss) = (rss_kib(enclaveid.pid()), rss_kib(spire.pid()));
 
-    let e_cpu = cpu(enclaveid.pid());
+    let e_cpu = cpu_time(enclaveid.pid());
     let pushed = e_streams.wait_for_change();
     enclaveid.renew();
     let e_fanout = pushed.await;
-    let e_push_cpu = cpu(enclaveid.pid()) - e_cpu;
+    let e_push_cpu = cpu_time(enclaveid.pid()) - e_cpu;
 
-    let s_cpu = cpu(spire.pid());
+    let s_cpu = cpu_time(spire.pid());
     let pushed = s_streams.wait_for_change();
     server.entry_update(&entry, ID, &[&selector], "pushed");
     let s_fanout = pushed.await;
-    let s_push_cpu = cpu(spire.pid()) - s_cpu;
+    let s_push_cpu = cpu_time(spire.pid()) - s_cpu;
     drop((e_streams, s_streams));
 
     let ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1000.0);

@@ -30,7 +30,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use enclaveid_tests::bench::{first_message_latency, open_streams, rss_kib};
+use enclaveid_tests::bench::{cpu_time, first_message_latency, open_streams, rss_kib};
 use enclaveid_tests::spire::SpireServer;
 use enclaveid_tests::{
     AgentProcess, euid, open_stream, raw_client, wait_for_x509svid, with_header,
@@ -39,20 +39,6 @@ use enclaveid_workload_api::proto::X509svidRequest;
 
 const TD: &str = "nitro.example";
 const MODULE_ID: &str = "i-0bench0000000000-enc0bench000000000";
-
-/// User + system CPU time of `pid` so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as u64;
-    Duration::from_millis(ticks * 1000 / hz)
-}
 
 /// Time from `entry create` returning to an open stream on `socket` receiving the new
 /// entry's SVID.

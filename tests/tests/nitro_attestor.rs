@@ -12,22 +12,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use enclaveid_attestor::{FakeAttestor, FakeConfig, hex};
-use enclaveid_tests::spire::SpireServer;
+use enclaveid_tests::spire::{NITRO_PCR0, SpireServer, nitro_server_plugin, write_fake_nitro_root};
 use enclaveid_tests::{euid, fetch_x509, nitro_attestor_bin};
 
 const TRUST_DOMAIN: &str = "nitro.example";
 const MODULE_ID: &str = "i-0123456789abcdef0-enc0123456789abcdef";
-const GOOD_PCR0: [u8; 48] = enclaveid_tests::spire::NITRO_PCR0;
-const TRUST_DOMAIN_PCR0: &[u8] = &GOOD_PCR0;
+const GOOD_PCR0: [u8; 48] = NITRO_PCR0;
 const BAD_PCR0: [u8; 48] = [0xba; 48];
-
-fn fake_root(dir: &Path) -> FakeAttestor {
-    enclaveid_tests::spire::write_fake_nitro_root(dir)
-}
-
-fn server_plugin(dir: &Path) -> String {
-    enclaveid_tests::spire::nitro_server_plugin(dir, TRUST_DOMAIN_PCR0)
-}
 
 /// The agent plugin with the fake attestor; `extra` adds `plugin_data` settings.
 fn agent_plugin(dir: &Path, extra: &str) -> String {
@@ -51,9 +42,12 @@ fn agent_plugin(dir: &Path, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn nitro_attestor_spire_agent_attests_and_its_workloads_get_svids() {
     let dir = tempfile::tempdir().unwrap();
-    fake_root(dir.path());
-    let server =
-        SpireServer::start_with_plugins(dir.path(), TRUST_DOMAIN, &server_plugin(dir.path()));
+    write_fake_nitro_root(dir.path());
+    let server = SpireServer::start_with_plugins(
+        dir.path(),
+        TRUST_DOMAIN,
+        &nitro_server_plugin(dir.path(), &GOOD_PCR0),
+    );
     // A block here, a map in the server's allowed_pcrs: SPIRE re-prints either for us.
     let pcr0 = format!(
         "fake_pcrs {{\n        pcr0 = \"{}\"\n      }}",
@@ -135,9 +129,12 @@ async fn nitro_attestor_spire_agent_attests_and_its_workloads_get_svids() {
 #[test]
 fn nitro_attestor_spire_server_refuses_replayed_wrong_pcr0_and_debug_documents() {
     let dir = tempfile::tempdir().unwrap();
-    let attestor = fake_root(dir.path());
-    let server =
-        SpireServer::start_with_plugins(dir.path(), TRUST_DOMAIN, &server_plugin(dir.path()));
+    let attestor = write_fake_nitro_root(dir.path());
+    let server = SpireServer::start_with_plugins(
+        dir.path(),
+        TRUST_DOMAIN,
+        &nitro_server_plugin(dir.path(), &GOOD_PCR0),
+    );
 
     // A genuine response to an earlier challenge, captured and replayed.
     let mut pcrs = BTreeMap::new();

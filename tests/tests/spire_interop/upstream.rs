@@ -75,6 +75,26 @@ fn create_entry(server: &SpireServer, path: &str, extra: &[&str]) -> String {
         .expect("an entry ID")
 }
 
+/// The first FetchX509SVID answer for which `done` holds, polled on new connections;
+/// fails the test naming `what` after 30 s.
+async fn fetch_until(
+    agent: &AgentProcess,
+    what: &str,
+    done: impl Fn(&proto::X509svidResponse) -> bool,
+) -> proto::X509svidResponse {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let r = fetch_x509(agent.socket()).await.unwrap();
+            if done(&r) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}:\n{}", agent.stderr_text()))
+}
+
 fn health(agent: &AgentProcess) -> (bool, String) {
     let out = Command::new(enclaveid_bin())
         .args(["healthcheck", "--socket"])
@@ -194,17 +214,10 @@ async fn spire_upstream_attests_and_serves_the_servers_entries() {
         "by-path",
         &["-selector", &format!("unix:path:{}", exe.display())],
     );
-    let with_path = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let r = fetch_x509(agent.socket()).await.unwrap();
-            if r.svids.len() == 2 {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    let with_path = fetch_until(&agent, "the unix:path entry within 30 s", |r| {
+        r.svids.len() == 2
     })
-    .await
-    .expect("the unix:path entry within 30 s");
+    .await;
     assert!(
         with_path
             .svids
@@ -395,17 +408,10 @@ async fn spire_upstream_federated_bundles_reach_the_entries_that_federate() {
             &format!("unix:uid:{}", euid()),
         ]);
     }
-    let both = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let r = fetch_x509(agent.socket()).await.unwrap();
-            if r.svids.len() >= 2 {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    let both = fetch_until(&agent, "the alias's entry within 30 s", |r| {
+        r.svids.len() >= 2
     })
-    .await
-    .expect("the alias's entry within 30 s");
+    .await;
     let mut ids: Vec<_> = both.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
     ids.sort_unstable();
     assert_eq!(
@@ -465,17 +471,10 @@ async fn spire_upstream_server_ca_rotation_sends_the_bundle_before_the_svids() {
 
     server.cli_ok(&["localauthority", "x509", "prepare"]);
     // The new authority reaches the bundle while SVIDs still chain to the old one.
-    let prepared = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let r = fetch_x509(agent.socket()).await.unwrap();
-            if roots(&r) == 2 {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    let prepared = fetch_until(&agent, "the prepared authority in the bundle", |r| {
+        roots(r) == 2
     })
-    .await
-    .expect("the prepared authority in the bundle");
+    .await;
     assert_eq!(issuer(&prepared), old_issuer);
     mtls_call("prepared");
     server.cli_ok(&["localauthority", "x509", "activate", "-authorityID", &{
