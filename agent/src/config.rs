@@ -246,6 +246,9 @@ pub struct Config {
     /// SVIDs written to files for programs that do not speak the Workload API
     /// (`[[files]]`).
     pub files: Vec<FileOutput>,
+    /// ACM certificates (DNS names) released to this enclave, served only to `[[files]]`
+    /// (`[[acm_certificate]]`).
+    pub acm_certificates: Vec<AcmCertificate>,
     /// What one caller may take of the Workload API (`[limits]`).
     pub limits: LimitsConfig,
     /// Logs, metrics and health out of the enclave (`[telemetry]`).
@@ -554,12 +557,30 @@ struct RawConfig {
     telemetry: Option<RawTelemetry>,
     #[serde(default)]
     files: Vec<RawFiles>,
+    #[serde(default)]
+    acm_certificate: Vec<RawAcmCertificate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcmCertificate {
+    arn: String,
+    #[serde(default)]
+    dns_names: Vec<String>,
+    trust_bundle_path: Option<PathBuf>,
+    host: Option<String>,
+    kms_endpoint: Option<String>,
+    resync_interval: Option<String>,
+    require_crl: Option<bool>,
+    crl_max_age: Option<String>,
+    sync_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFiles {
-    spiffe_id: String,
+    spiffe_id: Option<String>,
+    acm_certificate: Option<String>,
     dir: PathBuf,
     svid_file_name: Option<String>,
     svid_key_file_name: Option<String>,
@@ -576,12 +597,59 @@ struct RawFiles {
     renew_signal: Option<String>,
 }
 
-/// One `[[files]]` block: an identity's SVID, key, bundle and JWT-SVIDs written to a
-/// directory on every change, for programs that read files (nginx, a Python server).
+/// One `[[acm_certificate]]`: a certificate for DNS names that ACM for Nitro Enclaves
+/// delivers (issued by the Private CA, its key released by KMS to this enclave), checked
+/// and kept current for `[[files]]`. Never an X.509-SVID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmCertificate {
+    /// The ACM certificate ARN; the host serves its object (`--acm-certificate-arn`).
+    pub arn: String,
+    /// DNS names the certificate must be valid for, every one.
+    pub dns_names: Vec<String>,
+    /// The Private CA root (PEM) it must chain to.
+    pub trust_bundle_path: PathBuf,
+    /// The parent's `enclaveid host`.
+    pub host: enclaveid_io::Address,
+    /// The AWS region (the ARN's).
+    pub region: String,
+    /// KMS.
+    pub kms_endpoint: KmsEndpoint,
+    /// How often the object is fetched again (ACM renews in place).
+    pub resync_interval: Duration,
+    /// Whether the issuer's CRL must be served and checked.
+    pub require_crl: bool,
+    /// How long the certificate stays in service without a current, verified CRL.
+    pub crl_max_age: Duration,
+    /// A fetch, release and check that takes longer fails.
+    pub sync_timeout: Duration,
+}
+
+/// What a `[[files]]` block writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileSource {
+    /// An identity's X.509-SVID, its bundle and JWT-SVIDs (`spiffe_id`).
+    Svid(SpiffeId),
+    /// An `[[acm_certificate]]`'s certificate, key and Private CA root, by ARN
+    /// (`acm_certificate`).
+    Acm(String),
+}
+
+impl std::fmt::Display for FileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Svid(id) => id.fmt(f),
+            Self::Acm(arn) => arn.fmt(f),
+        }
+    }
+}
+
+/// One `[[files]]` block: an identity's SVID, key, bundle and JWT-SVIDs (or an ACM
+/// certificate) written to a directory on every change, for programs that read files
+/// (nginx, a Python server).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileOutput {
-    /// The identity written.
-    pub spiffe_id: SpiffeId,
+    /// What is written.
+    pub source: FileSource,
     /// The directory; the files are reached through `DIR/NAME` (symlinks into the current
     /// generation, `DIR/current/`).
     pub dir: PathBuf,
@@ -894,10 +962,30 @@ impl Config {
             });
         }
 
+        let acm_certificates: Vec<AcmCertificate> = std::mem::take(&mut raw.acm_certificate)
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| parse_acm_certificate(i, a, &upstream, &invalid))
+            .collect::<Result<_, _>>()?;
+        for (i, a) in acm_certificates.iter().enumerate() {
+            if acm_certificates[..i].iter().any(|b| b.arn == a.arn) {
+                return Err(invalid(
+                    &format!("acm_certificate[{i}].arn"),
+                    &a.arn,
+                    &"an ARN may appear in one [[acm_certificate]] only",
+                ));
+            }
+        }
+        let known = FileSources {
+            trust_domain: &trust_domain,
+            entries: &entries,
+            acm: &acm_certificates,
+            upstream: &upstream,
+        };
         let files = std::mem::take(&mut raw.files)
             .into_iter()
             .enumerate()
-            .map(|(i, f)| parse_files(i, f, &trust_domain, &entries, &upstream, &invalid))
+            .map(|(i, f)| parse_files(i, f, &known, &invalid))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             trust_domain,
@@ -918,6 +1006,7 @@ impl Config {
                 .unwrap_or_default(),
             telemetry: parse_telemetry(raw.telemetry, &upstream, &invalid)?,
             files,
+            acm_certificates,
             upstream,
             entries,
             allow_insecure_bootstrap: false,
@@ -950,6 +1039,7 @@ impl Config {
             telemetry: TelemetryConfig::default(),
             allow_insecure_bootstrap: false,
             files: Vec::new(),
+            acm_certificates: Vec::new(),
             upstream: Upstream::Dev(None),
             attestor: AttestorConfig {
                 kind: AttestorKind::Fake(enclaveid_attestor::FakeConfig::default()),
@@ -969,27 +1059,68 @@ impl Config {
 
 type Invalid<'a> = dyn Fn(&str, &dyn std::fmt::Debug, &dyn std::fmt::Display) -> ConfigError + 'a;
 
+/// What a `[[files]]` block may name.
+struct FileSources<'a> {
+    trust_domain: &'a TrustDomain,
+    entries: &'a [Entry],
+    acm: &'a [AcmCertificate],
+    upstream: &'a Upstream,
+}
+
 fn parse_files(
     i: usize,
     raw: RawFiles,
-    trust_domain: &TrustDomain,
-    entries: &[Entry],
-    upstream: &Upstream,
+    known: &FileSources<'_>,
     invalid: &Invalid<'_>,
 ) -> Result<FileOutput, ConfigError> {
     let key = |field: &str| format!("files[{i}].{field}");
-    let spiffe_id = SpiffeId::new(&raw.spiffe_id)
-        .map_err(|e| invalid(&key("spiffe_id"), &raw.spiffe_id, &e))?;
-    // With the spire upstream, entries come later from the server.
-    let known =
-        matches!(upstream, Upstream::Spire(_)) || entries.iter().any(|e| e.spiffe_id == spiffe_id);
-    if !spiffe_id.is_member_of(trust_domain) || !known {
-        return Err(invalid(
-            &key("spiffe_id"),
-            &raw.spiffe_id,
-            &"accepted: the SPIFFE ID of an [[entry]] of this file",
-        ));
-    }
+    let source = match (&raw.spiffe_id, &raw.acm_certificate) {
+        (Some(id), None) => {
+            let spiffe_id = SpiffeId::new(id).map_err(|e| invalid(&key("spiffe_id"), id, &e))?;
+            // With the spire upstream, entries come later from the server.
+            let listed = matches!(known.upstream, Upstream::Spire(_))
+                || known.entries.iter().any(|e| e.spiffe_id == spiffe_id);
+            if !spiffe_id.is_member_of(known.trust_domain) || !listed {
+                return Err(invalid(
+                    &key("spiffe_id"),
+                    id,
+                    &"accepted: the SPIFFE ID of an [[entry]] of this file",
+                ));
+            }
+            FileSource::Svid(spiffe_id)
+        }
+        (None, Some(arn)) => {
+            if !known.acm.iter().any(|a| a.arn == *arn) {
+                return Err(invalid(
+                    &key("acm_certificate"),
+                    arn,
+                    &"accepted: the arn of an [[acm_certificate]] of this file",
+                ));
+            }
+            if !raw.jwt_audiences.is_empty() {
+                return Err(invalid(
+                    &key("jwt_audiences"),
+                    &raw.jwt_audiences,
+                    &"an ACM certificate is not a SPIFFE identity and has no JWT-SVIDs; remove jwt_audiences from this block",
+                ));
+            }
+            FileSource::Acm(arn.clone())
+        }
+        (Some(_), Some(arn)) => {
+            return Err(invalid(
+                &key("acm_certificate"),
+                arn,
+                &"a [[files]] block writes one thing: spiffe_id or acm_certificate, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                &key("spiffe_id"),
+                &"",
+                &"required: spiffe_id (an [[entry]]'s SPIFFE ID) or acm_certificate (an [[acm_certificate]]'s arn)",
+            ));
+        }
+    };
     if !raw.dir.is_absolute() {
         return Err(invalid(
             &key("dir"),
@@ -1104,7 +1235,7 @@ fn parse_files(
         }
     };
     Ok(FileOutput {
-        spiffe_id,
+        source,
         dir: raw.dir,
         svid_file_name,
         svid_key_file_name,
@@ -1254,6 +1385,90 @@ fn parse_kms(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<KmsConfig, Confi
             }
             path => path,
         },
+    })
+}
+
+fn parse_acm_certificate(
+    i: usize,
+    raw: RawAcmCertificate,
+    upstream: &Upstream,
+    invalid: &Invalid<'_>,
+) -> Result<AcmCertificate, ConfigError> {
+    let key = |field: &str| format!("acm_certificate[{i}].{field}");
+    let kms = match upstream {
+        Upstream::Kms(kms) => Some(kms),
+        _ => None,
+    };
+    let (_, region) = enclaveid_checks::location::acm_certificate_region(&raw.arn)
+        .map_err(|e| invalid(&key("arn"), &raw.arn, &e))?;
+    let region = region.to_owned();
+    if raw.dns_names.is_empty() {
+        return Err(invalid(
+            &key("dns_names"),
+            &raw.dns_names,
+            &"required: the DNS names the certificate must be valid for, such as [\"inference.example.internal\"]",
+        ));
+    }
+    for (j, name) in raw.dns_names.iter().enumerate() {
+        if rustls_pki_types::DnsName::try_from(name.as_str()).is_err() || name.starts_with("*.") {
+            return Err(invalid(
+                &format!("acm_certificate[{i}].dns_names[{j}]"),
+                name,
+                &"accepted: a DNS name such as \"inference.example.internal\" (a name, not a wildcard: a wildcard certificate covers it)",
+            ));
+        }
+    }
+    let trust_bundle_path = raw
+        .trust_bundle_path
+        .or_else(|| kms.map(|k| k.trust_bundle_path.clone()))
+        .ok_or_else(|| {
+            invalid(
+                &key("trust_bundle_path"),
+                &"",
+                &"required unless upstream.kind = \"kms\" (whose trust_bundle_path is the default): the Private CA root (PEM) the certificate must chain to",
+            )
+        })?;
+    let host = match (&raw.host, kms) {
+        (Some(host), _) => host.parse().map_err(|e| invalid(&key("host"), host, &e))?,
+        (None, Some(kms)) => kms.host.clone(),
+        (None, None) => DEFAULT_HOST
+            .parse()
+            .map_err(|e| invalid(&key("host"), &DEFAULT_HOST, &e))?,
+    };
+    let kms_endpoint = match (&raw.kms_endpoint, kms) {
+        (Some(url), _) => {
+            KmsEndpoint::parse(url).map_err(|e| invalid(&key("kms_endpoint"), url, &e))?
+        }
+        (None, Some(kms)) if kms.region == region => kms.kms_endpoint.clone(),
+        (None, _) => KmsEndpoint::for_region(&region),
+    };
+    let duration = |field: &str, value: &Option<String>, default: Duration| match value {
+        Some(value) => parse_ttl(value).map_err(|why| invalid(&key(field), value, &why)),
+        None => Ok(default),
+    };
+    Ok(AcmCertificate {
+        resync_interval: duration(
+            "resync_interval",
+            &raw.resync_interval,
+            kms.map_or(DEFAULT_RESYNC_INTERVAL, |k| k.resync_interval),
+        )?,
+        require_crl: raw.require_crl.unwrap_or(kms.is_none_or(|k| k.require_crl)),
+        crl_max_age: duration(
+            "crl_max_age",
+            &raw.crl_max_age,
+            kms.map_or(DEFAULT_CRL_MAX_AGE, |k| k.crl_max_age),
+        )?,
+        sync_timeout: duration(
+            "sync_timeout",
+            &raw.sync_timeout,
+            kms.map_or(DEFAULT_SYNC_TIMEOUT, |k| k.sync_timeout),
+        )?,
+        arn: raw.arn,
+        dns_names: raw.dns_names,
+        trust_bundle_path,
+        host,
+        region,
+        kms_endpoint,
     })
 }
 
@@ -1932,6 +2147,101 @@ selectors = ["unix:uid:1001"]
             .unwrap_err()
             .to_string();
         assert!(error.contains("[[entry]]"), "{error}");
+    }
+
+    #[test]
+    fn acm_route_certificates_and_their_files_blocks_are_checked() {
+        const ARN: &str = "arn:aws:acm:eu-west-1:111122223333:certificate/0b1e6a16-7c4f";
+        let text = |acm: &str, files: &str| {
+            format!(
+                "{GOOD}[[acm_certificate]]\narn = \"{ARN}\"\n{acm}\n[[files]]\nacm_certificate = \"{ARN}\"\ndir = \"/run/nginx-tls\"\n{files}\n"
+            )
+        };
+        let base =
+            "dns_names = [\"inference.ephemeral-ml.internal\"]\ntrust_bundle_path = \"/pca.pem\"";
+        let config = Config::from_toml(&text(base, ""), "agent.toml").unwrap();
+        let acm = &config.acm_certificates[0];
+        assert_eq!(acm.region, "eu-west-1", "the ARN's region");
+        assert_eq!(
+            acm.kms_endpoint.url(),
+            "https://kms.eu-west-1.amazonaws.com/"
+        );
+        assert_eq!(acm.host.to_string(), DEFAULT_HOST);
+        assert!(acm.require_crl);
+        assert_eq!(config.files[0].source, FileSource::Acm(ARN.into()));
+
+        // With the kms upstream, its root, host and CRL settings are the defaults.
+        let kms = text("dns_names = [\"a.internal\"]", "").replace(
+            "kind = \"dev\"",
+            "kind = \"kms\"\nregion = \"eu-west-1\"\ntrust_bundle_path = \"/root.pem\"\nhost = \"tcp://127.0.0.1:8090\"\nrequire_crl = false",
+        );
+        let config = Config::from_toml(&kms, "agent.toml").unwrap();
+        let acm = &config.acm_certificates[0];
+        assert_eq!(acm.trust_bundle_path, PathBuf::from("/root.pem"));
+        assert_eq!(acm.host.to_string(), "tcp://127.0.0.1:8090");
+        assert!(!acm.require_crl);
+
+        for (acm, files, wants) in [
+            (
+                "trust_bundle_path = \"/p.pem\"",
+                "",
+                &["acm_certificate[0].dns_names", "required"][..],
+            ),
+            (
+                "dns_names = [\"a.internal\"]",
+                "",
+                &["acm_certificate[0].trust_bundle_path", "required unless"],
+            ),
+            (
+                "dns_names = [\"*.internal\"]\ntrust_bundle_path = \"/p.pem\"",
+                "",
+                &["acm_certificate[0].dns_names[0]", "*.internal"],
+            ),
+            (
+                "dns_names = [\"bad name\"]\ntrust_bundle_path = \"/p.pem\"",
+                "",
+                &["acm_certificate[0].dns_names[0]", "bad name"],
+            ),
+            (
+                base,
+                "jwt_audiences = [\"x\"]",
+                &["files[0].jwt_audiences", "not a SPIFFE identity"],
+            ),
+            (
+                base,
+                "spiffe_id = \"spiffe://example.org/gateway\"",
+                &["files[0].acm_certificate", "not both"],
+            ),
+        ] {
+            let error = Config::from_toml(&text(acm, files), "agent.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(!error.contains('\n'), "not one line: {error}");
+            for want in wants {
+                assert!(
+                    error.contains(want),
+                    "{acm} / {files}: missing {want:?} in {error}"
+                );
+            }
+        }
+        let bad_arn = text(base, "").replacen(
+            &format!("arn = \"{ARN}\""),
+            "arn = \"arn:aws:acm:eu-west-1:1:key/x\"",
+            1,
+        );
+        let error = Config::from_toml(&bad_arn, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("acm_certificate[0].arn")
+                && error.contains("accepted: arn:PARTITION:acm:"),
+            "{error}"
+        );
+        let unknown = format!("{GOOD}[[files]]\nacm_certificate = \"{ARN}\"\ndir = \"/run/x\"\n");
+        let error = Config::from_toml(&unknown, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("[[acm_certificate]]"), "{error}");
     }
 
     #[test]

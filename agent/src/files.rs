@@ -1,6 +1,8 @@
 //! File output (`[[files]]`), for programs that read their certificate from files (nginx,
 //! a Python server), as spiffe-helper does for SPIRE, but inside the agent: no second
-//! process, no Workload API round trip, and the agent's own identities only.
+//! process, no Workload API round trip, and the agent's own identities only. A block
+//! writes an identity's X.509-SVID (and JWT-SVIDs), or an `[[acm_certificate]]`'s
+//! certificate, key and Private CA root.
 //!
 //! Each write is a new generation directory, `DIR/.enclaveid-gen-N/`, holding the chain,
 //! the key and the bundle (and a token per JWT audience), synced, then made current by
@@ -23,7 +25,8 @@ use std::time::{Duration, SystemTime};
 use enclaveid_workload_api::Snapshot;
 use tokio::sync::watch;
 
-use crate::config::FileOutput;
+use crate::acm::AcmCertificates;
+use crate::config::{FileOutput, FileSource};
 
 /// Generation directories start with this.
 const GENERATION_PREFIX: &str = ".enclaveid-gen-";
@@ -76,6 +79,7 @@ struct Written {
 pub(crate) async fn run(
     outputs: Vec<FileOutput>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut acm: watch::Receiver<Arc<AcmCertificates>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     if outputs.is_empty() {
@@ -85,17 +89,19 @@ pub(crate) async fn run(
     let mut written: HashMap<usize, Written> = HashMap::new();
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
+        let certificates = acm.borrow_and_update().clone();
         let now = SystemTime::now();
         let mut next = now + Duration::from_secs(3600);
         for (i, output) in outputs.iter().enumerate() {
             let state = written.entry(i).or_default();
-            if let Some(at) = write_if_changed(output, &snapshot, state, now).await {
+            if let Some(at) = write_if_changed(output, &snapshot, &certificates, state, now).await {
                 next = next.min(at);
             }
         }
         let pause = next.duration_since(SystemTime::now()).unwrap_or_default();
         tokio::select! {
             changed = snapshots.changed() => if changed.is_err() { return },
+            changed = acm.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(pause.max(Duration::from_millis(100))) => {}
             () = &mut shutdown => return,
         }
@@ -107,22 +113,44 @@ pub(crate) async fn run(
 async fn write_if_changed(
     output: &FileOutput,
     snapshot: &Snapshot,
+    certificates: &AcmCertificates,
     state: &mut Written,
     now: SystemTime,
 ) -> Option<SystemTime> {
-    let identity = snapshot
-        .identities
-        .iter()
-        .find(|i| i.spiffe_id == output.spiffe_id && i.svid.is_some())?;
-    let svid = identity.svid.as_ref()?;
-    let bundle = snapshot
-        .bundles
-        .get(&output.spiffe_id.trust_domain().id_string())
-        .map(|b| b.to_vec())
-        .unwrap_or_default();
+    // What the block writes: the chain, the key, the bundle, and the identity its tokens
+    // are issued for (none for an ACM certificate).
+    let (chain, key, bundle, identity) = match &output.source {
+        FileSource::Svid(spiffe_id) => {
+            let identity = snapshot
+                .identities
+                .iter()
+                .find(|i| i.spiffe_id == *spiffe_id && i.svid.is_some())?;
+            let svid = identity.svid.as_ref()?;
+            let bundle = snapshot
+                .bundles
+                .get(&spiffe_id.trust_domain().id_string())
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
+            (
+                svid.cert_chain_der(),
+                svid.private_key_der(),
+                bundle,
+                Some(identity),
+            )
+        }
+        FileSource::Acm(arn) => {
+            let served = certificates.get(arn)?;
+            (
+                served.chain_der.as_slice(),
+                served.key_der.as_slice(),
+                served.bundle_der.clone(),
+                None,
+            )
+        }
+    };
     let tokens_due = state.tokens.len() != output.jwt_audiences.len()
         || state.tokens.iter().any(|(_, renew_at)| *renew_at <= now);
-    let changed = state.chain != svid.cert_chain_der() || state.bundle != bundle || tokens_due;
+    let changed = state.chain != chain || state.bundle != bundle || tokens_due;
     if !changed {
         return state.tokens.iter().map(|(_, at)| *at).min();
     }
@@ -131,8 +159,8 @@ async fn write_if_changed(
     }
     let mut tokens = Vec::with_capacity(output.jwt_audiences.len());
     for audience in &output.jwt_audiences {
-        let token = match snapshot.jwt_issuer.as_deref() {
-            Some(issuer) => issuer
+        let token = match (snapshot.jwt_issuer.as_deref(), identity) {
+            (Some(issuer), Some(identity)) => issuer
                 .issue(
                     &identity.spiffe_id,
                     std::slice::from_ref(audience),
@@ -144,7 +172,7 @@ async fn write_if_changed(
                     audience: audience.clone(),
                     why,
                 }),
-            None => Err(FilesError::Jwt {
+            _ => Err(FilesError::Jwt {
                 audience: audience.clone(),
                 why: "no JWT-SVID signing key".into(),
             }),
@@ -156,28 +184,29 @@ async fn write_if_changed(
     }
     let generation = state.generation + 1;
     let files = Generation {
-        chain: svid.cert_chain_der(),
-        key: svid.private_key_der(),
+        chain,
+        key,
         bundle: &bundle,
         tokens: &tokens,
     };
     match write_generation(output, generation, &files) {
         Ok(()) => {
             tracing::info!(
-                spiffe_id = %output.spiffe_id,
+                source = %output.source,
                 dir = %output.dir.display(),
                 generation,
                 "files written"
             );
-            state.chain = svid.cert_chain_der().to_vec();
+            state.chain = chain.to_vec();
             state.bundle = bundle;
             state.generation = generation;
             state.retry_at = None;
             state.tokens = tokens
                 .iter()
                 .map(|(audience, token)| {
-                    let renew = enclaveid_workload_api::jwt::renew_time(token)
-                        .unwrap_or(now + identity.jwt_ttl / 2);
+                    let ttl = identity.map_or(Duration::from_secs(60), |i| i.jwt_ttl);
+                    let renew =
+                        enclaveid_workload_api::jwt::renew_time(token).unwrap_or(now + ttl / 2);
                     (audience.clone(), renew)
                 })
                 .collect();

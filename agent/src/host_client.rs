@@ -182,6 +182,11 @@ impl HostClient {
         self.optional(Op::JwtKeyMaterial).await
     }
 
+    /// The key-material JSON ACM for Nitro Enclaves wrote for the certificate `arn`.
+    pub(crate) async fn acm_certificate(&self, arn: &str) -> Result<Vec<u8>, HostError> {
+        Ok(self.request(Op::AcmCertificate, arn.as_bytes()).await?.1)
+    }
+
     async fn optional(&self, op: Op) -> Result<Option<Vec<u8>>, HostError> {
         let answer = self.request(op, &[]).await?.1;
         Ok((!answer.is_empty()).then_some(answer))

@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod acm;
 mod authority;
 mod bundle_endpoint;
 pub mod config;
@@ -137,6 +138,10 @@ pub struct Agent {
     telemetry: config::TelemetryConfig,
     hello: enclaveid_checks::telemetry::Hello,
     files: Vec<config::FileOutput>,
+    /// One sync per `[[acm_certificate]]`, and where they publish.
+    acm: Vec<acm::AcmSync>,
+    acm_served: tokio::sync::watch::Receiver<std::sync::Arc<acm::AcmCertificates>>,
+    acm_problems: Vec<tokio::sync::watch::Receiver<Option<String>>>,
     reloader: Reloader,
     reload_problems: tokio::sync::watch::Receiver<Option<String>>,
 }
@@ -243,6 +248,25 @@ impl Agent {
             .clone()
             .map(|b| bundle_endpoint::Server::new(b, &config.trust_domain, snapshots.clone()))
             .transpose()?;
+        let (acm_tx, acm_served) = tokio::sync::watch::channel(std::sync::Arc::default());
+        let acm_tx = std::sync::Arc::new(acm_tx);
+        let mut acm = Vec::new();
+        let mut acm_problems = Vec::new();
+        for certificate in &config.acm_certificates {
+            let roots = config::read_certs(
+                "acm_certificate.trust_bundle_path",
+                &certificate.trust_bundle_path,
+            )?;
+            let (problem, problems) = tokio::sync::watch::channel(None);
+            acm.push(acm::AcmSync::new(
+                certificate.clone(),
+                roots,
+                Enclave::open(&config.attestor)?,
+                acm_tx.clone(),
+                problem,
+            ));
+            acm_problems.push(problems);
+        }
         let socket = BoundSocket::bind(&config.socket_path)?;
         tracing::info!(socket = %socket.path().display(), "serving the SPIFFE Workload API");
         Ok(Self {
@@ -258,6 +282,9 @@ impl Agent {
             telemetry: config.telemetry.clone(),
             hello,
             files: config.files.clone(),
+            acm,
+            acm_served,
+            acm_problems,
             reloader,
             reload_problems,
         })
@@ -383,7 +410,15 @@ impl Agent {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let stop = CancellationToken::new();
-        let problems = merge_problems(self.problems, self.reload_problems);
+        let problems = merge_problems(
+            [self.problems, self.reload_problems]
+                .into_iter()
+                .chain(self.acm_problems)
+                .collect(),
+        );
+        for sync in self.acm {
+            tokio::spawn(sync.run(stop.clone().cancelled_owned()));
+        }
         let rotation = match self.writer {
             Writer::Rotator(rotator, upstream) => {
                 if let Some(upstream) = upstream {
@@ -424,6 +459,7 @@ impl Agent {
         tokio::spawn(files::run(
             self.files,
             self.snapshots.clone(),
+            self.acm_served,
             stop.clone().cancelled_owned(),
         ));
         let trigger = stop.clone();
@@ -449,28 +485,30 @@ impl Agent {
     }
 }
 
-/// One health reason from the upstream's and the last reload's: both when both are set.
+/// One health reason from all of them (the upstream's, the last reload's, each ACM
+/// certificate's), joined with "; ", or `None` when none has one.
 fn merge_problems(
-    mut upstream: tokio::sync::watch::Receiver<Option<String>>,
-    mut reload: tokio::sync::watch::Receiver<Option<String>>,
+    sources: Vec<tokio::sync::watch::Receiver<Option<String>>>,
 ) -> tokio::sync::watch::Receiver<Option<String>> {
-    let combine = |a: &Option<String>, b: &Option<String>| match (a, b) {
-        (None, None) => None,
-        (Some(x), None) | (None, Some(x)) => Some(x.clone()),
-        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-    };
-    let (tx, rx) = tokio::sync::watch::channel(combine(&upstream.borrow(), &reload.borrow()));
-    tokio::spawn(async move {
-        let (mut upstream_open, mut reload_open) = (true, true);
-        while upstream_open || reload_open {
-            tokio::select! {
-                changed = upstream.changed(), if upstream_open => upstream_open = changed.is_ok(),
-                changed = reload.changed(), if reload_open => reload_open = changed.is_ok(),
-                () = tx.closed() => return,
+    fn combine(sources: &[tokio::sync::watch::Receiver<Option<String>>]) -> Option<String> {
+        let reasons: Vec<String> = sources.iter().filter_map(|s| s.borrow().clone()).collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+    let (tx, rx) = tokio::sync::watch::channel(combine(&sources));
+    let tx = std::sync::Arc::new(tx);
+    // One watcher per source; a source whose sender is gone keeps its last word.
+    for mut source in sources.clone() {
+        let (tx, all) = (tx.clone(), sources.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = source.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+                tx.send_replace(combine(&all));
             }
-            tx.send_replace(combine(&upstream.borrow(), &reload.borrow()));
-        }
-    });
+        });
+    }
     rx
 }
 
@@ -512,6 +550,10 @@ impl Reloader {
                 config.bundle_endpoint == running.bundle_endpoint,
             ),
             ("files", config.files == running.files),
+            (
+                "acm_certificate",
+                config.acm_certificates == running.acm_certificates,
+            ),
             ("svid_ttl", config.svid_ttl == running.svid_ttl),
         ];
         for (key, same) in unchanged {

@@ -59,11 +59,13 @@ pub(crate) enum SyncError {
     Check(#[from] CheckError),
     /// No CRL while `require_crl` is on.
     #[error(
-        "the host at {host} offers no CRL and upstream.require_crl is true; give `enclaveid host` --crl, or set require_crl = false for a Private CA without a CRL"
+        "the host at {host} offers no CRL and {setting} is true; give `enclaveid host` --crl, or set require_crl = false for a Private CA without a CRL"
     )]
     NoCrl {
         /// The host.
         host: enclaveid_io::Address,
+        /// The setting that requires it.
+        setting: &'static str,
     },
     /// JWT-signer material offered as the X.509 material.
     #[error(
@@ -392,17 +394,12 @@ impl KmsUpstream {
         let material = KeyMaterial::from_json(&material)?;
         let certs = material.certificates()?;
         let blob = material.ciphertext_blob()?;
-        if crl.is_none() && self.config.require_crl {
-            return Err(SyncError::NoCrl {
-                host: self.config.host.clone(),
-            });
-        }
-        // A CRL older than one already applied is a replay: revocation never rolls back.
-        if let Some(crl) = &crl {
-            memory
-                .check(crl)
-                .map_err(|e| SyncError::Check(CheckError::Crl(e)))?;
-        }
+        let crl = fresh_crl(
+            crl,
+            self.config.require_crl.then_some("upstream.require_crl"),
+            &self.config.host,
+            memory,
+        )?;
         timings.host = step.elapsed();
 
         let step = Instant::now();
@@ -520,27 +517,16 @@ impl KmsUpstream {
         crl: Option<&[u8]>,
         memory: &mut CrlMemory,
     ) -> Result<JwtKey, SyncError> {
-        let Attested {
-            recipient,
-            document,
-            verified,
-            credentials,
-        } = attested;
         let material = KeyMaterial::from_json(json)?;
         let certs = material.certificates()?;
-        let cms = release::decrypt_with_recipient(
+        let key = release_key(
             &self.host,
-            &self.config.kms_endpoint,
-            &self.config.region,
-            credentials,
-            &material.ciphertext_blob()?,
-            document,
-            verified,
+            (&self.config.kms_endpoint, &self.config.region),
+            attested,
+            &material,
+            "the JWT signing key KMS released",
         )
         .await?;
-        let plaintext = open(&cms, recipient)?;
-        let key = SigningKey::from_pem(&plaintext, "the JWT signing key KMS released")?;
-        drop(plaintext);
         let checked = verify::check(
             &certs,
             &key,
@@ -562,21 +548,68 @@ impl KmsUpstream {
 
 /// What this sync's KMS calls are made with: the recipient key, the attestation document
 /// binding it, and the host's credentials.
-struct Attested<'a> {
-    recipient: &'a RecipientKey,
-    document: &'a [u8],
-    verified: &'a enclaveid_attestor::VerifiedDocument,
-    credentials: &'a Credentials,
+pub(crate) struct Attested<'a> {
+    pub(crate) recipient: &'a RecipientKey,
+    pub(crate) document: &'a [u8],
+    pub(crate) verified: &'a enclaveid_attestor::VerifiedDocument,
+    pub(crate) credentials: &'a Credentials,
+}
+
+/// The private key of `material`, released by KMS (at `kms`: endpoint and region) to
+/// `attested` through `host`'s tunnel. `what` names it in errors.
+pub(crate) async fn release_key(
+    host: &HostClient,
+    kms: (&crate::config::KmsEndpoint, &str),
+    attested: &Attested<'_>,
+    material: &KeyMaterial,
+    what: &str,
+) -> Result<SigningKey, SyncError> {
+    let cms = release::decrypt_with_recipient(
+        host,
+        kms.0,
+        kms.1,
+        attested.credentials,
+        &material.ciphertext_blob()?,
+        attested.document,
+        attested.verified,
+    )
+    .await?;
+    let plaintext = open(&cms, attested.recipient)?;
+    Ok(SigningKey::from_pem(&plaintext, what)?)
+}
+
+/// The host's CRL once it passes the replay check (a CRL older than one already applied
+/// is a replay: revocation never rolls back); refused when it is missing and `required`
+/// names the setting that requires one.
+pub(crate) fn fresh_crl(
+    crl: Option<Vec<u8>>,
+    required: Option<&'static str>,
+    host: &enclaveid_io::Address,
+    memory: &CrlMemory,
+) -> Result<Option<Vec<u8>>, SyncError> {
+    match (&crl, required) {
+        (None, Some(setting)) => Err(SyncError::NoCrl {
+            host: host.clone(),
+            setting,
+        }),
+        (Some(bytes), _) => {
+            memory
+                .check(bytes)
+                .map_err(|e| SyncError::Check(CheckError::Crl(e)))?;
+            Ok(crl)
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// The outcome of a material check, with the CRL memory brought up to date: a CRL that
 /// verified is recorded as applied, a revocation is remembered, and a certificate once
 /// seen revoked stays revoked even when a later CRL no longer lists it.
-fn remembered(
+pub(crate) fn remembered<T: Serial>(
     memory: &mut CrlMemory,
     crl: Option<&[u8]>,
-    checked: Result<verify::Checked, CheckError>,
-) -> Result<verify::Checked, CheckError> {
+    checked: Result<T, CheckError>,
+) -> Result<T, CheckError> {
     if let (Some(crl), Ok(_) | Err(CheckError::Revoked(_))) = (crl, &checked) {
         memory.record(crl);
     }
@@ -584,9 +617,27 @@ fn remembered(
         memory.remember(revoked);
     }
     let checked = checked?;
-    match memory.revocation_of(&checked.serial) {
+    match memory.revocation_of(checked.serial()) {
         Some(revoked) => Err(CheckError::Revoked(revoked.clone())),
         None => Ok(checked),
+    }
+}
+
+/// Checked material, known by its certificate's serial.
+pub(crate) trait Serial {
+    /// The certificate's serial, hex.
+    fn serial(&self) -> &str;
+}
+
+impl Serial for verify::Checked {
+    fn serial(&self) -> &str {
+        &self.serial
+    }
+}
+
+impl Serial for verify::ServerChecked {
+    fn serial(&self) -> &str {
+        &self.serial
     }
 }
 
@@ -636,7 +687,7 @@ fn export_crl(path: &std::path::Path, crl: &[u8]) {
     }
 }
 
-fn retry_delay(failures: u32, interval: Duration) -> Duration {
+pub(crate) fn retry_delay(failures: u32, interval: Duration) -> Duration {
     let base = FIRST_RETRY
         .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
         .min(MAX_RETRY)

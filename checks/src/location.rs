@@ -29,7 +29,7 @@ pub enum LocationError {
     Location(String),
     /// Not an ACM certificate ARN.
     #[error(
-        "--acm-certificate-arn {0:?} is not an ACM certificate ARN; accepted: arn:PARTITION:acm:REGION:ACCOUNT:certificate/ID"
+        "{0:?} is not an ACM certificate ARN; accepted: arn:PARTITION:acm:REGION:ACCOUNT:certificate/ID"
     )]
     AcmCertificateArn(String),
     /// Not an IAM role ARN.
@@ -45,21 +45,47 @@ impl ObjectLocation {
     /// The object ACM for Nitro Enclaves writes for `certificate_arn` associated with
     /// `role_arn`: `s3://{partition}-ec2-enclave-certificate-{region}-prod/{role_arn}/{certificate_arn}`.
     pub fn acm(certificate_arn: &str, role_arn: &str) -> Result<Self, LocationError> {
-        let parts: Vec<&str> = certificate_arn.splitn(6, ':').collect();
-        let ["arn", partition, "acm", region, _account, resource] = parts.as_slice() else {
-            return Err(LocationError::AcmCertificateArn(certificate_arn.to_owned()));
-        };
-        if partition.is_empty() || region.is_empty() || !resource.starts_with("certificate/") {
-            return Err(LocationError::AcmCertificateArn(certificate_arn.to_owned()));
-        }
+        let (partition, region) = acm_certificate_region(certificate_arn)?;
+        Self::acm_in(
+            &format!("{partition}-ec2-enclave-certificate-{region}-prod"),
+            certificate_arn,
+            role_arn,
+        )
+    }
+
+    /// The same object in `bucket`, as `AssociateEnclaveCertificateIamRole` names it
+    /// (`CertificateS3BucketName`), for when it differs from the usual name.
+    pub fn acm_in(
+        bucket: &str,
+        certificate_arn: &str,
+        role_arn: &str,
+    ) -> Result<Self, LocationError> {
+        acm_certificate_region(certificate_arn)?;
         if !role_arn.starts_with("arn:") || !role_arn.contains(":role/") {
             return Err(LocationError::RoleArn(role_arn.to_owned()));
         }
         Ok(Self::S3 {
-            bucket: format!("{partition}-ec2-enclave-certificate-{region}-prod"),
+            bucket: bucket.to_owned(),
             key: format!("{role_arn}/{certificate_arn}"),
         })
     }
+}
+
+/// The partition and region of an ACM certificate ARN
+/// (`arn:PARTITION:acm:REGION:ACCOUNT:certificate/ID`).
+pub fn acm_certificate_region(certificate_arn: &str) -> Result<(&str, &str), LocationError> {
+    let refused = || LocationError::AcmCertificateArn(certificate_arn.to_owned());
+    let parts: Vec<&str> = certificate_arn.splitn(6, ':').collect();
+    let ["arn", partition, "acm", region, account, resource] = parts.as_slice() else {
+        return Err(refused());
+    };
+    let id = resource.strip_prefix("certificate/").ok_or_else(refused)?;
+    let plain =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !plain(partition) || !plain(region) || !plain(account) || !plain(id) {
+        return Err(refused());
+    }
+    Ok((partition, region))
 }
 
 impl FromStr for ObjectLocation {
@@ -133,5 +159,38 @@ mod tests {
         assert!(error.to_string().contains("not an ACM certificate ARN"));
         let error = ObjectLocation::acm(certificate_arn, "arn:aws:iam::1:user/x").unwrap_err();
         assert!(error.to_string().contains("not an IAM role ARN"));
+        // The association may name another bucket; its key is the same.
+        assert_eq!(
+            ObjectLocation::acm_in(
+                "aws-ec2-enclave-certificate-eu-west-1",
+                certificate_arn,
+                role_arn
+            )
+            .unwrap()
+            .to_string(),
+            format!("s3://aws-ec2-enclave-certificate-eu-west-1/{role_arn}/{certificate_arn}")
+        );
+    }
+
+    #[test]
+    fn acm_route_certificate_arns_give_their_partition_and_region() {
+        assert_eq!(
+            acm_certificate_region("arn:aws-cn:acm:cn-north-1:123456789012:certificate/abc-1")
+                .unwrap(),
+            ("aws-cn", "cn-north-1")
+        );
+        for bad in [
+            "arn:aws:acm:eu-west-1:123456789012:certificate/",
+            "arn:aws:acm::123456789012:certificate/abc",
+            "arn:aws:acm:eu-west-1:123456789012:certificate/a/../b",
+            "arn:aws:acm:eu-west-1:123456789012:key/abc",
+            "arn:aws:kms:eu-west-1:123456789012:certificate/abc",
+        ] {
+            let error = acm_certificate_region(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("accepted: arn:PARTITION:acm:REGION:ACCOUNT:certificate/ID"),
+                "{bad}: {error}"
+            );
+        }
     }
 }

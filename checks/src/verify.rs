@@ -218,6 +218,20 @@ pub enum RoleError {
         /// Its DNS names.
         dns: Vec<String>,
     },
+    /// A DNS certificate that does not name a DNS name it was configured for.
+    #[error(
+        "it is not valid for {name:?}, a DNS name it was expected to carry (it names {})",
+        if dns.is_empty() { "no DNS name".to_owned() } else { dns.join(", ") }
+    )]
+    DnsNameMissing {
+        /// The name expected.
+        name: String,
+        /// Its DNS names.
+        dns: Vec<String>,
+    },
+    /// A CA certificate where a TLS server certificate was expected.
+    #[error("it is a CA certificate (basicConstraints cA), not a TLS server certificate")]
+    CaAsServer,
     /// A leaf with several URI SANs.
     #[error("an X.509-SVID has exactly one URI SAN; it has {found:?}")]
     UriCount {
@@ -262,6 +276,114 @@ pub fn check(
     trust_domain: &TrustDomain,
     now: SystemTime,
 ) -> Result<Checked, CheckError> {
+    let path = verify_path(certs, key, roots, crl, now)?;
+    let leaf = certs::parse(&certs[0], "key material", 0).map_err(CheckError::Certificate)?;
+    let role = if leaf.is_ca() {
+        ca_role(&leaf, trust_domain)
+    } else {
+        leaf_role(&leaf, trust_domain)
+    }
+    .map_err(|source| CheckError::Role {
+        certificate: path.name.clone(),
+        source,
+    })?;
+    Ok(Checked {
+        role,
+        path: path.path,
+        serial: path.name.serial,
+        not_before: path.not_before,
+        not_after: path.not_after,
+    })
+}
+
+/// A TLS server certificate for DNS names (what ACM issues), checked.
+#[derive(Debug)]
+pub struct ServerChecked {
+    /// Its DNS names, as the certificate lists them.
+    pub dns_names: Vec<String>,
+    /// The certificate, then the intermediates up to (not including) the root.
+    pub path: Vec<CertificateDer<'static>>,
+    /// The certificate's serial, hex.
+    pub serial: String,
+    /// The certificate's notBefore.
+    pub not_before: SystemTime,
+    /// The earliest notAfter of the path and root.
+    pub not_after: SystemTime,
+}
+
+/// Checks a TLS server certificate for DNS names, such as ACM issues from a Private CA:
+/// the same key, path, validity, SHA-1 and CRL checks as [`check`], then that it is an
+/// end entity valid for every one of `dns_names` (webpki's name matching: a wildcard
+/// covers one label). It is never an X.509-SVID: whatever URI SANs it has are ignored,
+/// and nothing of it is served through the Workload API.
+pub fn check_server(
+    certs: &[CertificateDer<'static>],
+    key: &SigningKey,
+    roots: &[CertificateDer<'static>],
+    crl: Option<&[u8]>,
+    dns_names: &[String],
+    now: SystemTime,
+) -> Result<ServerChecked, CheckError> {
+    let leaf_der = certs.first().ok_or(CheckError::Empty)?;
+    let leaf = certs::parse(leaf_der, "key material", 0).map_err(CheckError::Certificate)?;
+    let dns = sans(&leaf, |n| match n {
+        GeneralName::DNSName(d) => Some(*d),
+        _ => None,
+    });
+    let role_error = |source| CheckError::Role {
+        certificate: CertName::of(&leaf),
+        source,
+    };
+    if leaf.is_ca() {
+        return Err(role_error(RoleError::CaAsServer));
+    }
+    let path = verify_path(certs, key, roots, crl, now)?;
+    let end_entity =
+        webpki::EndEntityCert::try_from(leaf_der).map_err(|source| CheckError::Path {
+            certificate: path.name.clone(),
+            source,
+        })?;
+    for name in dns_names {
+        let matches = rustls_pki_types::ServerName::try_from(name.as_str())
+            .ok()
+            .is_some_and(|server_name| {
+                end_entity
+                    .verify_is_valid_for_subject_name(&server_name)
+                    .is_ok()
+            });
+        if !matches {
+            return Err(role_error(RoleError::DnsNameMissing {
+                name: name.clone(),
+                dns: dns.clone(),
+            }));
+        }
+    }
+    Ok(ServerChecked {
+        dns_names: dns,
+        path: path.path,
+        serial: path.name.serial,
+        not_before: path.not_before,
+        not_after: path.not_after,
+    })
+}
+
+/// What [`verify_path`] proved.
+struct VerifiedPath {
+    name: CertName,
+    path: Vec<CertificateDer<'static>>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+/// The checks every material gets, whatever it is: key, SHA-1, path to `roots` with the
+/// CRL, validity, keyCertSign on the CAs.
+fn verify_path(
+    certs: &[CertificateDer<'static>],
+    key: &SigningKey,
+    roots: &[CertificateDer<'static>],
+    crl: Option<&[u8]>,
+    now: SystemTime,
+) -> Result<VerifiedPath, CheckError> {
     let parsed = certs
         .iter()
         .enumerate()
@@ -365,19 +487,9 @@ pub fn check(
         not_after = not_after.min(validity(&cert).1);
     }
 
-    let role = if leaf.is_ca() {
-        ca_role(leaf, trust_domain)
-    } else {
-        leaf_role(leaf, trust_domain)
-    }
-    .map_err(|source| CheckError::Role {
-        certificate: name.clone(),
-        source,
-    })?;
-    Ok(Checked {
-        role,
+    Ok(VerifiedPath {
+        name,
         path,
-        serial: name.serial,
         not_before: validity(leaf).0,
         not_after,
     })

@@ -18,6 +18,7 @@
 //! | 5 JWT key material | empty | the JWT-SVID signing key's material, same JSON as op 1; empty when the host has none (64 KiB) |
 //! | 6 connect | a destination [`crate::address::Address`] on the host's relay allow-list | empty; the connection then carries the enclave's bytes (its own TLS) to that destination |
 //! | 7 telemetry | empty | empty; the connection then carries [`crate::telemetry`] frames from the enclave |
+//! | 8 ACM certificate | an ACM certificate ARN the host was given (`--acm-certificate-arn`) | the object ACM for Nitro Enclaves writes for it, same JSON as op 1 (64 KiB) |
 //!
 //! The host is untrusted: the enclave checks every length before reading, every payload's
 //! type, and trusts nothing in it until the certificate chains to its root and KMS has
@@ -59,6 +60,8 @@ pub enum Op {
     Connect = 6,
     /// The enclave's logs, metrics and health, streamed to the host.
     Telemetry = 7,
+    /// The key material ACM for Nitro Enclaves wrote for one certificate (DNS names).
+    AcmCertificate = 8,
 }
 
 /// A frame that breaks the protocol.
@@ -117,6 +120,7 @@ impl Op {
             Self::JwtKeyMaterial,
             Self::Connect,
             Self::Telemetry,
+            Self::AcmCertificate,
         ]
         .into_iter()
         .find(|op| *op as u8 == byte)
@@ -125,7 +129,9 @@ impl Op {
     /// The largest answer the enclave reads for this op.
     pub fn answer_limit(self) -> usize {
         match self {
-            Self::KeyMaterial | Self::JwtKeyMaterial => crate::material::MAX_KEY_MATERIAL_BYTES,
+            Self::KeyMaterial | Self::JwtKeyMaterial | Self::AcmCertificate => {
+                crate::material::MAX_KEY_MATERIAL_BYTES
+            }
             Self::Credentials => 16 * 1024,
             Self::Crl => 16 * 1024 * 1024,
             Self::KmsTunnel | Self::Connect | Self::Telemetry => 0,
@@ -142,6 +148,7 @@ impl Op {
             Self::JwtKeyMaterial => "JWT key material",
             Self::Connect => "relayed connection",
             Self::Telemetry => "telemetry",
+            Self::AcmCertificate => "ACM certificate material",
         }
     }
 }

@@ -5,8 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 use enclaveid_host::{
-    Host, HostConfig, MaterialSource, ObjectLocation, Relay, RelayLimits, RelayStats, Route,
-    Telemetry,
+    AcmSource, Host, HostConfig, ObjectLocation, Relay, RelayLimits, RelayStats, Route, Telemetry,
 };
 use enclaveid_io::{Address, AddressExt as _};
 
@@ -28,15 +27,27 @@ pub(crate) struct HostArgs {
     /// The key-material object: s3://BUCKET/KEY (as `enclaveid provision` writes it) or
     /// file:///PATH. Without it (and without --acm-certificate-arn) the host serves only
     /// credentials and the KMS tunnel, for enclaves that decrypt their own secrets.
-    #[arg(long, value_name = "LOCATION", conflicts_with = "acm_certificate_arn")]
+    #[arg(long, value_name = "LOCATION")]
     material: Option<String>,
-    /// Read the object ACM for Nitro Enclaves writes for this certificate instead:
-    /// s3://PARTITION-ec2-enclave-certificate-REGION-prod/ROLE_ARN/CERTIFICATE_ARN.
-    #[arg(long, value_name = "ARN", requires = "role_arn")]
-    acm_certificate_arn: Option<String>,
-    /// The IAM role the ACM certificate is associated with (with --acm-certificate-arn).
-    #[arg(long, value_name = "ARN", requires = "acm_certificate_arn")]
+    /// Serve the object ACM for Nitro Enclaves writes for this certificate
+    /// (s3://PARTITION-ec2-enclave-certificate-REGION-prod/ROLE_ARN/CERTIFICATE_ARN) to
+    /// the agent's [[acm_certificate]] of that ARN; repeatable. With one and no
+    /// --material, it is also the key material (which the kms upstream refuses: ACM
+    /// certificates carry DNS names only, not a SPIFFE ID).
+    #[arg(
+        long = "acm-certificate-arn",
+        value_name = "ARN",
+        requires = "role_arn"
+    )]
+    acm_certificate_arns: Vec<String>,
+    /// The IAM role the ACM certificates are associated with (with --acm-certificate-arn).
+    #[arg(long, value_name = "ARN", requires = "acm_certificate_arns")]
     role_arn: Option<String>,
+    /// The bucket AssociateEnclaveCertificateIamRole named (CertificateS3BucketName;
+    /// `enclaveid provision acm` prints it), when it is not the usual
+    /// PARTITION-ec2-enclave-certificate-REGION-prod.
+    #[arg(long, value_name = "BUCKET", requires = "acm_certificate_arns")]
+    acm_bucket: Option<String>,
     /// The Private CA's CRL: s3://BUCKET/crl/CA_ID.crl (as Private CA publishes it) or
     /// file:///PATH. Without it the host answers "no CRL", which an enclave with
     /// require_crl = true (the default) refuses.
@@ -151,16 +162,28 @@ pub(crate) async fn run(
             .parse::<ObjectLocation>()
             .map_err(|e| usage(format!("--{flag} {e}")))
     };
-    let material = match (&args.material, args.acm_certificate_arn, args.role_arn) {
-        (Some(material), _, _) => Some(MaterialSource::Object(location("material", material)?)),
-        (None, Some(certificate_arn), Some(role_arn)) => Some(MaterialSource::Acm {
-            certificate_arn,
-            role_arn,
-        }),
-        (None, None, None) => None,
-        _ => {
-            return Err(usage("--acm-certificate-arn and --role-arn go together".into()).into());
-        }
+    let acm: Vec<AcmSource> = match &args.role_arn {
+        Some(role_arn) => args
+            .acm_certificate_arns
+            .iter()
+            .map(|certificate_arn| {
+                let source = AcmSource {
+                    certificate_arn: certificate_arn.clone(),
+                    role_arn: role_arn.clone(),
+                    bucket: args.acm_bucket.clone(),
+                };
+                source
+                    .location()
+                    .map(|_| source)
+                    .map_err(|e| usage(format!("--acm-certificate-arn: {e}")))
+            })
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    let material = match (&args.material, acm.as_slice()) {
+        (Some(material), _) => Some(location("material", material)?),
+        (None, [only]) => Some(only.location().map_err(|e| usage(e.to_string()))?),
+        (None, _) => None,
     };
     let crl = args
         .crl
@@ -184,6 +207,7 @@ pub(crate) async fn run(
     }
     let mut config = HostConfig {
         material,
+        acm,
         crl,
         kms_endpoints,
         region: args.region,

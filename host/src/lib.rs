@@ -46,30 +46,30 @@ pub use relay::{Relay, RelayLimits, RelayStats, Route};
 pub use server::Host;
 pub use telemetry::Telemetry;
 
-/// Where the key-material object comes from.
+/// An ACM certificate the host serves under op 8 (the `[[acm_certificate]]` of an
+/// enclave's agent): the object ACM for Nitro Enclaves writes for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MaterialSource {
-    /// An object named directly.
-    Object(ObjectLocation),
-    /// The object ACM for Nitro Enclaves writes for a certificate associated with a role:
-    /// `s3://{partition}-ec2-enclave-certificate-{region}-prod/{role_arn}/{certificate_arn}`.
-    Acm {
-        /// The ACM certificate ARN (`arn:PARTITION:acm:REGION:ACCOUNT:certificate/ID`).
-        certificate_arn: String,
-        /// The IAM role the certificate is associated with.
-        role_arn: String,
-    },
+pub struct AcmSource {
+    /// The ACM certificate ARN (`arn:PARTITION:acm:REGION:ACCOUNT:certificate/ID`).
+    pub certificate_arn: String,
+    /// The IAM role the certificate is associated with.
+    pub role_arn: String,
+    /// The bucket `AssociateEnclaveCertificateIamRole` named, when not the usual
+    /// `{partition}-ec2-enclave-certificate-{region}-prod`.
+    pub bucket: Option<String>,
 }
 
-impl MaterialSource {
+impl AcmSource {
+    /// The certificate's ARN.
+    pub fn certificate_arn(&self) -> &str {
+        &self.certificate_arn
+    }
+
     /// The object to read.
     pub fn location(&self) -> Result<ObjectLocation, LocationError> {
-        match self {
-            Self::Object(location) => Ok(location.clone()),
-            Self::Acm {
-                certificate_arn,
-                role_arn,
-            } => ObjectLocation::acm(certificate_arn, role_arn),
+        match &self.bucket {
+            Some(bucket) => ObjectLocation::acm_in(bucket, &self.certificate_arn, &self.role_arn),
+            None => ObjectLocation::acm(&self.certificate_arn, &self.role_arn),
         }
     }
 }
@@ -79,11 +79,13 @@ impl MaterialSource {
 pub struct HostConfig {
     /// The key-material object; `None` for a host that serves only credentials and the KMS
     /// tunnel (to enclaves that decrypt their own secrets, such as a model key).
-    pub material: Option<MaterialSource>,
+    pub material: Option<ObjectLocation>,
     /// The Private CA's CRL, if it publishes one.
     pub crl: Option<ObjectLocation>,
     /// The JWT-SVID signing key's material, if the trust domain has one.
     pub jwt_material: Option<ObjectLocation>,
+    /// ACM certificates (DNS names) served by ARN (op 8).
+    pub acm: Vec<AcmSource>,
     /// The only `HOST:PORT`s a tunnel may reach.
     pub kms_endpoints: Vec<String>,
     /// The region, when not taken from the AWS environment.

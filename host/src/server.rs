@@ -23,6 +23,8 @@ pub struct Host {
     material: Option<ObjectLocation>,
     crl: Option<ObjectLocation>,
     jwt_material: Option<ObjectLocation>,
+    /// ACM certificate ARN → the object ACM writes for it.
+    acm: Vec<(String, ObjectLocation)>,
     kms_endpoints: Vec<String>,
     store: Store,
     relay_allow: Vec<Address>,
@@ -44,6 +46,10 @@ enum Refusal {
         "this host serves no key material (started without --material): only credentials and the KMS tunnel"
     )]
     NoMaterial,
+    #[error(
+        "this host does not serve the ACM certificate {arn:?} (not one of its --acm-certificate-arn: {served})"
+    )]
+    NoAcmCertificate { arn: String, served: String },
     #[error(transparent)]
     Object(#[from] ObjectError),
 }
@@ -54,24 +60,27 @@ impl Host {
     /// Locates the objects and loads the AWS configuration (region, credentials chain)
     /// from the environment.
     pub async fn new(config: HostConfig) -> Result<Self, HostError> {
-        let material = config
-            .material
-            .as_ref()
-            .map(crate::MaterialSource::location)
-            .transpose()?;
+        let material = config.material.clone();
         if config.kms_endpoints.is_empty() {
             return Err(HostError::NoKmsEndpoint);
         }
+        let acm = config
+            .acm
+            .iter()
+            .map(|source| Ok((source.certificate_arn().to_owned(), source.location()?)))
+            .collect::<Result<Vec<_>, HostError>>()?;
         let objects: Vec<&ObjectLocation> = material
             .iter()
             .chain(&config.crl)
             .chain(&config.jwt_material)
+            .chain(acm.iter().map(|(_, location)| location))
             .collect();
         let store = Store::new(&config, &objects).await?;
         Ok(Self {
             material,
             crl: config.crl,
             jwt_material: config.jwt_material,
+            acm,
             kms_endpoints: config.kms_endpoints,
             store,
             relay_allow: config.relay_allow,
@@ -150,6 +159,23 @@ impl Host {
             },
             Op::Crl => self.optional(self.crl.as_ref()).await,
             Op::JwtKeyMaterial => self.optional(self.jwt_material.as_ref()).await,
+            Op::AcmCertificate => {
+                match self.acm.iter().find(|(arn, _)| arn.as_bytes() == payload) {
+                    Some((_, location)) => self.store.read(location).await.map_err(Refusal::from),
+                    None => Err(Refusal::NoAcmCertificate {
+                        arn: wire::sanitize(&payload),
+                        served: if self.acm.is_empty() {
+                            "it has none".to_owned()
+                        } else {
+                            self.acm
+                                .iter()
+                                .map(|(arn, _)| arn.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        },
+                    }),
+                }
+            }
             Op::Credentials => self
                 .store
                 .credentials()
@@ -337,9 +363,7 @@ mod tests {
         let material = dir.path().join("material.json");
         std::fs::write(&material, b"{\"k\": 1}").unwrap();
         let host = Host::new(HostConfig {
-            material: Some(crate::MaterialSource::Object(ObjectLocation::File(
-                material.clone(),
-            ))),
+            material: Some(ObjectLocation::File(material.clone())),
             kms_endpoints: vec!["127.0.0.1:9".into()],
             credentials: Some(aws_credential_types::Credentials::new(
                 "AKIDEXAMPLE",
@@ -368,6 +392,15 @@ mod tests {
             assert_eq!(answer[0], 1, "refused");
             let text = String::from_utf8_lossy(&answer[wire::ANSWER_HEAD..]).into_owned();
             assert!(text.contains("tunnels only to 127.0.0.1:9"), "{text}");
+            let arn = "arn:aws:acm:eu-west-1:123456789012:certificate/abc";
+            let answer = ask(&address, Op::AcmCertificate, arn.as_bytes()).await;
+            assert_eq!(answer[0], 1, "refused");
+            let text = String::from_utf8_lossy(&answer[wire::ANSWER_HEAD..]).into_owned();
+            assert!(
+                text.contains(&format!("does not serve the ACM certificate {arn:?}"))
+                    && text.contains("it has none"),
+                "{text}"
+            );
             stop.notify_one();
         };
         tokio::join!(served, asked);
@@ -376,7 +409,7 @@ mod tests {
     #[tokio::test]
     async fn kms_host_needs_aws_support_for_s3_only_when_built_without_it() {
         let config = HostConfig {
-            material: Some(crate::MaterialSource::Object("s3://b/k".parse().unwrap())),
+            material: Some("s3://b/k".parse().unwrap()),
             kms_endpoints: vec!["kms.eu-west-1.amazonaws.com:443".into()],
             region: Some("eu-west-1".into()),
             ..HostConfig::default()

@@ -18,6 +18,10 @@ pub const TRUST_DOMAIN: &str = "example.org";
 pub const BUCKET: &str = "enclaveid-material";
 /// PCR0 the key policy admits.
 pub const ADMITTED_PCR0: u8 = 0xa1;
+/// The parent's IAM role, as ACM certificates are associated with it.
+pub const PARENT_ROLE_ARN: &str = "arn:aws:iam::111122223333:role/enclaveid-parent";
+/// The bucket ACM for Nitro Enclaves writes to in the tests' region.
+pub const ACM_BUCKET: &str = "aws-ec2-enclave-certificate-us-east-1-prod";
 
 /// The pieces, wired together.
 pub struct World {
@@ -37,6 +41,10 @@ pub struct World {
     jwt: bool,
     /// More arguments for `enclaveid host` (`--telemetry-listen …`).
     pub host_args: Vec<String>,
+    /// Whether hosts started from now on serve `s3://BUCKET/material.json` (default).
+    pub serve_material: bool,
+    /// ACM certificate ARNs hosts started from now on serve (`--acm-certificate-arn`).
+    pub acm_arns: Vec<String>,
 }
 
 /// A running `enclaveid host`, killed on drop.
@@ -84,6 +92,8 @@ impl World {
             host: None,
             jwt: false,
             host_args: Vec::new(),
+            serve_material: true,
+            acm_arns: Vec::new(),
         }
     }
 
@@ -138,6 +148,21 @@ impl World {
         self.moto.put_object(BUCKET, "crl/pca.crl", crl).await;
     }
 
+    /// Writes `material` where ACM for Nitro Enclaves writes the object of the certificate
+    /// `arn` associated with [`PARENT_ROLE_ARN`] (creating the bucket the first time),
+    /// and has hosts started from now on serve it.
+    pub async fn publish_acm(&mut self, arn: &str, material: Vec<u8>) {
+        if self.acm_arns.is_empty() {
+            self.moto.create_bucket(ACM_BUCKET).await;
+        }
+        self.moto
+            .put_object(ACM_BUCKET, &format!("{PARENT_ROLE_ARN}/{arn}"), material)
+            .await;
+        if !self.acm_arns.iter().any(|a| a == arn) {
+            self.acm_arns.push(arn.to_owned());
+        }
+    }
+
     /// Starts `enclaveid host` on a Unix socket, serving the material and CRL from S3 and
     /// tunnelling to the fake KMS.
     pub fn start_host(&mut self) {
@@ -153,8 +178,16 @@ impl World {
         let child = Command::new(crate::enclaveid_bin())
             .args(["host", "--listen"])
             .arg(format!("unix://{}", socket.display()))
-            .arg("--material")
-            .arg(format!("s3://{BUCKET}/material.json"))
+            .args(
+                self.serve_material
+                    .then(|| format!("--material=s3://{BUCKET}/material.json")),
+            )
+            .args(
+                self.acm_arns
+                    .iter()
+                    .map(|arn| format!("--acm-certificate-arn={arn}")),
+            )
+            .args((!self.acm_arns.is_empty()).then(|| format!("--role-arn={PARENT_ROLE_ARN}")))
             .args(crl.then(|| format!("--crl=s3://{BUCKET}/crl/pca.crl")))
             .args(
                 self.jwt

@@ -973,3 +973,6 @@ async fn telemetry_a_refused_kms_policy_is_visible_on_the_parent() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[path = "kms_e2e/acm.rs"]
+mod acm;

@@ -559,3 +559,109 @@ fn webpki_sha1_is_refused_by_name() {
     let error = text(run(&rsa_root, CertificateDer::from(der), &signing, None));
     assert!(error.contains("is signed with SHA-1"), "{error}");
 }
+
+/// A TLS server certificate for `dns` under `root`, as ACM issues from a Private CA.
+fn issue_dns(root: &Ca, dns: &[&str]) -> (CertificateDer<'static>, SigningKey) {
+    let key = SigningKey::generate_p256().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(dns.first().copied().unwrap_or("server"));
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.subject_alt_names = dns
+        .iter()
+        .map(|d| SanType::DnsName((*d).try_into().unwrap()))
+        .collect();
+    let cert = params.signed_by(&key, &root.issuer).unwrap();
+    (cert.der().clone(), key)
+}
+
+fn run_server(
+    root: &Ca,
+    cert: CertificateDer<'static>,
+    key: &SigningKey,
+    crl: Option<&[u8]>,
+    expected: &[&str],
+) -> Result<ServerChecked, String> {
+    let expected: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+    check_server(
+        &[cert],
+        key,
+        std::slice::from_ref(&root.der),
+        crl,
+        &expected,
+        SystemTime::now(),
+    )
+    .map_err(|error| crate::Chain(&error).to_string())
+}
+
+#[test]
+fn acm_route_a_dns_certificate_is_checked_for_every_expected_name() {
+    let root = root();
+    let (cert, key) = issue_dns(&root, &["inference.ephemeral-ml.internal", "*.ml.internal"]);
+    let checked = run_server(
+        &root,
+        cert.clone(),
+        &key,
+        None,
+        &["inference.ephemeral-ml.internal", "gateway.ml.internal"],
+    )
+    .unwrap();
+    assert_eq!(
+        checked.dns_names,
+        ["inference.ephemeral-ml.internal", "*.ml.internal"]
+    );
+    assert_eq!(checked.path, std::slice::from_ref(&cert));
+    assert_eq!(
+        checked.serial,
+        CertName::of(&certs::parse(&cert, "t", 0).unwrap()).serial
+    );
+
+    // A name it does not carry, and one a wildcard does not cover (two labels).
+    for missing in ["gateway.ephemeral-ml.internal", "a.b.ml.internal"] {
+        let error = run_server(&root, cert.clone(), &key, None, &[missing]).unwrap_err();
+        assert!(
+            error.contains(&format!("not valid for {missing:?}"))
+                && error.contains("it names inference.ephemeral-ml.internal, *.ml.internal"),
+            "{error}"
+        );
+    }
+    // The same certificate is still refused as an X.509-SVID, with the ACM message.
+    let error = text(run(&root, cert, &key, None));
+    assert!(error.contains("ACM puts only DNS names"), "{error}");
+}
+
+#[test]
+fn acm_route_a_dns_certificate_gets_the_path_key_and_crl_checks() {
+    let root = root();
+    let other = root_named("another root");
+    let (cert, key) = issue_dns(&root, &["inference.ephemeral-ml.internal"]);
+    let names = ["inference.ephemeral-ml.internal"];
+
+    let error = run_server(&other, cert.clone(), &key, None, &names).unwrap_err();
+    assert!(
+        error.contains("does not chain to the Private CA root"),
+        "{error}"
+    );
+    let (_, wrong_key) = issue_dns(&root, &names);
+    let error = run_server(&root, cert.clone(), &wrong_key, None, &names).unwrap_err();
+    assert!(
+        error.contains("does not belong to the certificate"),
+        "{error}"
+    );
+
+    let tomorrow = OffsetDateTime::now_utc() + time::Duration::days(1);
+    let revoked = crl(&root, &[serial_of(&cert)], tomorrow);
+    let error = run_server(&root, cert.clone(), &key, Some(&revoked), &names).unwrap_err();
+    assert!(error.contains("is revoked since"), "{error}");
+    let clean = crl(&root, &[vec![1, 2, 3]], tomorrow);
+    run_server(&root, cert, &key, Some(&clean), &names).unwrap();
+
+    // A CA is not a server certificate, whatever its names.
+    let (ca, ca_key) = issue(&root, Some(0), &[]);
+    let error = run_server(&root, ca, &ca_key, None, &names).unwrap_err();
+    assert!(error.contains("is a CA certificate"), "{error}");
+}
