@@ -211,36 +211,14 @@ fn sign(
     region: &str,
     credentials: &Credentials,
 ) -> Result<(), Cause> {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    let identity = aws_credential_types::Credentials::new(
+    let credentials = aws_credential_types::Credentials::new(
         credentials.access_key_id.clone(),
         credentials.secret_access_key.clone(),
         credentials.session_token.clone(),
         None,
         "enclaveid-host",
-    )
-    .into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("kms")
-        .time(SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()?
-        .into();
-    let headers: Vec<(&str, &str)> = request
-        .headers()
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-        .collect();
-    let signable = SignableRequest::new(
-        request.method().as_str(),
-        request.uri().to_string(),
-        headers.into_iter(),
-        SignableBody::Bytes(request.body()),
-    )?;
-    let (instructions, _) = sign(signable, &params)?.into_parts();
-    instructions.apply_to_request_http1x(request);
+    );
+    enclaveid_checks::sigv4::sign(request, "kms", region, credentials, SystemTime::now())?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@
 //! | [`telemetry`] | the enclave's logs, metrics and health as it sends them to the host, and their Prometheus exposition |
 //! | [`address`] | `vsock://CID:PORT`, `tcp://HOST:PORT`, `unix:///PATH` |
 //! | [`location`] | where key material lives: `s3://BUCKET/KEY`, `file:///PATH`, ACM's bucket |
+//! | [`sigv4`] | AWS Signature Version 4 on a request built by hand (KMS from the enclave, EC2 from `provision acm`) |
 //!
 //! It leaves I/O to others: sockets and files are `enclaveid-io`'s, AWS calls the host's
 //! and the operator's crates', tokio the agent's. Every parser here takes bytes from the
@@ -40,6 +41,7 @@ pub mod material;
 pub mod peer;
 pub mod revocation;
 pub mod secret_pem;
+pub mod sigv4;
 pub mod telemetry;
 pub mod verify;
 pub mod wire;

@@ -23,6 +23,11 @@ pub(crate) enum ProvisionCommand {
     JwtKey(CaArgs),
     /// Print the KMS key policy that releases the key only to the measured enclave image.
     Policy(PolicyArgs),
+    /// The ACM route (DNS names, for TLS servers such as nginx): have ACM request a
+    /// private certificate from the Private CA, associate it with the parent instance's
+    /// role (ACM for Nitro Enclaves then writes its object to S3), and print the bucket,
+    /// the object key, the KMS key and the IAM policy the role needs.
+    Acm(AcmArgs),
     /// Re-issue the material at --out when 2/3 of its validity has passed (for cron).
     Rotate(RotateArgs),
     /// Revoke a certificate; Private CA lists it in its next CRL.
@@ -84,9 +89,50 @@ pub(crate) struct PolicyArgs {
     /// The operator's role, allowed to Encrypt. Default: the account.
     #[arg(long, value_name = "ARN")]
     operator_role_arn: Option<String>,
+    #[command(flatten)]
+    measurements: MeasurementArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct AcmArgs {
+    /// The Private CA that issues the certificate:
+    /// arn:PARTITION:acm-pca:REGION:ACCOUNT:certificate-authority/ID.
+    #[arg(long, value_name = "ARN", required_unless_present = "certificate_arn")]
+    pca_arn: Option<String>,
+    /// A DNS name of the certificate (the first is its domain name); repeatable.
+    #[arg(
+        long = "dns-name",
+        value_name = "NAME",
+        required_unless_present = "certificate_arn"
+    )]
+    dns_names: Vec<String>,
+    /// ACM's key algorithm: RSA_2048 (ACM's default), RSA_3072, RSA_4096, EC_prime256v1,
+    /// EC_secp384r1, EC_secp521r1.
+    #[arg(long, value_name = "ALGORITHM", default_value = "RSA_2048")]
+    key_algorithm: String,
+    /// Associate this existing ACM certificate instead of requesting one.
+    #[arg(long, value_name = "ARN", conflicts_with_all = ["pca_arn", "dns_names"])]
+    certificate_arn: Option<String>,
+    /// The parent instance's IAM role, which reads the object and decrypts its key.
+    #[arg(long, value_name = "ARN")]
+    role_arn: String,
+    #[command(flatten)]
+    measurements: MeasurementArgs,
+    /// The AWS region. Default: from the AWS environment.
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+    /// An EC2 endpoint URL instead of AWS's (test servers). Default: AWS_ENDPOINT_URL_EC2,
+    /// else https://ec2.REGION.amazonaws.com/. ACM's follows AWS_ENDPOINT_URL_ACM.
+    #[arg(long, value_name = "URL")]
+    ec2_endpoint: Option<String>,
+}
+
+/// The enclave image a policy admits.
+#[derive(Args)]
+pub(crate) struct MeasurementArgs {
     /// The JSON `nitro-cli build-enclave` or `describe-eif` prints (its PCR0, and PCR8
     /// when the image is signed, are pinned).
-    #[arg(long, value_name = "FILE", required_unless_present = "pcr0")]
+    #[arg(long, value_name = "FILE")]
     eif_measurements: Option<PathBuf>,
     /// An accepted image measurement (PCR0, 96 hex digits); repeatable.
     #[arg(long, value_name = "HEX")]
@@ -169,25 +215,7 @@ pub(crate) async fn run(command: ProvisionCommand) -> anyhow::Result<ExitCode> {
             issue(args.issue, Subject::JwtKey(args.trust_domain)).await
         }
         ProvisionCommand::Policy(args) => {
-            let mut measurements = match &args.eif_measurements {
-                Some(path) => {
-                    let json = std::fs::read(path).map_err(|e| {
-                        UsageError(format!("--eif-measurements {}: {e}", path.display()))
-                    })?;
-                    let mut all =
-                        Measurements::from_nitro_cli_json(&json, &path.display().to_string())?;
-                    // The image and its signer; PCR1/PCR2 change with every kernel build.
-                    all.pcrs.retain(|i, _| *i == 0 || *i == 8);
-                    all
-                }
-                None => Measurements::default(),
-            };
-            for pcr0 in &args.pcr0 {
-                measurements.add(0, pcr0, "--pcr0")?;
-            }
-            for pcr8 in &args.pcr8 {
-                measurements.add(8, pcr8, "--pcr8")?;
-            }
+            let measurements = args.measurements.read()?;
             let policy = provision::key_policy(
                 &args.role_arn,
                 args.operator_role_arn.as_deref(),
@@ -195,6 +223,7 @@ pub(crate) async fn run(command: ProvisionCommand) -> anyhow::Result<ExitCode> {
             )?;
             println_out(&serde_json::to_string_pretty(&policy)?)
         }
+        ProvisionCommand::Acm(args) => acm(args).await,
         ProvisionCommand::Rotate(args) => {
             let out = location(&args.issue.out)?;
             let aws = Aws::load(
@@ -231,6 +260,105 @@ pub(crate) async fn run(command: ProvisionCommand) -> anyhow::Result<ExitCode> {
             ))
         }
     }
+}
+
+impl MeasurementArgs {
+    /// The image's PCR0 (and PCR8 when signed) from the options.
+    fn read(&self) -> anyhow::Result<Measurements> {
+        let mut measurements = match &self.eif_measurements {
+            Some(path) => {
+                let json = std::fs::read(path).map_err(|e| {
+                    UsageError(format!("--eif-measurements {}: {e}", path.display()))
+                })?;
+                let mut all =
+                    Measurements::from_nitro_cli_json(&json, &path.display().to_string())?;
+                // The image and its signer; PCR1/PCR2 change with every kernel build.
+                all.pcrs.retain(|i, _| *i == 0 || *i == 8);
+                all
+            }
+            None => Measurements::default(),
+        };
+        for pcr0 in &self.pcr0 {
+            measurements.add(0, pcr0, "--pcr0")?;
+        }
+        for pcr8 in &self.pcr8 {
+            measurements.add(8, pcr8, "--pcr8")?;
+        }
+        if !measurements.pcrs.contains_key(&0) {
+            return Err(provision::ProvisionError::NoMeasurements.into());
+        }
+        Ok(measurements)
+    }
+}
+
+async fn acm(args: AcmArgs) -> anyhow::Result<ExitCode> {
+    use provision::acm::{AcmAws, AcmRequest};
+    // Everything the operator typed is checked before any AWS call.
+    let measurements = args.measurements.read()?;
+    if !args.role_arn.starts_with("arn:") || !args.role_arn.contains(":role/") {
+        return Err(provision::ProvisionError::RoleArn(args.role_arn).into());
+    }
+    provision::acm::check_dns_names(&args.dns_names)?;
+    if let Some(pca_arn) = &args.pca_arn {
+        provision::pca_partition(pca_arn)?;
+    }
+    let aws = AcmAws::load(args.region, args.ec2_endpoint).await;
+    let association = match (&args.certificate_arn, args.pca_arn) {
+        (Some(certificate_arn), _) => {
+            enclaveid_checks::location::acm_certificate_region(certificate_arn)
+                .map_err(|e| UsageError(format!("--certificate-arn {e}")))?;
+            aws.associate(certificate_arn, &args.role_arn).await?
+        }
+        (None, Some(pca_arn)) => {
+            let request = AcmRequest {
+                pca_arn,
+                dns_names: args.dns_names.clone(),
+                key_algorithm: args.key_algorithm,
+                role_arn: args.role_arn.clone(),
+            };
+            aws.request_and_associate(&request).await?
+        }
+        (None, None) => unreachable!("clap requires --pca-arn or --certificate-arn"),
+    };
+    let policy = provision::acm::role_policy(&association, &measurements)?;
+    let usual_bucket = enclaveid_checks::location::ObjectLocation::acm(
+        &association.certificate_arn,
+        &args.role_arn,
+    )
+    .ok()
+    .and_then(|location| match location {
+        ObjectLocation::S3 { bucket, .. } => Some(bucket),
+        ObjectLocation::File(_) => None,
+    });
+    let bucket_flag = if usual_bucket.as_deref() == Some(association.bucket.as_str()) {
+        String::new()
+    } else {
+        format!(" --acm-bucket {}", association.bucket)
+    };
+    let names = if args.dns_names.is_empty() {
+        "\"NAME\"".to_owned()
+    } else {
+        args.dns_names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println_out(&format!(
+        "certificate {arn}\nbucket {bucket}\nobject key {key}\nKMS key {kms}\n\n\
+         IAM policy for {role} (attach it to the role):\n{policy}\n\n\
+         On the parent instance:\n  enclaveid host --acm-certificate-arn {arn} --role-arn {role}{bucket_flag}\n\n\
+         In the enclave's agent configuration (docs/aws-setup.md, \"ACM certificates (DNS names)\"):\n\
+         [[acm_certificate]]\narn = \"{arn}\"\ndns_names = [{names}]\n\n\
+         [[files]]\nacm_certificate = \"{arn}\"\ndir = \"/run/enclaveid/tls\"\n\n\
+         The KMS key is AWS-managed and its key policy is AWS's: check on AWS that it releases the key to this enclave image before relying on it.",
+        arn = association.certificate_arn,
+        bucket = association.bucket,
+        key = association.object_key,
+        kms = association.kms_key_id,
+        role = args.role_arn,
+        policy = serde_json::to_string_pretty(&policy)?,
+    ))
 }
 
 fn println_out(text: &str) -> anyhow::Result<ExitCode> {

@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acm;
+
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_acmpca::types::{
@@ -150,6 +152,42 @@ pub enum ProvisionError {
     /// The CSR could not be built.
     #[error("building the CSR")]
     Csr(#[source] rcgen::Error),
+    /// `provision acm` without a DNS name.
+    #[error("no DNS name: give --dns-name at least once")]
+    NoDnsNames,
+    /// A `--dns-name` that is not one.
+    #[error(
+        "--dns-name {0:?} is not a DNS name; accepted: a name such as inference.example.internal, or *.example.internal"
+    )]
+    DnsName(String),
+    /// A key algorithm ACM does not know.
+    #[error(
+        "--key-algorithm {0:?} is not one of ACM's; accepted: RSA_2048, RSA_3072, RSA_4096, EC_prime256v1, EC_secp384r1, EC_secp521r1"
+    )]
+    KeyAlgorithm(String),
+    /// Not an ACM certificate ARN.
+    #[error(
+        "{0:?} is not an ACM certificate ARN; accepted: arn:PARTITION:acm:REGION:ACCOUNT:certificate/ID"
+    )]
+    AcmArn(String),
+    /// An endpoint URL that is not one.
+    #[error("{flag} {value:?} is not a URL; accepted: https://HOST[:PORT]/")]
+    Endpoint {
+        /// The option.
+        flag: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// ACM did not issue the certificate.
+    #[error("{certificate_arn} is {status}, not ISSUED: {reason}")]
+    NotIssued {
+        /// The certificate.
+        certificate_arn: String,
+        /// Its status.
+        status: String,
+        /// ACM's failure reason, or why the wait ended.
+        reason: String,
+    },
     /// The key-material file could not be written or read.
     #[error("{location}")]
     File {
@@ -174,6 +212,11 @@ impl ProvisionError {
                 | Self::MeasurementsJson { .. }
                 | Self::NoMeasurementsObject { .. }
                 | Self::NoPcr0 { .. }
+                | Self::NoDnsNames
+                | Self::DnsName(_)
+                | Self::KeyAlgorithm(_)
+                | Self::AcmArn(_)
+                | Self::Endpoint { .. }
         )
     }
 }
@@ -613,21 +656,7 @@ pub fn key_policy(
         })
         .ok_or_else(|| ProvisionError::RoleArn(parent_role_arn.to_owned()))?;
     let partition = parent_role_arn.split(':').nth(1).unwrap_or("aws");
-    if measurements.pcrs.is_empty() {
-        return Err(ProvisionError::NoMeasurements);
-    }
-    let key = |i: u8| {
-        if i == 0 {
-            "kms:RecipientAttestation:ImageSha384".to_owned()
-        } else {
-            format!("kms:RecipientAttestation:PCR{i}")
-        }
-    };
-    let conditions: serde_json::Map<String, serde_json::Value> = measurements
-        .pcrs
-        .iter()
-        .map(|(i, values)| (key(*i), serde_json::json!(values)))
-        .collect();
+    let conditions = recipient_conditions(measurements)?;
     let operator = operator_role_arn.map_or_else(
         || format!("arn:{partition}:iam::{account}:root"),
         str::to_owned,
@@ -674,6 +703,28 @@ pub fn key_policy(
         }));
     }
     Ok(serde_json::json!({"Version": "2012-10-17", "Statement": statements}))
+}
+
+/// The `kms:RecipientAttestation:*` condition keys for `measurements`, each with its
+/// accepted values (PCR0 is `ImageSha384`).
+pub(crate) fn recipient_conditions(
+    measurements: &Measurements,
+) -> Result<serde_json::Map<String, serde_json::Value>, ProvisionError> {
+    if measurements.pcrs.is_empty() {
+        return Err(ProvisionError::NoMeasurements);
+    }
+    let key = |i: u8| {
+        if i == 0 {
+            "kms:RecipientAttestation:ImageSha384".to_owned()
+        } else {
+            format!("kms:RecipientAttestation:PCR{i}")
+        }
+    };
+    Ok(measurements
+        .pcrs
+        .iter()
+        .map(|(i, values)| (key(*i), serde_json::json!(values)))
+        .collect())
 }
 
 /// A PEM CSR for `key` with the URI SAN `uri` and the common name `cn`.

@@ -479,3 +479,295 @@ fn kms_provision_policy_prints_the_key_policy_for_an_image() {
         "PCR1 changes with every kernel build; not pinned"
     );
 }
+
+/// One request the fake EC2 received: its headers and its form fields.
+type Ec2Request = (hyper::HeaderMap, Vec<(String, String)>);
+
+/// A recording fake of EC2's `AssociateEnclaveCertificateIamRole` (moto does not implement
+/// it): it keeps every request and answers as EC2 does, in the Query API's XML, with
+/// `bucket`; a role named `…/unauthorized` gets EC2's `UnauthorizedOperation`.
+async fn fake_ec2(
+    bucket: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Ec2Request>>>) {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/", listener.local_addr().unwrap());
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = recorded.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            let fields: Vec<(String, String)> =
+                                url_decode_form(&String::from_utf8_lossy(&body));
+                            let field = |name: &str| {
+                                fields
+                                    .iter()
+                                    .find(|(k, _)| k == name)
+                                    .map(|(_, v)| v.clone())
+                                    .unwrap_or_default()
+                            };
+                            let (certificate, role) = (field("CertificateArn"), field("RoleArn"));
+                            record.lock().unwrap().push((parts.headers, fields));
+                            let (status, xml) = if role.ends_with("/unauthorized") {
+                                (403, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform this operation.</Message></Error></Errors><RequestID>f0e1</RequestID></Response>".to_owned())
+                            } else {
+                                (
+                                    200,
+                                    format!(
+                                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<AssociateEnclaveCertificateIamRoleResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\n  <requestId>7a62c49f</requestId>\n  <certificateS3BucketName>{bucket}</certificateS3BucketName>\n  <certificateS3ObjectKey>{role}/{certificate}</certificateS3ObjectKey>\n  <encryptionKmsKeyId>a1b2c3d4-5678-90ab-cdef-EXAMPLE11111</encryptionKmsKeyId>\n</AssociateEnclaveCertificateIamRoleResponse>"
+                                    ),
+                                )
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "text/xml;charset=UTF-8")
+                                    .body(http_body_util::Full::new(hyper::body::Bytes::from(xml)))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (endpoint, recorded)
+}
+
+/// `a=b&c=d%2F` → pairs, percent-decoded.
+fn url_decode_form(body: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let bytes = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'%' if i + 2 < bytes.len() => {
+                    out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                    i += 3;
+                }
+                b'+' => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    body.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// `enclaveid provision acm ARGS` with ACM at `acm` (moto behind the recording proxy) and
+/// EC2 at `ec2`.
+fn provision_acm(acm: &str, ec2: &str, args: &[&str]) -> Output {
+    Command::new(enclaveid_bin())
+        .args(["provision", "acm"])
+        .args(args)
+        .args(["--region", "us-east-1", "--ec2-endpoint", ec2])
+        .env("AWS_ENDPOINT_URL_ACM", acm)
+        .env("AWS_ACCESS_KEY_ID", "AKIAENCLAVEIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "enclaveid-test-secret")
+        .env("AWS_SESSION_TOKEN", "enclaveid-test-token")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acm_route_provision_requests_associates_and_prints_the_role_policy() {
+    const ROLE: &str = "arn:aws:iam::111122223333:role/enclaveid-parent";
+    // The bucket as one user's association named it (no "-prod"): taken from the answer.
+    const ASSOCIATED_BUCKET: &str = "aws-ec2-enclave-certificate-us-east-1";
+    let world = World::new().await;
+    let pca = world.moto.create_root_pca().await;
+    let (acm, recorded) = world.moto.recording_proxy().await;
+    let (ec2, ec2_recorded) = fake_ec2(ASSOCIATED_BUCKET).await;
+    let pcr0 = "a1".repeat(48);
+    let args = |role: &'static str| {
+        vec![
+            "--pca-arn".to_owned(),
+            pca.arn.clone(),
+            "--dns-name".into(),
+            "inference.ephemeral-ml.internal".into(),
+            "--dns-name".into(),
+            "*.inference.ephemeral-ml.internal".into(),
+            "--role-arn".into(),
+            role.into(),
+            "--pcr0".into(),
+            pcr0.clone(),
+        ]
+    };
+    let argv = args(ROLE);
+    let output = provision_acm(
+        &acm,
+        &ec2,
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+
+    // ACM: a private certificate from the Private CA for both names, idempotent.
+    let calls = recorded.lock().unwrap().clone();
+    let (target, request) = &calls[0];
+    assert_eq!(target, "CertificateManager.RequestCertificate");
+    assert_eq!(request["DomainName"], "inference.ephemeral-ml.internal");
+    assert_eq!(
+        request["SubjectAlternativeNames"],
+        serde_json::json!([
+            "inference.ephemeral-ml.internal",
+            "*.inference.ephemeral-ml.internal"
+        ])
+    );
+    assert_eq!(request["CertificateAuthorityArn"], pca.arn.as_str());
+    assert_eq!(request["KeyAlgorithm"], "RSA_2048");
+    let token = request["IdempotencyToken"].as_str().unwrap();
+    assert!(
+        token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{token}"
+    );
+    assert!(
+        calls[1..]
+            .iter()
+            .any(|(t, _)| t == "CertificateManager.DescribeCertificate"),
+        "{calls:?}"
+    );
+    let certificate_arn = said
+        .lines()
+        .find_map(|l| l.strip_prefix("certificate "))
+        .unwrap()
+        .to_owned();
+    assert!(
+        certificate_arn.starts_with("arn:aws:acm:us-east-1:"),
+        "{said}"
+    );
+
+    // EC2: one Query call, field by field, signed for ec2 in the region with the session.
+    let ec2_calls = ec2_recorded.lock().unwrap().clone();
+    assert_eq!(ec2_calls.len(), 1);
+    let (headers, fields) = &ec2_calls[0];
+    assert_eq!(
+        fields,
+        &[
+            (
+                "Action".to_owned(),
+                "AssociateEnclaveCertificateIamRole".to_owned()
+            ),
+            ("Version".to_owned(), "2016-11-15".to_owned()),
+            ("CertificateArn".to_owned(), certificate_arn.clone()),
+            ("RoleArn".to_owned(), ROLE.to_owned()),
+        ]
+    );
+    assert_eq!(
+        headers["content-type"],
+        "application/x-www-form-urlencoded; charset=utf-8"
+    );
+    let authorization = headers["authorization"].to_str().unwrap();
+    assert!(
+        authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIAENCLAVEIDTEST/")
+            && authorization.contains("/us-east-1/ec2/aws4_request"),
+        "{authorization}"
+    );
+    assert_eq!(headers["x-amz-security-token"], "enclaveid-test-token");
+
+    // What the operator is told: the object, the key, the policy, the host's flags.
+    let object_key = format!("{ROLE}/{certificate_arn}");
+    assert!(
+        said.contains(&format!("bucket {ASSOCIATED_BUCKET}\n")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("object key {object_key}\n")),
+        "{said}"
+    );
+    assert!(
+        said.contains("KMS key a1b2c3d4-5678-90ab-cdef-EXAMPLE11111"),
+        "{said}"
+    );
+    let policy_start = said.find("{\n").unwrap();
+    let policy_end = policy_start + said[policy_start..].find("\n}").unwrap() + 2;
+    let policy: serde_json::Value = serde_json::from_str(&said[policy_start..policy_end]).unwrap();
+    assert_eq!(
+        policy["Statement"][0]["Resource"],
+        format!("arn:aws:s3:::{ASSOCIATED_BUCKET}/{object_key}")
+    );
+    assert_eq!(policy["Statement"][0]["Action"], "s3:GetObject");
+    assert_eq!(policy["Statement"][1]["Action"], "kms:Decrypt");
+    assert_eq!(
+        policy["Statement"][1]["Condition"]["StringEqualsIgnoreCase"]["kms:RecipientAttestation:ImageSha384"],
+        serde_json::json!([pcr0])
+    );
+    assert!(
+        said.contains(&format!(
+            "enclaveid host --acm-certificate-arn {certificate_arn} --role-arn {ROLE} --acm-bucket {ASSOCIATED_BUCKET}"
+        )),
+        "{said}"
+    );
+
+    // EC2 refusing: the call and AWS's code, and a failure exit.
+    let argv = args("arn:aws:iam::111122223333:role/unauthorized");
+    let output = provision_acm(
+        &acm,
+        &ec2,
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let said = text(&output);
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("ec2:AssociateEnclaveCertificateIamRole")
+            && said.contains("UnauthorizedOperation"),
+        "{said}"
+    );
+
+    // The operator's mistakes, before any AWS call: exit 64, the value named.
+    let calls_before = recorded.lock().unwrap().len();
+    for (bad, wants) in [
+        (vec!["--dns-name", "bad name"], "--dns-name \"bad name\""),
+        (vec!["--key-algorithm", "DSA"], "--key-algorithm \"DSA\""),
+    ] {
+        let mut argv = args(ROLE);
+        argv.extend(bad.iter().map(|s| (*s).to_owned()));
+        let output = provision_acm(
+            &acm,
+            &ec2,
+            &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        assert_eq!(output.status.code(), Some(64), "{}", text(&output));
+        assert!(text(&output).contains(wants), "{}", text(&output));
+    }
+    let mut no_image = args(ROLE);
+    no_image.truncate(8);
+    let output = provision_acm(
+        &acm,
+        &ec2,
+        &no_image.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_ne!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(text(&output).contains("--pcr0"), "{}", text(&output));
+    assert_eq!(
+        recorded.lock().unwrap().len(),
+        calls_before,
+        "no AWS call was made"
+    );
+}
