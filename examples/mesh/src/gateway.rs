@@ -6,14 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use enclaveid_io::{Address, AddressExt as _, Stream};
-use rustls_pki_types::ServerName;
-use spiffe::{SpiffeId, X509Source};
+use spiffe::X509Source;
 use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::Error;
-use crate::tls::{self, CrlFiles};
+use crate::tls::{CrlFiles, Trust};
 use crate::wire::{self, Request, Response};
 
 /// A pooled connection is not reused once it is older than this.
@@ -24,7 +23,7 @@ const HANDSHAKE_ATTEMPTS: u32 = 3;
 /// The gateway's client.
 pub struct Gateway {
     connector: TlsConnector,
-    source: X509Source,
+    trust: Trust,
     target: Address,
     crls: CrlFiles,
     max_age: Duration,
@@ -35,8 +34,9 @@ pub struct Gateway {
 /// One connection to the inference service, with the identity it proved.
 pub struct Connection {
     tls: TlsStream<Box<dyn Stream>>,
-    /// The server's SPIFFE ID, from its certificate (verified in the handshake).
-    pub peer_id: SpiffeId,
+    /// The server's identity from its certificate (verified in the handshake): its
+    /// SPIFFE ID, or `dns:NAME`.
+    pub peer_id: String,
     /// The server certificate's serial, hex.
     pub peer_serial: String,
     opened: Instant,
@@ -47,8 +47,8 @@ pub struct Connection {
 pub struct Reply {
     /// What the server said.
     pub response: Response,
-    /// The server's SPIFFE ID as the handshake proved it.
-    pub peer_id: SpiffeId,
+    /// The server's SPIFFE ID (or `dns:NAME`) as the handshake proved it.
+    pub peer_id: String,
     /// The server certificate's serial.
     pub peer_serial: String,
     /// Whether this request opened (and handshook) a new connection.
@@ -63,9 +63,18 @@ impl Gateway {
         target: Address,
         crls: CrlFiles,
     ) -> Result<Self, Error> {
-        Ok(Self {
-            connector: TlsConnector::from(tls::client_config(&source, allow)?),
+        let trust = Trust::Spiffe {
             source,
+            allow: allow.to_vec(),
+        };
+        Self::with_trust(trust, target, crls)
+    }
+
+    /// A client that is and accepts what `trust` says, for the server at `target`.
+    pub fn with_trust(trust: Trust, target: Address, crls: CrlFiles) -> Result<Self, Error> {
+        Ok(Self {
+            connector: TlsConnector::from(trust.client_config()?),
+            trust,
             target,
             crls,
             max_age: DEFAULT_MAX_AGE,
@@ -89,9 +98,7 @@ impl Gateway {
                 format!("{}: {e}", self.target),
             ))
         })?;
-        // The peer is authenticated by its SPIFFE ID, not a DNS name; rustls still wants
-        // a server name for SNI.
-        let name = ServerName::try_from("inference").map_err(|e| Error::Tls(e.to_string()))?;
+        let name = self.trust.server_name()?;
         let tls = self
             .connector
             .connect(name, stream)
@@ -99,8 +106,8 @@ impl Gateway {
             .map_err(|e| Error::Tls(e.to_string()))?;
         let (_, conn) = tls.get_ref();
         let chain = conn.peer_certificates().unwrap_or_default().to_vec();
-        let (peer_id, peer_serial) = tls::peer_identity(Some(&chain))?;
-        self.crls.check(&chain, &self.source)?;
+        let (peer_id, peer_serial) = self.trust.peer(&chain)?;
+        self.crls.check(&chain, &self.trust)?;
         Ok(Connection {
             tls,
             peer_id,

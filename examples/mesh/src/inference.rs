@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use crate::Error;
-use crate::tls::{self, CrlFiles};
+use crate::tls::{CrlFiles, Trust};
 use crate::wire::{self, Request, Response};
 
 /// A handshake that has not finished in this long is dropped.
@@ -21,7 +21,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The inference server.
 pub struct Inference {
     acceptor: TlsAcceptor,
-    source: X509Source,
+    trust: Trust,
     crls: CrlFiles,
     model_key: Zeroizing<Vec<u8>>,
     received: Arc<AtomicU64>,
@@ -36,9 +36,23 @@ impl Inference {
         crls: CrlFiles,
         model_key: Zeroizing<Vec<u8>>,
     ) -> Result<Self, Error> {
-        Ok(Self {
-            acceptor: TlsAcceptor::from(tls::server_config(&source, allow)?),
+        let trust = Trust::Spiffe {
             source,
+            allow: allow.to_vec(),
+        };
+        Self::with_trust(trust, crls, model_key)
+    }
+
+    /// A server that is and accepts what `trust` says, checking clients' chains against
+    /// `crls`, answering with `model_key`.
+    pub fn with_trust(
+        trust: Trust,
+        crls: CrlFiles,
+        model_key: Zeroizing<Vec<u8>>,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            acceptor: TlsAcceptor::from(trust.server_config()?),
+            trust,
             crls,
             model_key,
             received: Arc::default(),
@@ -85,20 +99,20 @@ impl Inference {
             .map_err(|e| Error::Tls(e.to_string()))?;
         let (_, conn) = tls.get_ref();
         let chain = conn.peer_certificates().unwrap_or_default().to_vec();
-        let (client, client_serial) = tls::peer_identity(Some(&chain))?;
-        if let Err(error) = self.crls.check(&chain, &self.source) {
-            // The handshake is over, so no alert can say why: close cleanly (close_notify)
-            // before reading a byte of the request.
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
-            return Err(error);
-        }
-        let served_by = self
-            .source
-            .svid()
-            .map_err(|e| Error::Source(e.to_string()))?
-            .spiffe_id()
-            .to_string();
-        let client = client.to_string();
+        let checked = self
+            .trust
+            .peer(&chain)
+            .and_then(|peer| self.crls.check(&chain, &self.trust).map(|()| peer));
+        let (client, client_serial) = match checked {
+            Ok(peer) => peer,
+            Err(error) => {
+                // The handshake is over, so no alert can say why: close cleanly
+                // (close_notify) before reading a byte of the request.
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                return Err(error);
+            }
+        };
+        let served_by = self.trust.own_id()?;
         let peer = Peer {
             served_by: &served_by,
             client: &client,

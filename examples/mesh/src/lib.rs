@@ -7,6 +7,10 @@
 //! only the inference service's ([`tls`]). Rotated SVIDs are picked up by the next
 //! handshake. Peers' chains are also checked against CRLs ([`tls::CrlFiles`]).
 //!
+//! Or, as the seed designed it, by DNS name ([`dns`], `--verify dns:NAME`): each service
+//! presents the ACM certificate the agent writes to files, and accepts a peer whose
+//! certificate chains to the Private CA root and is valid for the name it expects.
+//!
 //! The inference service's model key is a KMS ciphertext that only the attested inference
 //! enclave can open ([`enclaveid_agent::Release`]). The demo (`cargo run -p mesh --example
 //! demo`) runs all of it on one machine: the fake KMS, a host, three agents, both services
@@ -20,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod dns;
 pub mod gateway;
 pub mod inference;
 pub mod tls;

@@ -36,7 +36,11 @@ enum Command {
         #[arg(long)]
         listen: Address,
         /// The SPIFFE IDs allowed to call (repeatable).
-        #[arg(long = "allow", required = true)]
+        #[arg(
+            long = "allow",
+            required_unless_present = "verify",
+            conflicts_with = "verify"
+        )]
         allow: Vec<String>,
         /// The model key's KMS ciphertext (a `CiphertextBlob`, binary), opened with KMS
         /// `Decrypt` released to this enclave's attestation only.
@@ -67,7 +71,11 @@ enum Command {
         #[arg(long)]
         connect: Address,
         /// The SPIFFE IDs allowed to answer (repeatable).
-        #[arg(long = "allow", required = true)]
+        #[arg(
+            long = "allow",
+            required_unless_present = "verify",
+            conflicts_with = "verify"
+        )]
         allow: Vec<String>,
         /// The prompts to send.
         #[arg(required = true)]
@@ -79,13 +87,51 @@ enum Command {
 
 #[derive(clap::Args)]
 struct Common {
-    /// The Workload API.
-    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET")]
-    socket: String,
+    /// The Workload API (with --allow).
+    #[arg(
+        long,
+        env = "SPIFFE_ENDPOINT_SOCKET",
+        required_unless_present = "verify"
+    )]
+    socket: Option<String>,
+    /// Verify the peer by DNS name instead of SPIFFE ID: dns:NAME. Its certificate must
+    /// chain to the Private CA root in --cert-dir and be valid for NAME (the seed's ACM
+    /// route; docs/mesh.md).
+    #[arg(long, value_name = "dns:NAME", requires = "cert_dir")]
+    verify: Option<String>,
+    /// With --verify: the directory the agent's [[files]] block writes our ACM
+    /// certificate to (svid.pem, svid_key.pem, svid_bundle.pem), re-read at every
+    /// handshake so a renewal is used without a restart.
+    #[arg(long, value_name = "DIR", requires = "verify")]
+    cert_dir: Option<PathBuf>,
     /// CRL files to check peers against (repeatable), such as the agent's
     /// upstream.crl_export_path.
     #[arg(long = "crl")]
     crls: Vec<PathBuf>,
+}
+
+impl Common {
+    /// Who we are and whom we accept: SPIFFE IDs in `allow` through the Workload API, or
+    /// the DNS name of --verify with the files of --cert-dir.
+    async fn trust(&self, allow: Vec<String>) -> anyhow::Result<tls::Trust> {
+        match (&self.verify, &self.cert_dir, &self.socket) {
+            (Some(verify), Some(dir), _) => {
+                let files = mesh::dns::CertFiles::new(dir);
+                files
+                    .certified_key()
+                    .with_context(|| format!("--cert-dir {}", dir.display()))?;
+                Ok(tls::Trust::Dns {
+                    files,
+                    peer: mesh::dns::parse_verify(verify)?,
+                })
+            }
+            (_, _, Some(socket)) => Ok(tls::Trust::Spiffe {
+                source: tls::source(socket).await?,
+                allow,
+            }),
+            _ => anyhow::bail!("--socket (with --allow) or --verify with --cert-dir is needed"),
+        }
+    }
 }
 
 /// Where and as whom the model key's ciphertext is opened.
@@ -207,8 +253,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 (None, None) => unreachable!("clap requires one of them"),
             };
-            let source = tls::source(&common.socket).await?;
-            let server = Inference::new(source, &allow, CrlFiles::new(common.crls), key)?;
+            let trust = common.trust(allow).await?;
+            let server = Inference::with_trust(trust, CrlFiles::new(common.crls), key)?;
             let listener = listen
                 .bind()
                 .await
@@ -228,8 +274,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             prompts,
             common,
         } => {
-            let source = tls::source(&common.socket).await?;
-            let gateway = Gateway::new(source, &allow, connect, CrlFiles::new(common.crls))?;
+            let trust = common.trust(allow).await?;
+            let gateway = Gateway::with_trust(trust, connect, CrlFiles::new(common.crls))?;
             for prompt in prompts {
                 let reply = gateway.send(&prompt).await?;
                 println!(

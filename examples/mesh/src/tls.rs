@@ -11,10 +11,100 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use enclaveid_checks::revocation::RevocationLists;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, ServerName};
 use spiffe::{SpiffeId, X509Source};
 
 use crate::Error;
+
+/// Who a service is and whom it accepts.
+#[derive(Clone)]
+pub enum Trust {
+    /// SVIDs and bundles from the Workload API; peers by SPIFFE ID (`--allow`).
+    Spiffe {
+        /// The Workload API.
+        source: X509Source,
+        /// The peers' SPIFFE IDs.
+        allow: Vec<String>,
+    },
+    /// A certificate, key and Private CA root from files (an ACM certificate the agent
+    /// writes); the peer by DNS name (`--verify dns:NAME`).
+    Dns {
+        /// The files.
+        files: crate::dns::CertFiles,
+        /// The name the peer's certificate must be valid for.
+        peer: ServerName<'static>,
+    },
+}
+
+impl Trust {
+    /// The server side's TLS configuration.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, Error> {
+        match self {
+            Self::Spiffe { source, allow } => server_config(source, allow),
+            Self::Dns { files, .. } => crate::dns::server_config(files),
+        }
+    }
+
+    /// The client side's TLS configuration.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
+        match self {
+            Self::Spiffe { source, allow } => client_config(source, allow),
+            Self::Dns { files, .. } => crate::dns::client_config(files),
+        }
+    }
+
+    /// The name a client connects with: the peer's DNS name, or (SPIFFE, where the peer
+    /// is authenticated by its ID) a fixed name for SNI.
+    pub fn server_name(&self) -> Result<ServerName<'static>, Error> {
+        match self {
+            Self::Spiffe { .. } => {
+                ServerName::try_from("inference").map_err(|e| Error::Tls(e.to_string()))
+            }
+            Self::Dns { peer, .. } => Ok(peer.clone()),
+        }
+    }
+
+    /// The peer's identity (`spiffe://…` or `dns:NAME`) and serial from the chain it
+    /// presented, which the handshake verified; with DNS, its name is checked here.
+    pub fn peer(&self, chain: &[CertificateDer<'_>]) -> Result<(String, String), Error> {
+        match self {
+            Self::Spiffe { .. } => {
+                let (id, serial) = peer_identity(Some(chain))?;
+                Ok((id.to_string(), serial))
+            }
+            Self::Dns { peer, .. } => crate::dns::check_peer(chain, peer),
+        }
+    }
+
+    /// Our own identity, as peers see it.
+    pub fn own_id(&self) -> Result<String, Error> {
+        match self {
+            Self::Spiffe { source, .. } => Ok(source
+                .svid()
+                .map_err(|e| Error::Source(e.to_string()))?
+                .spiffe_id()
+                .to_string()),
+            Self::Dns { files, .. } => files.own_name(),
+        }
+    }
+
+    /// The roots peers chain to, for the CRL checks.
+    pub fn roots(&self) -> Result<Vec<CertificateDer<'static>>, Error> {
+        match self {
+            Self::Spiffe { source, .. } => {
+                let bundles = source
+                    .bundle_set()
+                    .map_err(|e| Error::Source(e.to_string()))?;
+                Ok(bundles
+                    .iter()
+                    .flat_map(|(_, bundle)| bundle.authorities())
+                    .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
+                    .collect())
+            }
+            Self::Dns { files, .. } => files.roots(),
+        }
+    }
+}
 
 /// Connects to the Workload API at `endpoint` (`unix:///path/to/agent.sock`) and waits
 /// for the first SVID.
@@ -94,8 +184,8 @@ impl CrlFiles {
         Self(Arc::new(paths))
     }
 
-    /// Checks the peer's `chain` against the CRLs, with the roots of `source`'s bundles.
-    pub fn check(&self, chain: &[CertificateDer<'_>], source: &X509Source) -> Result<(), Error> {
+    /// Checks the peer's `chain` against the CRLs, with the roots `trust` accepts.
+    pub fn check(&self, chain: &[CertificateDer<'_>], trust: &Trust) -> Result<(), Error> {
         if self.0.is_empty() {
             return Ok(());
         }
@@ -114,14 +204,7 @@ impl CrlFiles {
                 }
             }
         }
-        let bundles = source
-            .bundle_set()
-            .map_err(|e| Error::Source(e.to_string()))?;
-        let roots: Vec<CertificateDer<'_>> = bundles
-            .iter()
-            .flat_map(|(_, bundle)| bundle.authorities())
-            .map(|c| CertificateDer::from(c.as_bytes()))
-            .collect();
+        let roots = trust.roots()?;
         lists
             .check_chain(chain, &roots, SystemTime::now())
             .map_err(|e| Error::Revoked(enclaveid_checks::Chain(&e).to_string()))

@@ -681,3 +681,6 @@ async fn hostile_relay_flips_truncates_replays_or_swaps_and_no_request_gets_thro
     );
     mesh.shutdown().await;
 }
+
+#[path = "demo/dns.rs"]
+mod dns;
