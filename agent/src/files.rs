@@ -73,6 +73,8 @@ struct Written {
     generation: u64,
     /// When to try again after a failure.
     retry_at: Option<SystemTime>,
+    /// Why the last write failed, for health.
+    failure: Option<String>,
 }
 
 /// Writes every block's files on each change until `shutdown`.
@@ -80,6 +82,7 @@ pub(crate) async fn run(
     outputs: Vec<FileOutput>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     mut acm: watch::Receiver<Arc<AcmCertificates>>,
+    problems: watch::Sender<Option<String>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     if outputs.is_empty() {
@@ -87,6 +90,8 @@ pub(crate) async fn run(
     }
     tokio::pin!(shutdown);
     let mut written: HashMap<usize, Written> = HashMap::new();
+    // Without [[acm_certificate]] nothing ever sends on `acm`: its end is not ours.
+    let mut acm_open = true;
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         let certificates = acm.borrow_and_update().clone();
@@ -98,10 +103,27 @@ pub(crate) async fn run(
                 next = next.min(at);
             }
         }
+        let failures: Vec<String> = outputs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, output)| {
+                let why = written.get(&i)?.failure.as_ref()?;
+                Some(format!(
+                    "[[files]] {}: the last write failed, the previous files stay: {why}",
+                    output.dir.display()
+                ))
+            })
+            .collect();
+        problems.send_if_modified(|current| {
+            let next = (!failures.is_empty()).then(|| failures.join("; "));
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
         let pause = next.duration_since(SystemTime::now()).unwrap_or_default();
         tokio::select! {
             changed = snapshots.changed() => if changed.is_err() { return },
-            changed = acm.changed() => if changed.is_err() { return },
+            changed = acm.changed(), if acm_open => acm_open = changed.is_ok(),
             () = tokio::time::sleep(pause.max(Duration::from_millis(100))) => {}
             () = &mut shutdown => return,
         }
@@ -201,6 +223,7 @@ async fn write_if_changed(
             state.bundle = bundle;
             state.generation = generation;
             state.retry_at = None;
+            state.failure = None;
             state.tokens = tokens
                 .iter()
                 .map(|(audience, token)| {
@@ -231,6 +254,7 @@ fn failed(
     );
     let at = now + RETRY;
     state.retry_at = Some(at);
+    state.failure = Some(enclaveid_checks::Chain(error).to_string());
     at
 }
 

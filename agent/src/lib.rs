@@ -410,8 +410,9 @@ impl Agent {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let stop = CancellationToken::new();
+        let (files_problem, files_problems) = tokio::sync::watch::channel(None);
         let problems = merge_problems(
-            [self.problems, self.reload_problems]
+            [self.problems, self.reload_problems, files_problems]
                 .into_iter()
                 .chain(self.acm_problems)
                 .collect(),
@@ -460,6 +461,7 @@ impl Agent {
             self.files,
             self.snapshots.clone(),
             self.acm_served,
+            files_problem,
             stop.clone().cancelled_owned(),
         ));
         let trigger = stop.clone();

@@ -13,6 +13,7 @@ pub use enclaveid_fakes::kms as fake_kms;
 pub use enclaveid_fakes::pca;
 pub mod kms_world;
 pub mod moto;
+pub mod nginx;
 pub mod spire;
 
 use std::path::{Path, PathBuf};

@@ -171,6 +171,20 @@ fn file_output_a_failed_write_keeps_the_previous_files() {
         "{}",
         agent.stderr_text()
     );
+    // Health says so, naming the directory.
+    let health = std::process::Command::new(enclaveid_tests::enclaveid_bin())
+        .args(["healthcheck", "--socket"])
+        .arg(agent.socket())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&health.stderr);
+    assert!(
+        said.contains(&format!(
+            "[[files]] {}: the last write failed",
+            out.display()
+        )),
+        "{said}"
+    );
     // No half-written generation is left behind.
     let generations: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
@@ -185,12 +199,8 @@ fn file_output_a_failed_write_keeps_the_previous_files() {
 /// by SIGHUP after each write; curl with another SVID gets served throughout.
 #[test]
 fn nginx_serves_mtls_from_the_written_files_across_rotations() {
-    let Ok(nginx) = which("nginx") else {
-        panic!("nginx is needed (apt-get install nginx-light; .ci/run installs it)");
-    };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = enclaveid_tests::spire::free_port();
     let text = config(
         "5s",
         &[
@@ -205,46 +215,12 @@ fn nginx_serves_mtls_from_the_written_files_across_rotations() {
     let agent = AgentProcess::start(&text);
     wait_for(&d.join("web/svid.pem"), &agent, Duration::from_secs(10));
     wait_for(&d.join("client/svid.pem"), &agent, Duration::from_secs(10));
-    std::fs::write(
-        d.join("nginx.conf"),
-        format!(
-            "daemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\nevents {{}}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
-               fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
-               server {{\n    listen 127.0.0.1:{port} ssl;\n\
-                 ssl_certificate {d}/web/svid.pem;\n    ssl_certificate_key {d}/web/svid_key.pem;\n\
-                 ssl_client_certificate {d}/web/svid_bundle.pem;\n    ssl_verify_client on;\n\
-                 location / {{ return 200 \"served\\n\"; }}\n  }}\n}}\n",
-            d = d.display()
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(d.join("tmp")).unwrap();
-    let mut server = Command::new(nginx)
-        .args(["-p"])
-        .arg(d)
-        .arg("-e")
-        .arg(d.join("error.log"))
-        .arg("-c")
-        .arg(d.join("nginx.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _kill = Kill(&mut server);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-
+    let nginx = enclaveid_tests::nginx::Nginx::start(
+        d,
+        &d.join("web"),
+        Some(&d.join("web/svid_bundle.pem")),
+    );
+    let port = nginx.port;
     let url = format!("https://localhost:{port}/");
     let mut served = std::collections::BTreeSet::new();
     let mut requests = 0;
@@ -266,10 +242,10 @@ fn nginx_serves_mtls_from_the_written_files_across_rotations() {
             out.status.success() && out.stdout == b"served\n",
             "request {requests} refused: {}\nnginx: {}",
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
+            nginx.error_log()
         );
         requests += 1;
-        served.insert(served_serial(port));
+        served.insert(nginx.served_serial());
         std::thread::sleep(Duration::from_millis(200));
     }
     // nginx's certificate follows the rotations (TTL 5 s: one every ~2.5 s).
@@ -277,33 +253,4 @@ fn nginx_serves_mtls_from_the_written_files_across_rotations() {
         served.len() >= 3,
         "nginx served {served:?} over {requests} requests"
     );
-}
-
-/// The serial of the certificate the server on `port` presents.
-fn served_serial(port: u16) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial"
-        ))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn which(program: &str) -> Result<PathBuf, ()> {
-    for dir in [
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-        "/usr/local/sbin",
-        "/usr/local/bin",
-    ] {
-        let path = Path::new(dir).join(program);
-        if path.exists() {
-            return Ok(path);
-        }
-    }
-    Err(())
 }

@@ -206,3 +206,65 @@ async fn acm_route_a_certificate_without_the_expected_name_is_refused() {
     // The SPIFFE identities are not held back by it.
     wait_for_x509svid(&agent, Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acm_route_nginx_serves_the_acm_certificate_by_name_and_follows_renewal() {
+    let mut world = World::new().await;
+    let ca = world.pca.issue_for(ca_profile(), DAY);
+    world.publish(world.material(&ca), world.pca.crl(&[])).await;
+    let first = dns_leaf(&world, NAME);
+    world.publish_acm(ARN, world.material(&first)).await;
+    world.start_host();
+    let nginx_dir = world.dir().join("nginx");
+    std::fs::create_dir_all(&nginx_dir).unwrap();
+    // The agent signals nginx after each write, as it would in the enclave.
+    let config = acm_config(&world, NAME)
+        + &format!(
+            "pid_file = \"{}/nginx.pid\"\nrenew_signal = \"HUP\"\n",
+            nginx_dir.display()
+        );
+    let agent = AgentProcess::start(&config);
+    wait_for_file_serial(&world, &agent, &first.serial).await;
+    let nginx = enclaveid_tests::nginx::Nginx::start(&nginx_dir, &tls_dir(&world), None);
+
+    // A standard TLS client: the name checked against the Private CA root, no SPIFFE.
+    let root = world.dir().join("pca-root.pem");
+    let fetch = || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--resolve"])
+            .arg(format!("{NAME}:{}:127.0.0.1", nginx.port))
+            .arg("--cacert")
+            .arg(&root)
+            .arg(format!("https://{NAME}:{}/", nginx.port))
+            .output()
+            .unwrap()
+    };
+    let out = fetch();
+    assert!(
+        out.status.success() && out.stdout == b"served\n",
+        "{}\nnginx: {}",
+        String::from_utf8_lossy(&out.stderr),
+        nginx.error_log()
+    );
+    let hex = |serial: &[u8]| enclaveid_attestor::hex(serial).to_uppercase();
+    assert_eq!(
+        nginx.served_serial(),
+        format!("serial={}", hex(&first.serial))
+    );
+
+    // ACM renews: the agent writes the new certificate and signals nginx, which serves it.
+    let renewed = dns_leaf(&world, NAME);
+    world.publish_acm(ARN, world.material(&renewed)).await;
+    wait_for_file_serial(&world, &agent, &renewed.serial).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while nginx.served_serial() != format!("serial={}", hex(&renewed.serial)) {
+        assert!(
+            Instant::now() < deadline,
+            "nginx still serves {}; log: {}",
+            nginx.served_serial(),
+            nginx.error_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(fetch().status.success(), "{}", nginx.error_log());
+}
