@@ -53,6 +53,14 @@
 //! ttl = "30m"                     # optional, overrides svid_ttl
 //! jwt_ttl = "1m"                  # optional, overrides jwt_ttl
 //! hint = "internal"               # optional
+//! [[acm_certificate]]            # optional, any number: an ACM certificate (DNS names)
+//! arn = "arn:aws:acm:eu-west-1:111122223333:certificate/…"
+//! dns_names = ["inference.example.internal"]   # every one must be in the certificate
+//! # trust_bundle_path, host, kms_endpoint, resync_interval, require_crl, crl_max_age,
+//! # sync_timeout: default to the kms upstream's (trust_bundle_path required otherwise)
+//! [[files]]                      # optional, any number; see docs/files.md
+//! spiffe_id = "spiffe://example.org/gateway"   # or acm_certificate = "arn:…"
+//! dir = "/run/enclaveid/gateway"
 //! ```
 
 use std::collections::BTreeMap;

@@ -528,7 +528,8 @@ impl Reloader {
     /// failed validation is refused: one log line naming the key and the value, the
     /// running configuration stays, and health says so until a reload succeeds. What a
     /// reload cannot change (trust domain, upstream, attestor, socket, limits, telemetry,
-    /// bundle endpoint, `[[files]]`) is logged and applies at the next start.
+    /// bundle endpoint, `[[files]]`, `[[acm_certificate]]`) is logged and applies at the
+    /// next start.
     pub fn reload(&self, reread: Result<Config, ConfigError>) {
         let config = match reread {
             Ok(config) => config,
