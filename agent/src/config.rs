@@ -53,6 +53,9 @@
 //! ttl = "30m"                     # optional, overrides svid_ttl
 //! jwt_ttl = "1m"                  # optional, overrides jwt_ttl
 //! hint = "internal"               # optional
+//! [sds]                          # optional: Envoy's SDS on the socket, spire-agent's keys
+//! # default_svid_name = "default", default_bundle_name = "ROOTCA",
+//! # default_all_bundles_name = "ALL", disable_spiffe_cert_validation = false
 //! [[acm_certificate]]            # optional, any number: an ACM certificate (DNS names)
 //! arn = "arn:aws:acm:eu-west-1:111122223333:certificate/…"
 //! dns_names = ["inference.example.internal"]   # every one must be in the certificate
@@ -257,6 +260,8 @@ pub struct Config {
     /// ACM certificates (DNS names) released to this enclave, served only to `[[files]]`
     /// (`[[acm_certificate]]`).
     pub acm_certificates: Vec<AcmCertificate>,
+    /// Envoy's SDS names and validation (`[sds]`, as spire-agent's `sds` block).
+    pub sds: SdsSettings,
     /// What one caller may take of the Workload API (`[limits]`).
     pub limits: LimitsConfig,
     /// Logs, metrics and health out of the enclave (`[telemetry]`).
@@ -567,6 +572,16 @@ struct RawConfig {
     files: Vec<RawFiles>,
     #[serde(default)]
     acm_certificate: Vec<RawAcmCertificate>,
+    sds: Option<RawSds>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSds {
+    default_svid_name: Option<String>,
+    default_bundle_name: Option<String>,
+    default_all_bundles_name: Option<String>,
+    disable_spiffe_cert_validation: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -630,6 +645,48 @@ pub struct AcmCertificate {
     pub crl_max_age: Duration,
     /// A fetch, release and check that takes longer fails.
     pub sync_timeout: Duration,
+}
+
+/// The `[sds]` table: what Envoy's SDS names and how it validates, with spire-agent's
+/// keys and defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SdsSettings {
+    /// The caller's first SVID (`default`).
+    pub default_svid_name: String,
+    /// The trust domain's bundle (`ROOTCA`).
+    pub default_bundle_name: String,
+    /// Every bundle the caller may see (`ALL`).
+    pub default_all_bundles_name: String,
+    /// `trusted_ca` instead of the SPIFFE certificate validator.
+    pub disable_spiffe_cert_validation: bool,
+}
+
+impl Default for SdsSettings {
+    fn default() -> Self {
+        let defaults = enclaveid_workload_api::sds::SdsConfig::new("");
+        Self {
+            default_svid_name: defaults.default_svid_name,
+            default_bundle_name: defaults.default_bundle_name,
+            default_all_bundles_name: defaults.default_all_bundles_name,
+            disable_spiffe_cert_validation: defaults.disable_spiffe_cert_validation,
+        }
+    }
+}
+
+impl SdsSettings {
+    /// The SDS server's configuration for `trust_domain`.
+    pub fn for_trust_domain(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> enclaveid_workload_api::sds::SdsConfig {
+        enclaveid_workload_api::sds::SdsConfig {
+            trust_domain_id: trust_domain.id_string(),
+            default_svid_name: self.default_svid_name.clone(),
+            default_bundle_name: self.default_bundle_name.clone(),
+            default_all_bundles_name: self.default_all_bundles_name.clone(),
+            disable_spiffe_cert_validation: self.disable_spiffe_cert_validation,
+        }
+    }
 }
 
 /// What a `[[files]]` block writes.
@@ -1015,6 +1072,11 @@ impl Config {
             telemetry: parse_telemetry(raw.telemetry, &upstream, &invalid)?,
             files,
             acm_certificates,
+            sds: raw
+                .sds
+                .map(|s| parse_sds(s, &invalid))
+                .transpose()?
+                .unwrap_or_default(),
             upstream,
             entries,
             allow_insecure_bootstrap: false,
@@ -1048,6 +1110,7 @@ impl Config {
             allow_insecure_bootstrap: false,
             files: Vec::new(),
             acm_certificates: Vec::new(),
+            sds: SdsSettings::default(),
             upstream: Upstream::Dev(None),
             attestor: AttestorConfig {
                 kind: AttestorKind::Fake(enclaveid_attestor::FakeConfig::default()),
@@ -1393,6 +1456,39 @@ fn parse_kms(raw: RawUpstream, invalid: &Invalid<'_>) -> Result<KmsConfig, Confi
             }
             path => path,
         },
+    })
+}
+
+fn parse_sds(raw: RawSds, invalid: &Invalid<'_>) -> Result<SdsSettings, ConfigError> {
+    let defaults = SdsSettings::default();
+    let name = |key: &str, value: Option<String>, default: String| match value {
+        Some(name) if name.is_empty() || name.len() > 255 => Err(invalid(
+            &format!("sds.{key}"),
+            &name,
+            &"accepted: a resource name of 1 to 255 bytes",
+        )),
+        Some(name) => Ok(name),
+        None => Ok(default),
+    };
+    Ok(SdsSettings {
+        default_svid_name: name(
+            "default_svid_name",
+            raw.default_svid_name,
+            defaults.default_svid_name,
+        )?,
+        default_bundle_name: name(
+            "default_bundle_name",
+            raw.default_bundle_name,
+            defaults.default_bundle_name,
+        )?,
+        default_all_bundles_name: name(
+            "default_all_bundles_name",
+            raw.default_all_bundles_name,
+            defaults.default_all_bundles_name,
+        )?,
+        disable_spiffe_cert_validation: raw
+            .disable_spiffe_cert_validation
+            .unwrap_or(defaults.disable_spiffe_cert_validation),
     })
 }
 
@@ -2250,6 +2346,30 @@ selectors = ["unix:uid:1001"]
             .unwrap_err()
             .to_string();
         assert!(error.contains("[[acm_certificate]]"), "{error}");
+    }
+
+    #[test]
+    fn sds_settings_take_spire_agents_keys_and_defaults() {
+        let config = Config::from_toml(GOOD, "agent.toml").unwrap();
+        assert_eq!(config.sds, SdsSettings::default());
+        assert_eq!(config.sds.default_bundle_name, "ROOTCA");
+        let text = format!(
+            "{GOOD}[sds]\ndefault_svid_name = \"svid\"\ndisable_spiffe_cert_validation = true\n"
+        );
+        let config = Config::from_toml(&text, "agent.toml").unwrap();
+        let sds = config.sds.for_trust_domain(&config.trust_domain);
+        assert_eq!(sds.default_svid_name, "svid");
+        assert_eq!(sds.trust_domain_id, "spiffe://example.org");
+        assert!(sds.disable_spiffe_cert_validation);
+        for (bad, wants) in [
+            ("default_bundle_name = \"\"", "sds.default_bundle_name"),
+            ("unknown = 1", "unknown"),
+        ] {
+            let error = Config::from_toml(&format!("{GOOD}[sds]\n{bad}\n"), "agent.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(wants), "{bad}: {error}");
+        }
     }
 
     #[test]

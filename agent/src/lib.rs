@@ -138,6 +138,8 @@ pub struct Agent {
     telemetry: config::TelemetryConfig,
     hello: enclaveid_checks::telemetry::Hello,
     files: Vec<config::FileOutput>,
+    /// Envoy's SDS on the socket (`[sds]`).
+    sds: enclaveid_workload_api::sds::SdsConfig,
     /// One sync per `[[acm_certificate]]`, and where they publish.
     acm: Vec<acm::AcmSync>,
     acm_served: tokio::sync::watch::Receiver<std::sync::Arc<acm::AcmCertificates>>,
@@ -282,6 +284,7 @@ impl Agent {
             telemetry: config.telemetry.clone(),
             hello,
             files: config.files.clone(),
+            sds: config.sds.for_trust_domain(&config.trust_domain),
             acm,
             acm_served,
             acm_problems,
@@ -478,6 +481,7 @@ impl Agent {
             self.limits,
             reserved,
             self.api_metrics,
+            self.sds,
             stop.clone().cancelled_owned(),
         )
         .await;
@@ -547,6 +551,7 @@ impl Reloader {
             ("attestor", config.attestor == running.attestor),
             ("socket_path", config.socket_path == running.socket_path),
             ("limits", config.limits == running.limits),
+            ("sds", config.sds == running.sds),
             ("telemetry", config.telemetry == running.telemetry),
             (
                 "bundle_endpoint",

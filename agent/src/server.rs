@@ -195,7 +195,7 @@ impl Drop for BoundSocket {
     }
 }
 
-/// Serves the Workload API and gRPC health on `socket` until `shutdown` resolves. The
+/// Serves the Workload API, Envoy's SDS and gRPC health on `socket` until `shutdown` resolves. The
 /// caller must close `snapshots`' sender at shutdown so that open streams end.
 #[allow(
     clippy::too_many_arguments,
@@ -209,6 +209,7 @@ pub(crate) async fn serve(
     limits: Limits,
     reserved_descriptors: usize,
     api_metrics: Arc<enclaveid_workload_api::ApiMetrics>,
+    sds: enclaveid_workload_api::sds::SdsConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SocketError> {
     let listener = socket.listener.take().ok_or(SocketError::AlreadyServed)?;
@@ -232,9 +233,11 @@ pub(crate) async fn serve(
     let h2_streams =
         u32::try_from(limits.max_streams_per_connection.saturating_add(16)).unwrap_or(u32::MAX);
     let limiter = Limiter::new(limits);
-    let api = WorkloadApi::new(snapshots, attestor.clone(), limiter.clone())
-        .with_metrics(api_metrics)
-        .into_server();
+    let api =
+        WorkloadApi::new(snapshots, attestor.clone(), limiter.clone()).with_metrics(api_metrics);
+    // Envoy's SDS on the same socket, with the same callers' attestation and limits.
+    let sds = api.sds(sds).into_server();
+    let api = api.into_server();
     let incoming = enclaveid_workload_api::incoming(listener, attestor, limiter);
     let (drain_tx, mut drain_rx) = watch::channel(false);
     let server = tonic::transport::Server::builder()
@@ -252,6 +255,7 @@ pub(crate) async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .add_service(health_service)
         .add_service(api)
+        .add_service(sds)
         // Clients that send the socket path as `:authority` (gRPC C-core, grpc-java) are
         // let in; see `LenientAuthority`.
         .serve_with_incoming_shutdown(incoming, async move {

@@ -31,7 +31,7 @@ pub(crate) struct HostArgs {
     material: Option<String>,
     /// Serve the object ACM for Nitro Enclaves writes for this certificate
     /// (s3://PARTITION-ec2-enclave-certificate-REGION-prod/ROLE_ARN/CERTIFICATE_ARN) to
-    /// the agent's [[acm_certificate]] of that ARN; repeatable. With one and no
+    /// the agent's `[[acm_certificate]]` of that ARN; repeatable. With one and no
     /// --material, it is also the key material (which the kms upstream refuses: ACM
     /// certificates carry DNS names only, not a SPIFFE ID).
     #[arg(

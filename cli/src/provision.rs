@@ -122,7 +122,7 @@ pub(crate) struct AcmArgs {
     #[arg(long, value_name = "REGION")]
     region: Option<String>,
     /// An EC2 endpoint URL instead of AWS's (test servers). Default: AWS_ENDPOINT_URL_EC2,
-    /// else https://ec2.REGION.amazonaws.com/. ACM's follows AWS_ENDPOINT_URL_ACM.
+    /// else `https://ec2.REGION.amazonaws.com/`. ACM's follows AWS_ENDPOINT_URL_ACM.
     #[arg(long, value_name = "URL")]
     ec2_endpoint: Option<String>,
 }

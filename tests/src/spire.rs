@@ -424,6 +424,12 @@ plugins {{
         self.entry("update", Some(id), spiffe_id, selectors, hint, &[]);
     }
 
+    /// Registers `spiffe_id` for `selectors` with more `entry create` flags (such as
+    /// `-x509SVIDTTL 10`); returns the entry ID.
+    pub fn entry_create_with(&self, spiffe_id: &str, selectors: &[&str], extra: &[&str]) -> String {
+        self.entry("create", None, spiffe_id, selectors, "", extra)
+    }
+
     fn entry(
         &self,
         verb: &str,

@@ -17,6 +17,7 @@ mod e2e {
     mod reload;
     mod robustness;
     mod rotation;
+    mod sds;
     mod supervisor;
     mod svid;
     mod telemetry;

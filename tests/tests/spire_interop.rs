@@ -25,6 +25,8 @@ use enclaveid_tests::pca::TestPca;
 use enclaveid_tests::spire::{DiskUpstream, SpireAgent, SpireServer, free_port, go_build};
 use enclaveid_tests::{AgentProcess, enclaveid_bin, euid};
 
+#[path = "spire_interop/sds.rs"]
+mod sds;
 #[path = "spire_interop/upstream.rs"]
 mod upstream;
 
@@ -76,6 +78,15 @@ fn stdout_of(output: &Output) -> String {
 
 /// An agent serving `path` to this uid; with `ca`, under that CA's files.
 fn agent(path: &str, extra: &str, ca: Option<&Path>) -> AgentProcess {
+    agent_for(path, euid(), extra, ca)
+}
+
+/// An agent serving `path` to `uid` under the CA files in `ca`.
+fn agent_for_uid(path: &str, uid: u32, ca: &Path) -> AgentProcess {
+    agent_for(path, uid, "", Some(ca))
+}
+
+fn agent_for(path: &str, uid: u32, extra: &str, ca: Option<&Path>) -> AgentProcess {
     let upstream = match ca {
         Some(dir) => format!(
             "kind = \"dev\"\ncert_path = \"{0}/ca.pem\"\nkey_path = \"{0}/ca.key\"\nbundle_path = \"{0}/root.pem\"",
@@ -86,8 +97,7 @@ fn agent(path: &str, extra: &str, ca: Option<&Path>) -> AgentProcess {
     AgentProcess::start(&format!(
         "trust_domain = \"example.org\"\nsocket_path = \"{{socket}}\"\n\
          [upstream]\n{upstream}\n[attestor]\nkind = \"fake\"\n\
-         [[entry]]\nspiffe_id = \"spiffe://example.org/{path}\"\nselectors = [\"unix:uid:{}\"]\n{extra}\n",
-        euid()
+         [[entry]]\nspiffe_id = \"spiffe://example.org/{path}\"\nselectors = [\"unix:uid:{uid}\"]\n{extra}\n"
     ))
 }
 

@@ -1,7 +1,8 @@
 //! The SPIFFE Workload API server of EnclaveID.
 //!
 //! This crate owns the wire contract that SPIFFE clients (go-spiffe, py-spiffe, the
-//! `spiffe` crate, Envoy) rely on: the `SpiffeWorkloadAPI` gRPC service, the
+//! `spiffe` crate) rely on, and Envoy's: the `SpiffeWorkloadAPI` gRPC service, Envoy's
+//! Secret Discovery Service on the same socket ([`sds`]), the
 //! `workload.spiffe.io: true` security header, the status codes SPIRE returns, and the
 //! streaming rule "full current state on every change". It serves whatever the agent
 //! publishes in a [`Snapshot`] through a `tokio::sync::watch` channel (one writer, the
@@ -58,6 +59,7 @@ mod authority;
 mod connection;
 pub mod jwt;
 mod limits;
+pub mod sds;
 
 #[doc(hidden)]
 pub use authority::read_through;
@@ -627,28 +629,7 @@ impl<A: WorkloadAttestor> WorkloadApi<A> {
         &self,
         request: &Request<T>,
     ) -> Result<(Selectors, limits::StreamSlot), Status> {
-        let peer = request
-            .extensions()
-            .get::<Peer<A::Accepted>>()
-            .cloned()
-            .ok_or_else(|| {
-                Status::unavailable(
-                    "workload attestation failed: the connection has no peer credentials",
-                )
-            })?;
-        let caller = peer.caller;
-        self.limiter.admit_call(caller.uid)?;
-        let slot = self.limiter.open_stream(caller.uid, &peer.state)?;
-        match self.attestor.attest(caller, &peer.accepted).await {
-            Ok(selectors) => {
-                tracing::debug!(pid = ?caller.pid, uid = caller.uid, selectors = selectors.len(), "attested caller");
-                Ok((selectors, slot))
-            }
-            Err(error) => {
-                tracing::warn!(%error, pid = ?caller.pid, uid = caller.uid, "workload attestation failed");
-                Err(Status::unavailable(error.to_string()))
-            }
-        }
+        attest_caller(&self.attestor, &self.limiter, request).await
     }
 
     /// A stream that sends `build(snapshot)` now and again whenever it changes, until the
@@ -706,6 +687,37 @@ impl<A: WorkloadAttestor> WorkloadApi<A> {
             }
         });
         Ok(Box::pin(stream))
+    }
+}
+
+/// Admits a call under the caller's limits and attests the caller from its connection's
+/// peer credentials: the Workload API's and SDS's callers alike.
+async fn attest_caller<A: WorkloadAttestor, T>(
+    attestor: &A,
+    limiter: &Arc<Limiter>,
+    request: &Request<T>,
+) -> Result<(Selectors, limits::StreamSlot), Status> {
+    let peer = request
+        .extensions()
+        .get::<Peer<A::Accepted>>()
+        .cloned()
+        .ok_or_else(|| {
+            Status::unavailable(
+                "workload attestation failed: the connection has no peer credentials",
+            )
+        })?;
+    let caller = peer.caller;
+    limiter.admit_call(caller.uid)?;
+    let slot = limiter.open_stream(caller.uid, &peer.state)?;
+    match attestor.attest(caller, &peer.accepted).await {
+        Ok(selectors) => {
+            tracing::debug!(pid = ?caller.pid, uid = caller.uid, selectors = selectors.len(), "attested caller");
+            Ok((selectors, slot))
+        }
+        Err(error) => {
+            tracing::warn!(%error, pid = ?caller.pid, uid = caller.uid, "workload attestation failed");
+            Err(Status::unavailable(error.to_string()))
+        }
     }
 }
 
