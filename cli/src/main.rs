@@ -17,6 +17,7 @@ mod health;
 mod host;
 #[cfg(feature = "provision")]
 mod provision;
+mod proxy;
 mod raw;
 mod supervise;
 
@@ -71,6 +72,10 @@ enum Command {
     /// Nitro attestation documents: verify one, or make a fake one for development.
     #[command(subcommand)]
     Attest(AttestCommand),
+    /// mTLS in front of a plain TCP service (`proxy server`) or behind a plaintext client
+    /// (`proxy client`), with the SVID and bundles of the Workload API.
+    #[command(subcommand)]
+    Proxy(proxy::ProxyCommand),
     /// On the parent instance: serve an enclave's `kms` upstream (key material, AWS
     /// credentials, a KMS tunnel, the CRL).
     #[cfg(feature = "host")]
@@ -345,6 +350,7 @@ fn main() -> ExitCode {
                 health::check(&endpoint(&args.endpoint)?, args.timeout).await
             }
             Command::Attest(AttestCommand::Verify(args)) => attest::verify(*args),
+            Command::Proxy(command) => proxy::run(command, shutdown_signal()).await,
             #[cfg(feature = "fake")]
             Command::Attest(AttestCommand::Fake(args)) => attest::fake(*args),
             #[cfg(feature = "host")]

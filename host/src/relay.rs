@@ -18,15 +18,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use enclaveid_io::{AcceptBackoff, Address, AddressError, AddressExt as _, Listener, Stream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A fixed route: connections accepted on `listen` go to `to`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,16 +94,7 @@ pub struct RouteStats {
 #[derive(Clone, Debug, Default)]
 pub struct RelayStats(Arc<Mutex<BTreeMap<String, Arc<RouteStats>>>>);
 
-/// How a relayed connection ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Ended {
-    /// Both sides closed.
-    Closed,
-    /// No byte for the idle timeout.
-    Idle,
-    /// A socket error.
-    Failed(String),
-}
+pub use enclaveid_io::pump::Ended;
 
 /// A relay with its listeners bound.
 pub struct Relay {
@@ -325,88 +313,7 @@ impl Drop for Slot {
 /// Moves bytes both ways until both sides have closed, a socket fails, or nothing moved
 /// for `idle`. Half-close is passed on.
 async fn pump(a: Box<dyn Stream>, b: Box<dyn Stream>, idle: Duration, stats: &RouteStats) -> Ended {
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let mut a = Counted {
-        inner: a,
-        read: &stats.bytes_out,
-        last: &last,
-        start,
-    };
-    let mut b = Counted {
-        inner: b,
-        read: &stats.bytes_in,
-        last: &last,
-        start,
-    };
-    let copied = tokio::io::copy_bidirectional(&mut a, &mut b);
-    tokio::pin!(copied);
-    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-    loop {
-        let since = last.load(Ordering::Relaxed);
-        let deadline = start + Duration::from_millis(since.saturating_add(idle_ms));
-        tokio::select! {
-            copied = &mut copied => return match copied {
-                Ok(_) => Ended::Closed,
-                Err(error) => Ended::Failed(error.to_string()),
-            },
-            () = tokio::time::sleep_until(deadline.into()) => {
-                if last.load(Ordering::Relaxed) == since {
-                    return Ended::Idle;
-                }
-            }
-        }
-    }
-}
-
-/// A stream that counts the bytes read from it and notes when the last moved.
-struct Counted<'a> {
-    inner: Box<dyn Stream>,
-    read: &'a AtomicU64,
-    last: &'a AtomicU64,
-    start: Instant,
-}
-
-impl Counted<'_> {
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
-    }
-}
-
-impl AsyncRead for Counted<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.read.fetch_add(n as u64, Ordering::Relaxed);
-            self.touch();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Counted<'_> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    enclaveid_io::pump::pump(a, b, idle, (&stats.bytes_out, &stats.bytes_in)).await
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The I/O every side of EnclaveID shares: connecting to and listening on an
 //! [`Address`] (`vsock://CID:PORT` between an enclave and its parent instance,
 //! `tcp://HOST:PORT` and `unix:///PATH` elsewhere), writing a file whole, and answering
-//! read-only HTTP endpoints ([`http`]).
+//! read-only HTTP endpoints ([`http`]), carrying a connection both ways ([`pump`]).
 //!
 //! Parsing addresses is `enclaveid-checks`' (no I/O there); this crate adds the sockets.
 //! AF_VSOCK cannot be bound outside a VM with a vsock device; everything but the bind
@@ -22,6 +22,7 @@
 mod backoff;
 mod file;
 pub mod http;
+pub mod pump;
 mod transport;
 
 pub use backoff::AcceptBackoff;

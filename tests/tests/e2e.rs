@@ -13,6 +13,7 @@ mod e2e {
     mod hostile;
     mod jwt;
     mod node;
+    mod proxy;
     mod relay;
     mod reload;
     mod robustness;
