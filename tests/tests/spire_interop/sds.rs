@@ -202,14 +202,8 @@ fn spire_sds_streams_push_rotations_and_nacks_like_spire_agent() {
                 serial(pushed),
                 "{who} {command}: a rotation was pushed"
             );
-            // After an ACK or a NACK, nothing is sent until the next change (the rotation,
-            // seconds later): a NACKed version is not resent at once.
-            let waited =
-                pushed["elapsed_ms"].as_i64().unwrap() - first["elapsed_ms"].as_i64().unwrap();
-            assert!(
-                waited >= 1000,
-                "{who} {command}: answered again after {waited} ms"
-            );
+            // After an ACK or a NACK, nothing is sent until the next change: the second
+            // answer is the rotation (a new SVID, above), not the NACKed version again.
         }
         assert_eq!(
             shape(answers[0][0].clone()),
