@@ -20,12 +20,14 @@
 #![warn(missing_docs)]
 
 mod backoff;
+mod crl_files;
 mod file;
 pub mod http;
 pub mod pump;
 mod transport;
 
 pub use backoff::AcceptBackoff;
+pub use crl_files::{CrlFilesError, read_crl_files};
 pub use enclaveid_checks::address::{ACCEPTED, ANY_CID, Address, AddressError, PARENT_CID};
 pub use file::write_atomically;
 pub use transport::{AddressExt, Listener, Stream};

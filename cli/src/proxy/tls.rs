@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use enclaveid_checks::peer::{self, Role};
-use enclaveid_checks::revocation::RevocationLists;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -183,18 +182,8 @@ impl PeerVerifier {
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
         peer::verify_svid(&chain, &roots, at, role)
             .map_err(|e| refused(format!("{id}: {}", enclaveid_checks::Chain(&e))))?;
-        let mut lists = RevocationLists::default();
-        for path in &self.crls {
-            match std::fs::read(path) {
-                Ok(bytes) => lists
-                    .add(&bytes, &path.display().to_string())
-                    .map_err(|e| refused(enclaveid_checks::Chain(&e).to_string()))?,
-                // Not written yet (the agent exports it after its first sync): no CRL.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(refused(format!("CRL {}: {e}", path.display()))),
-            }
-        }
-        lists
+        enclaveid_io::read_crl_files(&self.crls)
+            .map_err(|e| refused(enclaveid_checks::Chain(&e).to_string()))?
             .check_chain(&chain, &roots, at)
             .map_err(|e| refused(format!("{id}: {}", enclaveid_checks::Chain(&e))))?;
         Ok(id)

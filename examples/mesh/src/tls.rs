@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use enclaveid_checks::revocation::RevocationLists;
 use rustls_pki_types::{CertificateDer, ServerName};
 use spiffe::{SpiffeId, X509Source};
 
@@ -189,21 +188,8 @@ impl CrlFiles {
         if self.0.is_empty() {
             return Ok(());
         }
-        let mut lists = RevocationLists::default();
-        for path in self.0.iter() {
-            match std::fs::read(path) {
-                Ok(bytes) => lists
-                    .add(&bytes, &path.display().to_string())
-                    .map_err(|e| Error::Revoked(enclaveid_checks::Chain(&e).to_string()))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(Error::Revoked(format!(
-                        "the CRL {} cannot be read: {e}",
-                        path.display()
-                    )));
-                }
-            }
-        }
+        let lists = enclaveid_io::read_crl_files(&self.0)
+            .map_err(|e| Error::Revoked(enclaveid_checks::Chain(&e).to_string()))?;
         let roots = trust.roots()?;
         lists
             .check_chain(chain, &roots, SystemTime::now())

@@ -85,14 +85,21 @@ fn assert_files_are(world: &World, issued: &Issued) {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acm_route_the_certificate_reaches_files_and_follows_renewal_and_revocation() {
+/// A world with CA material for the SVIDs and an empty CRL, an ACM object for `NAME`,
+/// and its host running; with the CA material and the ACM leaf.
+async fn acm_world() -> (World, Issued, Issued) {
     let mut world = World::new().await;
     let ca = world.pca.issue_for(ca_profile(), DAY);
     world.publish(world.material(&ca), world.pca.crl(&[])).await;
-    let first = dns_leaf(&world, NAME);
-    world.publish_acm(ARN, world.material(&first)).await;
+    let leaf = dns_leaf(&world, NAME);
+    world.publish_acm(ARN, world.material(&leaf)).await;
     world.start_host();
+    (world, ca, leaf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acm_route_the_certificate_reaches_files_and_follows_renewal_and_revocation() {
+    let (mut world, ca, first) = acm_world().await;
     let agent = AgentProcess::start(&acm_config(&world, NAME));
 
     wait_for_file_serial(&world, &agent, &first.serial).await;
@@ -176,12 +183,7 @@ async fn acm_route_one_object_is_refused_as_an_svid_and_written_as_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acm_route_a_certificate_without_the_expected_name_is_refused() {
-    let mut world = World::new().await;
-    let ca = world.pca.issue_for(ca_profile(), DAY);
-    world.publish(world.material(&ca), world.pca.crl(&[])).await;
-    let leaf = dns_leaf(&world, NAME);
-    world.publish_acm(ARN, world.material(&leaf)).await;
-    world.start_host();
+    let (world, _, _) = acm_world().await;
     let expected = "gateway.ephemeral-ml.internal";
     let agent = AgentProcess::start(&acm_config(&world, expected));
     let log = wait_for_log(
@@ -209,12 +211,7 @@ async fn acm_route_a_certificate_without_the_expected_name_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acm_route_nginx_serves_the_acm_certificate_by_name_and_follows_renewal() {
-    let mut world = World::new().await;
-    let ca = world.pca.issue_for(ca_profile(), DAY);
-    world.publish(world.material(&ca), world.pca.crl(&[])).await;
-    let first = dns_leaf(&world, NAME);
-    world.publish_acm(ARN, world.material(&first)).await;
-    world.start_host();
+    let (mut world, _, first) = acm_world().await;
     let nginx_dir = world.dir().join("nginx");
     std::fs::create_dir_all(&nginx_dir).unwrap();
     // The agent signals nginx after each write, as it would in the enclave.
