@@ -12,7 +12,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use enclaveid_attestor::hex;
+use enclaveid_attestor::svid::{self, SvidError, SvidPolicy};
+use enclaveid_attestor::{Policy, hex};
 use enclaveid_checks::certs;
 use enclaveid_checks::keys::{KeyError, SigningKey};
 use rcgen::{
@@ -25,6 +26,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::config::{CaFiles, ConfigError, Entry};
+use crate::enclave::Enclave;
 
 /// How long a generated development CA is valid.
 pub(crate) const DEV_CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -88,6 +90,30 @@ pub enum MintError {
     /// A CA certificate handed over by the upstream does not parse.
     #[error("the CA certificate")]
     Certificate(#[source] certs::CertificateError),
+    /// An entry with `attested = true`, and no attestor to make its document.
+    #[error("the SVID of {spiffe_id} must be attested and this signer has no enclave attestor")]
+    NoAttestor {
+        /// The entry's SPIFFE ID.
+        spiffe_id: SpiffeId,
+    },
+    /// The enclave's attestor failed to make the SVID's document.
+    #[error("attesting the SVID of {spiffe_id}")]
+    Attestation {
+        /// The entry's SPIFFE ID.
+        spiffe_id: SpiffeId,
+        /// The attestor's reason.
+        #[source]
+        source: enclaveid_attestor::Error,
+    },
+    /// The attested SVID does not verify as a relying party would verify it.
+    #[error("the attested SVID of {spiffe_id} does not verify")]
+    Attested {
+        /// The entry's SPIFFE ID.
+        spiffe_id: SpiffeId,
+        /// The verifier's reason.
+        #[source]
+        source: SvidError,
+    },
 }
 
 /// A CA that signs SVIDs of one trust domain.
@@ -282,8 +308,15 @@ impl Authority {
     }
 
     /// Mints an X.509-SVID for `entry`, valid from `now` for the entry's TTL but never
-    /// past the CA's own notAfter, and checks it with the `spiffe` crate's parser.
-    pub(crate) fn mint(&self, entry: &Entry, now: SystemTime) -> Result<Minted, MintError> {
+    /// past the CA's own notAfter, and checks it with the `spiffe` crate's parser. An
+    /// `attested` entry's SVID carries a fresh document from `enclave`
+    /// ([`Authority::attest`]).
+    pub(crate) fn mint(
+        &self,
+        entry: &Entry,
+        now: SystemTime,
+        enclave: Option<&Enclave>,
+    ) -> Result<Minted, MintError> {
         // Certificates carry whole seconds; truncating first keeps `not_after` exact.
         let now = truncate_to_seconds(now);
         if now >= self.not_after {
@@ -332,7 +365,14 @@ impl Authority {
                 what: format!("the SVID of {}", entry.spiffe_id),
                 source,
             })?;
-        let mut cert_chain_der = leaf.der().to_vec();
+        let mut cert_chain_der = if entry.attested {
+            let enclave = enclave.ok_or_else(|| MintError::NoAttestor {
+                spiffe_id: entry.spiffe_id.clone(),
+            })?;
+            self.attest(leaf.der(), &entry.spiffe_id, enclave, now)?
+        } else {
+            leaf.der().to_vec()
+        };
         for cert in &self.chain {
             cert_chain_der.extend_from_slice(cert);
         }
@@ -358,6 +398,53 @@ impl Authority {
             issued_at: now,
             not_after,
         })
+    }
+}
+
+impl Authority {
+    /// The attested form of the freshly signed SVID `plain`: a document from `enclave`
+    /// binding its key and serial, in the extension, the TBSCertificate signed again by
+    /// this CA. Checked as a relying party checks it before it is returned.
+    fn attest(
+        &self,
+        plain: &[u8],
+        spiffe_id: &SpiffeId,
+        enclave: &Enclave,
+        now: SystemTime,
+    ) -> Result<Vec<u8>, MintError> {
+        let attested = |source| MintError::Attested {
+            spiffe_id: spiffe_id.clone(),
+            source,
+        };
+        let user_data = svid::user_data_for(plain).map_err(attested)?;
+        let document =
+            enclave
+                .attest_user_data(user_data)
+                .map_err(|source| MintError::Attestation {
+                    spiffe_id: spiffe_id.clone(),
+                    source,
+                })?;
+        let unsigned = svid::add_extension(plain, &document).map_err(attested)?;
+        let signature =
+            rcgen::SigningKey::sign(self.issuer.key(), unsigned.tbs()).map_err(|source| {
+                MintError::Sign {
+                    what: format!("the attested SVID of {spiffe_id}"),
+                    source,
+                }
+            })?;
+        let cert = unsigned.finish(&signature);
+        let (verifier, allow_debug) = enclave.verifier();
+        let policy = SvidPolicy {
+            trust_domain: Some(self.trust_domain.to_string()),
+            ..SvidPolicy::required(Policy {
+                allow_debug,
+                ..Policy::default()
+            })
+        };
+        verifier
+            .verify_attested_svid(&cert, &policy, now)
+            .map_err(attested)?;
+        Ok(cert)
     }
 }
 
@@ -410,6 +497,7 @@ mod tests {
             ttl,
             jwt_ttl: Duration::from_secs(300),
             hint: String::new(),
+            attested: false,
         }
     }
 
@@ -421,7 +509,9 @@ mod tests {
     fn a_minted_svid_follows_the_x509_svid_profile() {
         let ca = Authority::generate_dev(&td()).unwrap();
         let now = SystemTime::now();
-        let minted = ca.mint(&entry(Duration::from_secs(600)), now).unwrap();
+        let minted = ca
+            .mint(&entry(Duration::from_secs(600)), now, None)
+            .unwrap();
         let (rest, cert) = x509_parser::parse_x509_certificate(&minted.cert_chain_der).unwrap();
         assert!(rest.is_empty(), "a dev root CA adds no intermediates");
 
@@ -471,7 +561,9 @@ mod tests {
             ParsedExtension::AuthorityKeyIdentifier(_)
         )));
 
-        let other = ca.mint(&entry(Duration::from_secs(600)), now).unwrap();
+        let other = ca
+            .mint(&entry(Duration::from_secs(600)), now, None)
+            .unwrap();
         assert_ne!(other.serial, minted.serial, "serials are random");
     }
 
@@ -479,9 +571,11 @@ mod tests {
     fn an_svid_never_outlives_its_ca() {
         let ca = Authority::generate_dev(&td()).unwrap();
         let late = ca.not_after() - Duration::from_secs(30);
-        let minted = ca.mint(&entry(Duration::from_secs(3600)), late).unwrap();
+        let minted = ca
+            .mint(&entry(Duration::from_secs(3600)), late, None)
+            .unwrap();
         assert_eq!(minted.not_after, ca.not_after());
-        let Err(error) = ca.mint(&entry(Duration::from_secs(3600)), ca.not_after()) else {
+        let Err(error) = ca.mint(&entry(Duration::from_secs(3600)), ca.not_after(), None) else {
             panic!("minted past the CA's notAfter");
         };
         assert!(error.to_string().contains("CA expired"), "{error}");
@@ -514,7 +608,7 @@ mod tests {
         let ca = Authority::load(&files, &td()).unwrap();
         assert_eq!(ca.bundle_der(), ca_cert.der().to_vec());
         let minted = ca
-            .mint(&entry(Duration::from_secs(60)), SystemTime::now())
+            .mint(&entry(Duration::from_secs(60)), SystemTime::now(), None)
             .unwrap();
         assert!(!minted.cert_chain_der.is_empty());
 
@@ -539,5 +633,71 @@ mod tests {
         };
         let error = Authority::load(&garbage, &td()).unwrap_err().to_string();
         assert!(error.contains("upstream.cert_path"), "{error}");
+    }
+
+    #[cfg(feature = "fake")]
+    #[test]
+    fn attested_svid_minted_by_the_agent_carries_a_bound_document_and_parses_as_an_svid() {
+        use crate::config::{AttestorConfig, AttestorKind};
+        let pcr0 = vec![0x5a; 48];
+        let enclave = Enclave::open(&AttestorConfig {
+            kind: AttestorKind::Fake(enclaveid_attestor::FakeConfig {
+                pcrs: std::collections::BTreeMap::from([(0, pcr0.clone())]),
+                ..enclaveid_attestor::FakeConfig::default()
+            }),
+            allow_debug: false,
+        })
+        .unwrap();
+        let ca = Authority::generate_dev(&td()).unwrap();
+        let attested = Entry {
+            attested: true,
+            ..entry(Duration::from_secs(600))
+        };
+        let now = SystemTime::now();
+        let minted = ca.mint(&attested, now, Some(&enclave)).unwrap();
+        let plain = ca
+            .mint(&entry(Duration::from_secs(600)), now, None)
+            .unwrap();
+        let leaf = certs::split_der(&minted.cert_chain_der, "svid").unwrap()[0].clone();
+        let (verifier, _) = enclave.verifier();
+        let policy = SvidPolicy {
+            trust_domain: Some("example.org".into()),
+            ..SvidPolicy::required(Policy {
+                pcrs: std::collections::BTreeMap::from([(0, vec![pcr0.clone()])]),
+                ..Policy::default()
+            })
+        };
+        let verified = verifier
+            .verify_attested_svid(&leaf, &policy, now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(verified.document.pcrs[&0], pcr0);
+        assert_eq!(verified.uris[0], "spiffe://example.org/gateway");
+        // Still an X.509-SVID for the `spiffe` crate, chaining to the CA.
+        let svid =
+            spiffe::X509Svid::parse_from_der(&minted.cert_chain_der, &minted.private_key_der)
+                .unwrap();
+        assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/gateway");
+        let chain = [CertificateDer::from(leaf.to_vec())];
+        enclaveid_checks::peer::verify_svid(
+            &chain,
+            &[CertificateDer::from(ca.bundle_der())],
+            now,
+            enclaveid_checks::peer::Role::Client,
+        )
+        .unwrap();
+        assert!(minted.cert_chain_der.len() > plain.cert_chain_der.len() + 3000);
+
+        // The plain SVID of the same entry carries no extension: required fails closed.
+        let plain_leaf = certs::split_der(&plain.cert_chain_der, "svid").unwrap()[0].clone();
+        assert!(matches!(
+            verifier.verify_attested_svid(&plain_leaf, &policy, now),
+            Err(SvidError::Missing)
+        ));
+        // An attested entry with no attestor is refused, not served plain.
+        assert!(matches!(
+            ca.mint(&attested, now, None),
+            Err(MintError::NoAttestor { .. })
+        ));
     }
 }

@@ -53,6 +53,7 @@
 //! ttl = "30m"                     # optional, overrides svid_ttl
 //! jwt_ttl = "1m"                  # optional, overrides jwt_ttl
 //! hint = "internal"               # optional
+//! attested = false                # optional: carry the enclave's attestation (docs/attested-svids.md)
 //! [sds]                          # optional: Envoy's SDS on the socket, spire-agent's keys
 //! # default_svid_name = "default", default_bundle_name = "ROOTCA",
 //! # default_all_bundles_name = "ALL", disable_spiffe_cert_validation = false
@@ -551,6 +552,9 @@ pub struct Entry {
     pub jwt_ttl: Duration,
     /// Sent to the workload as the SVID's `hint`.
     pub hint: String,
+    /// Each X.509-SVID carries a fresh attestation document of this enclave, bound to
+    /// its key and serial (`enclaveid_attestor::svid`).
+    pub attested: bool,
 }
 
 #[derive(Deserialize)]
@@ -828,6 +832,8 @@ struct RawEntry {
     jwt_ttl: Option<String>,
     #[serde(default)]
     hint: String,
+    #[serde(default)]
+    attested: bool,
 }
 
 // === impl Config ===
@@ -1024,6 +1030,7 @@ impl Config {
                 ttl,
                 jwt_ttl: entry_jwt_ttl,
                 hint: entry.hint,
+                attested: entry.attested,
             });
         }
 
@@ -1123,6 +1130,7 @@ impl Config {
                 ttl: DEFAULT_SVID_TTL,
                 jwt_ttl: DEFAULT_JWT_TTL,
                 hint: String::new(),
+                attested: false,
             }],
         })
     }
@@ -1986,6 +1994,7 @@ hint = "internal"
 [[entry]]
 spiffe_id = "spiffe://example.org/inference"
 selectors = ["unix:uid:1001"]
+attested = true
 "#;
 
     #[test]
@@ -1995,6 +2004,11 @@ selectors = ["unix:uid:1001"]
         assert_eq!(config.entries.len(), 2);
         assert_eq!(config.entries[0].ttl, Duration::from_secs(1800));
         assert_eq!(config.entries[0].hint, "internal");
+        assert!(
+            !config.entries[0].attested,
+            "attested is off unless asked for"
+        );
+        assert!(config.entries[1].attested);
         assert_eq!(config.entries[1].ttl, Duration::from_secs(3600));
         assert_eq!(config.entries[1].selectors, vec![Selector::Uid(1001)]);
         assert_eq!(config.upstream, Upstream::Dev(None));
@@ -2103,6 +2117,11 @@ selectors = ["unix:uid:1001"]
                 "hint = \"internal\"",
                 "hint = \"internal\"\ncolour = \"blue\"",
                 &["colour", "unknown field", "expected one of"],
+            ),
+            (
+                "attested = true",
+                "attested = \"yes\"",
+                &["attested", "invalid type", "a boolean"],
             ),
             (
                 "[\"gateway.internal\"]",

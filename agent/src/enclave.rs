@@ -66,6 +66,24 @@ impl Enclave {
         })
     }
 
+    /// A fresh document binding `user_data` (unverified: the caller checks what it made
+    /// with it, as an attested SVID is checked with [`Enclave::verifier`]).
+    pub(crate) fn attest_user_data(
+        &self,
+        user_data: Vec<u8>,
+    ) -> Result<Vec<u8>, enclaveid_attestor::Error> {
+        self.attestor.attest(&AttestationRequest {
+            user_data: Some(user_data),
+            ..AttestationRequest::default()
+        })
+    }
+
+    /// The verifier of this enclave's documents, and whether a debug-mode enclave is
+    /// accepted (`attestor.allow_debug`).
+    pub(crate) fn verifier(&self) -> (&Verifier, bool) {
+        (&self.verifier, self.allow_debug)
+    }
+
     /// A fresh document binding `public_key` and a random nonce, verified as a relying
     /// party would verify it.
     pub fn attest(

@@ -308,6 +308,7 @@ impl Agent {
         ),
         Error,
     > {
+        let enclave = std::sync::Arc::new(enclave);
         let (rotator, snapshots, upstream) = match upstream {
             Upstream::Dev(files) => {
                 let authority = match files {
@@ -332,7 +333,11 @@ impl Agent {
                     config.jwt_key_rotation,
                     longest_jwt_ttl(config),
                 )?;
-                (rotator.with_jwt_keys(jwt), snapshots, None)
+                (
+                    rotator.with_jwt_keys(jwt).with_enclave(enclave),
+                    snapshots,
+                    None,
+                )
             }
             Upstream::Kms(kms) => {
                 let roots =
@@ -346,7 +351,7 @@ impl Agent {
                 let upstream = KmsUpstream::new(
                     kms.clone(),
                     roots,
-                    enclave,
+                    enclave.clone(),
                     config.trust_domain.clone(),
                     config.entries.iter().map(|e| e.spiffe_id.clone()).collect(),
                     upstream::Outlets {
@@ -365,7 +370,8 @@ impl Agent {
                 let rotator = rotator
                     .with_updates(rx)
                     .with_jwt_keys(jwt)
-                    .with_jwt_updates(jwt_rx);
+                    .with_jwt_updates(jwt_rx)
+                    .with_enclave(enclave);
                 (rotator, snapshots, Some(upstream))
             }
             Upstream::Spire(_) => unreachable!("the spire upstream has no rotator"),

@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 
 use crate::authority::Authority;
 use crate::config::Entry;
+use crate::enclave::Enclave;
 use crate::jwt::{JwtKey, JwtKeys};
 
 /// After a failed mint, the first retry waits this long, doubling up to [`MAX_RETRY`].
@@ -93,6 +94,8 @@ pub(crate) struct Rotator {
     reloads: Option<mpsc::Receiver<Vec<Entry>>>,
     /// The clocks at the last look, to notice a step of the wall clock.
     last_seen: Option<(Instant, SystemTime)>,
+    /// The enclave's attestor, for entries with `attested = true`.
+    enclave: Option<Arc<Enclave>>,
 }
 
 /// Asks the running agent to re-mint every SVID now (see [`Renewer::renew_now`]).
@@ -158,12 +161,19 @@ impl Rotator {
             jwt_updates: None,
             reloads: None,
             last_seen: None,
+            enclave: None,
         };
         if let Some(signer) = signer {
             rotator.set_signer(signer);
         }
         rotator.publish();
         (rotator, rx)
+    }
+
+    /// Makes the documents of attested entries with `enclave`'s attestor.
+    pub(crate) fn with_enclave(mut self, enclave: Arc<Enclave>) -> Self {
+        self.enclave = Some(enclave);
+        self
     }
 
     /// Reads the wall clock from `clock` instead of the system's.
@@ -321,6 +331,14 @@ impl Rotator {
                     slot.svid = (slot.entry.spiffe_id == leaf.spiffe_id).then(|| {
                         Svid::new(leaf.chain_der.clone(), leaf.key_der.clone(), leaf.not_after)
                     });
+                    if slot.svid.is_some() && slot.entry.attested {
+                        // The Private CA signed this leaf: no document can be added.
+                        tracing::error!(
+                            spiffe_id = %slot.entry.spiffe_id,
+                            "the entry has attested = true, and the upstream hands over a leaf the Private CA signed, which cannot carry an attestation; not served (give the agent CA material, or set attested = false)"
+                        );
+                        slot.svid = None;
+                    }
                 }
                 tracing::info!(
                     spiffe_id = %leaf.spiffe_id,
@@ -369,7 +387,7 @@ impl Rotator {
                 continue;
             };
             let started = std::time::Instant::now();
-            match authority.mint(&slot.entry, wall) {
+            match authority.mint(&slot.entry, wall, self.enclave.as_deref()) {
                 Ok(minted) => {
                     let mint_us = started.elapsed().as_micros() as u64;
                     let lifetime = minted
@@ -567,6 +585,7 @@ mod tests {
             ttl: Duration::from_secs(600),
             jwt_ttl: Duration::from_secs(300),
             hint: String::new(),
+            attested: false,
         };
         let authority = Authority::generate_dev(&td).unwrap();
         let (mut rotator, rx) = Rotator::new(
@@ -714,6 +733,7 @@ mod tests {
             ttl,
             jwt_ttl: Duration::from_secs(300),
             hint: String::new(),
+            attested: false,
         }
     }
 
@@ -784,7 +804,7 @@ mod tests {
         // Leaf material from the Private CA is served as it is and cannot be re-minted.
         let authority = Authority::generate_dev(&td).unwrap();
         let minted = authority
-            .mint(&entry("a", Duration::from_secs(60)), clock.now())
+            .mint(&entry("a", Duration::from_secs(60)), clock.now(), None)
             .unwrap();
         let leaf = LeafSvid {
             spiffe_id: spiffe::SpiffeId::new("spiffe://example.org/a").unwrap(),
@@ -824,6 +844,7 @@ mod tests {
             ttl: Duration::from_secs(600),
             jwt_ttl: Duration::from_secs(300),
             hint: String::new(),
+            attested: false,
         };
         let authority = Authority::generate_dev(&td).unwrap();
         let (rotator, mut rx) = Rotator::new(

@@ -136,7 +136,7 @@ pub(crate) struct KmsUpstream {
     config: KmsConfig,
     host: HostClient,
     roots: Vec<CertificateDer<'static>>,
-    enclave: Enclave,
+    enclave: std::sync::Arc<Enclave>,
     trust_domain: TrustDomain,
     entry_ids: Vec<SpiffeId>,
     signers: mpsc::Sender<Option<Signer>>,
@@ -194,7 +194,7 @@ impl KmsUpstream {
     pub(crate) fn new(
         config: KmsConfig,
         roots: Vec<CertificateDer<'static>>,
-        enclave: Enclave,
+        enclave: std::sync::Arc<Enclave>,
         trust_domain: TrustDomain,
         entry_ids: Vec<SpiffeId>,
         outlets: Outlets,

@@ -9,6 +9,9 @@
 //!   given time, ES384 signature) and then the policy (PCR allowlists, debug mode, age,
 //!   nonce, bound key and data), returning a [`VerifiedDocument`]. Every refusal is its
 //!   own [`Error`] variant naming what was wrong.
+//! - [`verify_attested_svid`] ([`svid`]): an X.509-SVID carrying its enclave's
+//!   attestation document in an extension, bound to the certificate's key and serial,
+//!   checked offline by any relying party.
 //!
 //! The crate does no I/O of its own (the `nsm` feature's device aside) and has no async
 //! runtime: documents are bytes in, bytes out, and verification is
@@ -43,6 +46,7 @@ mod fake_config;
 pub mod node_protocol;
 #[cfg(feature = "nsm")]
 mod nsm;
+pub mod svid;
 mod verify;
 
 use std::time::{Duration, SystemTime};
@@ -55,6 +59,7 @@ pub use fake::FakeAttestor;
 pub use fake_config::{FakeConfig, FakeRoot};
 #[cfg(feature = "nsm")]
 pub use nsm::{NSM_DEVICE, NsmAttestor};
+pub use svid::{AttestedSvid, SvidError, SvidPolicy, verify_attested_svid};
 pub use verify::{
     AWS_NITRO_ROOT_G1_PEM, AWS_NITRO_ROOT_G1_SHA256, MAX_FUTURE_SKEW, Policy, VerifiedDocument,
     Verifier, VerifyAt, hex, parse_hex, parse_pcr,

@@ -120,6 +120,21 @@ impl Verifier {
         policy: &Policy,
         at: VerifyAt,
     ) -> Result<VerifiedDocument, Error> {
+        let verified = self.verify_signed(document, at)?;
+        let now = match at {
+            VerifyAt::Time(time) => time,
+            VerifyAt::DocumentTime => verified.timestamp,
+        };
+        policy.check(&verified, now)?;
+        Ok(verified)
+    }
+
+    /// Structure, root pin, chain (valid at `at`) and signature; no policy.
+    pub(crate) fn verify_signed(
+        &self,
+        document: &[u8],
+        at: VerifyAt,
+    ) -> Result<VerifiedDocument, Error> {
         let cose = CoseSign1::parse(document)?;
         cose.check_es384()?;
         if cose.signature.len() != 96 {
@@ -224,7 +239,6 @@ impl Verifier {
             nonce: payload.nonce,
             certificate: payload.certificate,
         };
-        policy.check(&verified, now)?;
         Ok(verified)
     }
 }
