@@ -14,6 +14,16 @@ for target in $(sed -n 's/^name = "\(.*\)"$/\1/p' "$here/Cargo.toml" | grep -v '
 done
 if [ -d "$fixtures" ]; then
   cp "$fixtures"/nitro/*.cose "$out/attestation_document/"
+  # The attestation extension's value around a real document: EnclaveAttestation, DER.
+  python3 - "$fixtures/nitro/2025-01-06-nitro-attest-fixture.cose" "$out/attested_svid/fixture.der" <<'PY'
+import sys
+document = open(sys.argv[1], "rb").read()
+def tlv(tag, content):
+    n = len(content)
+    head = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + head + content
+open(sys.argv[2], "wb").write(tlv(0x30, tlv(0x02, b"\x01") + tlv(0x04, document)))
+PY
   cp "$fixtures"/kms/ciphertext-for-recipient.ber "$fixtures"/kms/parse-only/*.ber "$out/cms/"
   # Key material as ACM for Nitro Enclaves writes it, around the real ciphertext.
   python3 - "$fixtures" "$out/key_material/fixture.json" <<'PY'

@@ -48,6 +48,7 @@ mod files;
 mod host_client;
 mod jwt;
 mod kms;
+pub mod peer_tls;
 mod release;
 mod rotation;
 pub mod selector;

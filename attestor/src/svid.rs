@@ -5,8 +5,10 @@
 //!
 //! The format (also in `docs/attested-svids.md`):
 //!
-//! - The extension's OID is [`ATTESTED_SVID_OID`], under the registration-free UUID arc
-//!   `2.25` (ITU-T X.667); it is never critical.
+//! - The extension's OID is [`ATTESTED_SVID_OID`], under a provisional private arc
+//!   (`docs/attested-svids.md` says why not `2.25.<UUID>`: Go's X.509 parser, and so
+//!   go-spiffe and spire-agent, refuse any certificate with an OID arc of 32 bits or
+//!   more, even in a non-critical extension); it is never critical.
 //! - Its `extnValue` is the DER of
 //!   `EnclaveAttestation ::= SEQUENCE { version INTEGER (1), document OCTET STRING }`,
 //!   `document` being the NSM attestation document exactly as NSM returned it
@@ -33,14 +35,15 @@ use x509_parser::prelude::FromDer;
 use crate::verify::hex;
 use crate::{Error, MAX_FUTURE_SKEW, Policy, VerifiedDocument, Verifier, VerifyAt};
 
-/// The extension's OID, dotted: `2.25.` and the integer of the UUID
-/// `4fbc2857-9219-41f9-b7a2-07d084588314`.
-pub const ATTESTED_SVID_OID: &str = "2.25.105985981710862532501078373491541574420";
+/// The extension's OID, dotted. Provisional: `1.3.6.1.4.1` (IANA Private Enterprise
+/// Numbers) with 2147483647, the largest arc every parser checked accepts (Go's stops
+/// at 2^31 - 1), which IANA's sequential assignment (about 65,000 numbers so far) will
+/// not reach; it moves under EnclaveID's own PEN when one is assigned.
+pub const ATTESTED_SVID_OID: &str = "1.3.6.1.4.1.2147483647.1.1";
 
 /// The content octets of [`ATTESTED_SVID_OID`]'s DER encoding.
-pub const ATTESTED_SVID_OID_DER: [u8; 20] = [
-    0x69, 0x81, 0x9f, 0xbc, 0x94, 0x95, 0xf2, 0xa1, 0xca, 0x87, 0xf3, 0xb7, 0xd1, 0x81, 0xfa, 0x88,
-    0xa2, 0xe2, 0x86, 0x14,
+pub const ATTESTED_SVID_OID_DER: [u8; 12] = [
+    0x2b, 0x06, 0x01, 0x04, 0x01, 0x87, 0xff, 0xff, 0xff, 0x7f, 0x01, 0x01,
 ];
 
 /// The version of `EnclaveAttestation` written and read.

@@ -115,12 +115,7 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let document =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let verifier = match &args.root {
-        Some(path) => {
-            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let der = pem::parse(pem)
-                .with_context(|| format!("{}: not a PEM certificate", path.display()))?;
-            Verifier::with_root_der(der.contents())
-        }
+        Some(path) => root_verifier(path)?,
         None => Verifier::aws(),
     };
     let policy = Policy {
@@ -227,4 +222,12 @@ fn to_json(document: &VerifiedDocument) -> serde_json::Value {
         "user_data": opt(&document.user_data),
         "nonce": opt(&document.nonce),
     })
+}
+
+/// A verifier pinned to the root certificate in the PEM file at `path`.
+fn root_verifier(path: &std::path::Path) -> anyhow::Result<Verifier> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let der =
+        pem::parse(pem).with_context(|| format!("{}: not a PEM certificate", path.display()))?;
+    Ok(Verifier::with_root_der(der.contents()))
 }

@@ -15,7 +15,6 @@
 //! connections time out; past the connection limit, new connections are closed at once.
 
 mod proxy_v2;
-mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,8 +30,9 @@ use spiffe::{SpiffeId, TrustDomain, X509Source};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::Semaphore;
 
+use enclaveid_agent::peer_tls::{self, Allowed, Attestation, PeerPolicy};
+
 use crate::UsageError;
-use tls::Allowed;
 
 #[derive(Subcommand)]
 pub(crate) enum ProxyCommand {
@@ -103,6 +103,15 @@ struct CommonArgs {
     /// Connections open at once; past it new ones are closed at once.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_connections: usize,
+    /// The peer's SVID must carry a bound attestation document of an enclave whose PCR0
+    /// is this (96 hex digits); repeatable (any of them). Checked in the handshake; see
+    /// docs/attested-svids.md.
+    #[arg(long = "require-pcr0", value_name = "HEX")]
+    require_pcr0: Vec<String>,
+    /// With --require-pcr0: documents chain to this root (PEM) instead of the AWS Nitro
+    /// Enclaves root G1: the fake attestor's, in development and tests only.
+    #[arg(long, value_name = "PEM", requires = "require_pcr0")]
+    attestation_root: Option<PathBuf>,
 }
 
 /// Which side of TLS this proxy is.
@@ -174,6 +183,9 @@ pub(crate) async fn run(
     if common.max_connections == 0 {
         return Err(UsageError("--max-connections 0: at least 1 is needed".into()).into());
     }
+    let attestation =
+        Attestation::from_flags(&common.require_pcr0, common.attestation_root.as_deref())
+            .map_err(|e| UsageError(e.to_string()))?;
     let endpoint = crate::endpoint(&crate::EndpointArgs {
         socket: common.socket.clone(),
     })?;
@@ -182,21 +194,19 @@ pub(crate) async fn run(
     })
     .await?
     .with_context(|| format!("the Workload API at {endpoint}"))?;
+    let policy = PeerPolicy {
+        allowed: allowed.clone(),
+        crls: common.crls.clone(),
+        attestation,
+        resumption: false,
+    };
     let side = match server {
         Some(proxy_protocol) => Side::Server {
-            acceptor: tokio_rustls::TlsAcceptor::from(tls::server_config(
-                &source,
-                allowed.clone(),
-                common.crls.clone(),
-            )?),
+            acceptor: tokio_rustls::TlsAcceptor::from(peer_tls::server_config(&source, policy)?),
             proxy_protocol,
         },
         None => Side::Client {
-            connector: tokio_rustls::TlsConnector::from(tls::client_config(
-                &source,
-                allowed.clone(),
-                common.crls.clone(),
-            )?),
+            connector: tokio_rustls::TlsConnector::from(peer_tls::client_config(&source, policy)?),
             // Peers are authenticated by SPIFFE ID, not by name; SNI names the trust
             // domain.
             server_name: server_name(&allowed)?,
@@ -212,6 +222,7 @@ pub(crate) async fn run(
         target = %target,
         mode = if server.is_some() { "server" } else { "client" },
         allowed = %allowed,
+        require_pcr0 = ?common.require_pcr0,
         "enclaveid proxy serving"
     );
     let local = match &bound {

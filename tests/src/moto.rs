@@ -15,6 +15,8 @@ use hyper::body::Bytes;
 pub const MOTO_VERSION: &str = "5.2.5";
 /// The Python `prometheus-client` whose parser checks the host's `/metrics` text.
 pub const PROMETHEUS_CLIENT_VERSION: &str = "0.21.1";
+/// py-spiffe (`spiffe` on PyPI), the Python SPIFFE library, for the interop tests.
+pub const PY_SPIFFE_VERSION: &str = "0.3.2";
 
 /// A running moto server, killed on drop.
 pub struct Moto {
@@ -32,7 +34,7 @@ fn moto_server() -> &'static PathBuf {
         let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/moto-venv");
         let server = venv.join("bin/moto_server");
         let marker = venv.join(format!(
-            ".installed-{MOTO_VERSION}-prometheus-client-{PROMETHEUS_CLIENT_VERSION}"
+            ".installed-{MOTO_VERSION}-prometheus-client-{PROMETHEUS_CLIENT_VERSION}-spiffe-{PY_SPIFFE_VERSION}"
         ));
         if server.exists() && marker.exists() {
             return server;
@@ -52,13 +54,14 @@ fn moto_server() -> &'static PathBuf {
             "--disable-pip-version-check",
             &format!("moto[server]=={MOTO_VERSION}"),
             &format!("prometheus-client=={PROMETHEUS_CLIENT_VERSION}"),
+            &format!("spiffe=={PY_SPIFFE_VERSION}"),
         ]));
         std::fs::write(&marker, "").expect("write the install marker");
         server
     })
 }
 
-/// The Python of the tests' venv (moto and `prometheus-client` installed).
+/// The Python of the tests' venv (moto, `prometheus-client` and py-spiffe installed).
 pub fn venv_python() -> PathBuf {
     moto_server().with_file_name("python")
 }

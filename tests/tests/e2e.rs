@@ -8,6 +8,7 @@
 
 mod e2e {
     mod attest;
+    mod attested_svid;
     mod cli;
     mod files;
     mod hostile;

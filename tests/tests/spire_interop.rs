@@ -651,3 +651,82 @@ async fn spire_streams_and_bundle_keys_match() {
     assert_eq!(shapes[0].2, ["spiffe://example.org"]);
     drop(spire_agent);
 }
+
+/// An attested SVID (issue 22: the enclave's attestation document in a non-critical
+/// extension) breaks no existing client: go-spiffe fetches it and does mTLS with it, in
+/// both directions, with a workload holding a real spire-agent's SVID; py-spiffe (and the
+/// `cryptography` package under it) parses it and sees the extension as non-critical.
+#[test]
+fn spire_interop_attested_svid_is_accepted_by_go_spiffe_py_spiffe_and_spire_agent_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = hierarchy(dir.path());
+    let enclaveid = agent(
+        "attested",
+        "attested = true\nhint = \"internal\"",
+        Some(dir.path()),
+    );
+    let fetched = stdout_of(&run_go(&enclaveid, &["fetch"]));
+    assert!(
+        fetched.contains("id spiffe://example.org/attested\n"),
+        "{fetched}"
+    );
+
+    let script = format!(
+        r#"
+import sys
+from cryptography import x509
+from spiffe import WorkloadApiClient
+client = WorkloadApiClient(socket_path="{endpoint}")
+svid = client.fetch_x509_context().default_svid
+leaf = svid.leaf
+ext = leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier("{oid}"))
+print("id", svid.spiffe_id)
+print("critical", ext.critical)
+print("chain", len(svid.cert_chain))
+client.close()
+"#,
+        endpoint = enclaveid.endpoint(),
+        oid = enclaveid_attestor::svid::ATTESTED_SVID_OID,
+    );
+    let python = Command::new(enclaveid_tests::moto::venv_python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let python = String::from_utf8_lossy(&python.stdout).into_owned()
+        + &String::from_utf8_lossy(&python.stderr);
+    assert!(
+        python.contains("id spiffe://example.org/attested\n"),
+        "py-spiffe: {python}"
+    );
+    assert!(python.contains("critical False\n"), "py-spiffe: {python}");
+
+    let (_server, spire_agent) =
+        spire(dir.path(), &root, "spiffe://example.org/spire-workload", "");
+    go_eventually(&spire_agent.endpoint(), &["fetch"]);
+    let on_enclaveid =
+        GoServer::start(&enclaveid.endpoint(), "spiffe://example.org/spire-workload");
+    let answer = stdout_of(&go_at(
+        &spire_agent.endpoint(),
+        &[
+            "call",
+            &on_enclaveid.address,
+            "spiffe://example.org/attested",
+            "from SPIRE",
+        ],
+    ));
+    assert_eq!(answer, "spiffe://example.org/attested says from SPIRE\n");
+    let on_spire = GoServer::start(&spire_agent.endpoint(), "spiffe://example.org/attested");
+    let answer = stdout_of(&go_at(
+        &enclaveid.endpoint(),
+        &[
+            "call",
+            &on_spire.address,
+            "spiffe://example.org/spire-workload",
+            "from an attested SVID",
+        ],
+    ));
+    assert_eq!(
+        answer,
+        "spiffe://example.org/spire-workload says from an attested SVID\n"
+    );
+}

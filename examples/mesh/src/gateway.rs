@@ -66,6 +66,7 @@ impl Gateway {
         let trust = Trust::Spiffe {
             source,
             allow: allow.to_vec(),
+            attestation: None,
         };
         Self::with_trust(trust, target, crls)
     }

@@ -39,6 +39,7 @@ impl Inference {
         let trust = Trust::Spiffe {
             source,
             allow: allow.to_vec(),
+            attestation: None,
         };
         Self::with_trust(trust, crls, model_key)
     }

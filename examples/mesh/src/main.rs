@@ -108,6 +108,15 @@ struct Common {
     /// upstream.crl_export_path.
     #[arg(long = "crl")]
     crls: Vec<PathBuf>,
+    /// With --allow: the peer's SVID must also carry a bound attestation document of an
+    /// enclave whose PCR0 is this (96 hex digits); repeatable. Checked in the handshake
+    /// (docs/attested-svids.md).
+    #[arg(long = "require-pcr0", value_name = "HEX", conflicts_with = "verify")]
+    require_pcr0: Vec<String>,
+    /// With --require-pcr0: documents chain to this root (PEM) instead of the AWS Nitro
+    /// Enclaves root G1: the fake attestor's, in development and tests only.
+    #[arg(long, value_name = "PEM", requires = "require_pcr0")]
+    attestation_root: Option<PathBuf>,
 }
 
 impl Common {
@@ -128,6 +137,10 @@ impl Common {
             (_, _, Some(socket)) => Ok(tls::Trust::Spiffe {
                 source: tls::source(socket).await?,
                 allow,
+                attestation: enclaveid_agent::peer_tls::Attestation::from_flags(
+                    &self.require_pcr0,
+                    self.attestation_root.as_deref(),
+                )?,
             }),
             _ => anyhow::bail!("--socket (with --allow) or --verify with --cert-dir is needed"),
         }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use enclaveid_agent::peer_tls::{self, Allowed, Attestation, PeerPolicy};
 use rustls_pki_types::{CertificateDer, ServerName};
 use spiffe::{SpiffeId, X509Source};
 
@@ -24,6 +25,9 @@ pub enum Trust {
         source: X509Source,
         /// The peers' SPIFFE IDs.
         allow: Vec<String>,
+        /// The attestation the peers' SVIDs must carry (`--require-pcr0`), checked in
+        /// the handshake by EnclaveID's verifier (`enclaveid_agent::peer_tls`).
+        attestation: Option<Attestation>,
     },
     /// A certificate, key and Private CA root from files (an ACM certificate the agent
     /// writes); the peer by DNS name (`--verify dns:NAME`).
@@ -39,7 +43,17 @@ impl Trust {
     /// The server side's TLS configuration.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, Error> {
         match self {
-            Self::Spiffe { source, allow } => server_config(source, allow),
+            Self::Spiffe {
+                source,
+                allow,
+                attestation: None,
+            } => server_config(source, allow),
+            Self::Spiffe {
+                source,
+                allow,
+                attestation: Some(attestation),
+            } => peer_tls::server_config(source, attested_policy(allow, attestation)?)
+                .map_err(|e| Error::Tls(e.to_string())),
             Self::Dns { files, .. } => crate::dns::server_config(files),
         }
     }
@@ -47,7 +61,17 @@ impl Trust {
     /// The client side's TLS configuration.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
         match self {
-            Self::Spiffe { source, allow } => client_config(source, allow),
+            Self::Spiffe {
+                source,
+                allow,
+                attestation: None,
+            } => client_config(source, allow),
+            Self::Spiffe {
+                source,
+                allow,
+                attestation: Some(attestation),
+            } => peer_tls::client_config(source, attested_policy(allow, attestation)?)
+                .map_err(|e| Error::Tls(e.to_string())),
             Self::Dns { files, .. } => crate::dns::client_config(files),
         }
     }
@@ -103,6 +127,23 @@ impl Trust {
             Self::Dns { files, .. } => files.roots(),
         }
     }
+}
+
+/// The peer policy of `--allow ID… --require-pcr0 HEX…`: the IDs and the attestation
+/// checked in the handshake (CRLs are checked right after it, as without attestation).
+fn attested_policy(allow: &[String], attestation: &Attestation) -> Result<PeerPolicy, Error> {
+    // The same usage errors as without attestation.
+    drop(allow_list(allow)?);
+    let ids = allow
+        .iter()
+        .map(|id| SpiffeId::new(id).map_err(|e| Error::Usage(format!("--allow {id:?}: {e}"))))
+        .collect::<Result<_, _>>()?;
+    Ok(PeerPolicy {
+        allowed: Allowed::Ids(ids),
+        crls: Vec::new(),
+        attestation: Some(attestation.clone()),
+        resumption: false,
+    })
 }
 
 /// Connects to the Workload API at `endpoint` (`unix:///path/to/agent.sock`) and waits

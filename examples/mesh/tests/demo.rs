@@ -684,3 +684,6 @@ async fn hostile_relay_flips_truncates_replays_or_swaps_and_no_request_gets_thro
 
 #[path = "demo/dns.rs"]
 mod dns;
+
+#[path = "demo/attested.rs"]
+mod attested;

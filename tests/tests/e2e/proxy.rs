@@ -18,7 +18,7 @@ const GATEWAY: &str = "spiffe://example.org/gateway";
 
 /// A CA under a root, on disk, for agents that must trust each other; the CA, to sign
 /// CRLs with.
-fn ca(dir: &Path) -> TestPca {
+pub(super) fn ca(dir: &Path) -> TestPca {
     let root = TestPca::new("proxy test root");
     let (ca, sub) = root.subordinate("spiffe://example.org", Duration::from_secs(86_400));
     std::fs::write(dir.join("ca.pem"), &sub.cert_pem).unwrap();
@@ -39,16 +39,16 @@ fn agent(ca: &Path, id: &str, ttl: &str) -> AgentProcess {
 }
 
 /// A running `enclaveid proxy`, killed on drop.
-struct Proxy {
+pub(super) struct Proxy {
     child: Child,
     log: PathBuf,
-    port: u16,
+    pub(super) port: u16,
 }
 
 impl Proxy {
     /// `enclaveid proxy MODE --socket AGENT --listen tcp://127.0.0.1:PORT ARGS`, once it
     /// listens.
-    fn start(dir: &Path, mode: &str, agent: &AgentProcess, args: &[&str]) -> Self {
+    pub(super) fn start(dir: &Path, mode: &str, agent: &AgentProcess, args: &[&str]) -> Self {
         let port = free_port();
         let log = dir.join(format!("proxy-{mode}-{port}.log"));
         let child = Command::new(enclaveid_bin())
@@ -78,11 +78,11 @@ impl Proxy {
         proxy
     }
 
-    fn address(&self) -> String {
+    pub(super) fn address(&self) -> String {
         format!("tcp://127.0.0.1:{}", self.port)
     }
 
-    fn log_text(&self) -> String {
+    pub(super) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -97,7 +97,7 @@ impl Drop for Proxy {
 /// A line echo server on 127.0.0.1 (each line answered as `echo: LINE`; at the client's
 /// end of stream it writes `bye` and closes). With `proxy_v2`, each connection must
 /// start with a PROXY v2 header, and the first answer is the SPIFFE ID it carried.
-async fn echo_server(proxy_v2: bool) -> u16 {
+pub(super) async fn echo_server(proxy_v2: bool) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -145,7 +145,7 @@ async fn echo_server(proxy_v2: bool) -> u16 {
 }
 
 /// One request line through `port` and its answer line.
-async fn ask(stream: &mut BufReader<TcpStream>, line: &str) -> std::io::Result<String> {
+pub(super) async fn ask(stream: &mut BufReader<TcpStream>, line: &str) -> std::io::Result<String> {
     stream
         .get_mut()
         .write_all(format!("{line}\n").as_bytes())
@@ -155,7 +155,7 @@ async fn ask(stream: &mut BufReader<TcpStream>, line: &str) -> std::io::Result<S
     Ok(answer)
 }
 
-async fn connect(port: u16) -> BufReader<TcpStream> {
+pub(super) async fn connect(port: u16) -> BufReader<TcpStream> {
     BufReader::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap())
 }
 

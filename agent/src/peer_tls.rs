@@ -1,13 +1,17 @@
-//! The proxy's TLS: its own certificate is the Workload API's current X.509-SVID, read at
-//! every handshake (so a rotation never leaves a window in which handshakes are refused),
-//! and the peer is verified in the handshake: its chain against its trust domain's bundle
-//! (SPIFFE X.509-SVID rules, no hostname), its SPIFFE ID against the allow-list, and its
-//! chain against the CRL files, re-read at every handshake.
+//! mTLS between workloads in enclaves, for `enclaveid proxy` and the mesh example: the
+//! certificate presented is the Workload API's current X.509-SVID, read at every handshake
+//! (so a rotation never leaves a window in which handshakes are refused), and the peer is
+//! verified in the handshake, before any application byte: its chain against its trust
+//! domain's bundle (SPIFFE X.509-SVID rules, no hostname), its SPIFFE ID against the
+//! allow-list, its chain against the CRL files (re-read at every handshake) and, when
+//! asked, the attestation its SVID carries ([`Attestation`]: a bound document with one
+//! of the accepted PCR0s).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use enclaveid_attestor::{Policy, SvidPolicy, Verifier};
 use enclaveid_checks::peer::{self, Role};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -17,9 +21,127 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use spiffe::{SpiffeId, TrustDomain, X509Source};
 
+/// What a peer must be.
+#[derive(Clone, Debug)]
+pub struct PeerPolicy {
+    /// Which SPIFFE IDs are let in.
+    pub allowed: Allowed,
+    /// CRL files the peer's chain is checked against (missing files: no CRL).
+    pub crls: Vec<PathBuf>,
+    /// The attestation the peer's SVID must carry, if any.
+    pub attestation: Option<Attestation>,
+    /// Allow TLS 1.3 session resumption. A resumed connection is not verified again: it
+    /// continues the full handshake's session, whose peer passed every check, and skips
+    /// checks that changed since (a new CRL, a new bundle). Off in `enclaveid proxy`.
+    pub resumption: bool,
+}
+
+/// A bad `--require-pcr0` or `--attestation-root`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestationFlagError {
+    /// Not a PCR value.
+    #[error(
+        "--require-pcr0 {value:?}: accepted: a PCR0 of 96 hex digits (SHA-384), as `nitro-cli describe-eif` prints it"
+    )]
+    Pcr0 {
+        /// The value given.
+        value: String,
+    },
+    /// The root file cannot be read.
+    #[error("--attestation-root {}: cannot be read", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The root file is not PEM.
+    #[error("--attestation-root {}: accepted: a PEM certificate (the fake attestor's root)", path.display())]
+    NotPem {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// The peer's SVID must carry an attestation document ([`enclaveid_attestor::svid`])
+/// bound to it, from an enclave whose PCR0 is one of these, not in debug mode.
+#[derive(Clone, Debug)]
+pub struct Attestation {
+    verifier: Verifier,
+    policy: SvidPolicy,
+}
+
+impl Attestation {
+    /// Documents chaining to the AWS Nitro Enclaves root, with one of `pcr0s` (48 bytes
+    /// each).
+    pub fn new(pcr0s: Vec<Vec<u8>>) -> Self {
+        Self::with_verifier(pcr0s, Verifier::aws())
+    }
+
+    /// Documents chaining to another root: the fake attestor's, in development and tests.
+    pub fn with_verifier(pcr0s: Vec<Vec<u8>>, verifier: Verifier) -> Self {
+        Self {
+            verifier,
+            policy: SvidPolicy::required(Policy {
+                pcrs: [(0, pcr0s)].into(),
+                ..Policy::default()
+            }),
+        }
+    }
+
+    /// The requirement of `--require-pcr0 HEX…` and `--attestation-root PEM` (the same
+    /// flags on `enclaveid proxy` and the mesh): none without a PCR0.
+    pub fn from_flags(
+        pcr0s: &[String],
+        root: Option<&std::path::Path>,
+    ) -> Result<Option<Self>, AttestationFlagError> {
+        if pcr0s.is_empty() {
+            return Ok(None);
+        }
+        let pcr0s = pcr0s
+            .iter()
+            .map(|v| {
+                enclaveid_attestor::parse_pcr(v)
+                    .ok_or_else(|| AttestationFlagError::Pcr0 { value: v.clone() })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let verifier = match root {
+            None => Verifier::aws(),
+            Some(path) => {
+                let text = std::fs::read(path).map_err(|source| AttestationFlagError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let pem = pem::parse(text).map_err(|_| AttestationFlagError::NotPem {
+                    path: path.to_owned(),
+                })?;
+                Verifier::with_root_der(pem.contents())
+            }
+        };
+        Ok(Some(Self::with_verifier(pcr0s, verifier)))
+    }
+
+    /// Checks `leaf`, whose SPIFFE ID is `id`, at `at`.
+    pub fn check(
+        &self,
+        leaf: &[u8],
+        id: &SpiffeId,
+        at: SystemTime,
+    ) -> Result<(), enclaveid_attestor::SvidError> {
+        let policy = SvidPolicy {
+            trust_domain: Some(id.trust_domain().to_string()),
+            ..self.policy.clone()
+        };
+        self.verifier.verify_attested_svid(leaf, &policy, at)?;
+        Ok(())
+    }
+}
+
 /// Which peers are let in.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Allowed {
+pub enum Allowed {
     /// These SPIFFE IDs.
     Ids(Vec<SpiffeId>),
     /// Any ID of this trust domain.
@@ -27,7 +149,8 @@ pub(crate) enum Allowed {
 }
 
 impl Allowed {
-    fn admits(&self, id: &SpiffeId) -> bool {
+    /// Whether `id` is let in.
+    pub fn admits(&self, id: &SpiffeId) -> bool {
         match self {
             Self::Ids(ids) => ids.contains(id),
             Self::TrustDomain(td) => id.trust_domain() == td,
@@ -50,14 +173,15 @@ impl std::fmt::Display for Allowed {
 /// The SVID the proxy presents, read from the Workload API at each handshake; the TLS
 /// key is rebuilt only when the SVID changed.
 #[derive(Debug)]
-pub(crate) struct CurrentSvid {
+pub struct CurrentSvid {
     source: X509Source,
     provider: Arc<CryptoProvider>,
     built: Mutex<Option<(Vec<u8>, Arc<CertifiedKey>)>>,
 }
 
 impl CurrentSvid {
-    pub(crate) fn new(source: X509Source, provider: Arc<CryptoProvider>) -> Self {
+    /// The SVID of `source`, as TLS keys of `provider`.
+    pub fn new(source: X509Source, provider: Arc<CryptoProvider>) -> Self {
         Self {
             source,
             provider,
@@ -120,29 +244,24 @@ impl rustls::client::ResolvesClientCert for CurrentSvid {
 
 /// Verifies the peer's X.509-SVID in the handshake.
 #[derive(Debug)]
-pub(crate) struct PeerVerifier {
+pub struct PeerVerifier {
     source: X509Source,
-    allowed: Allowed,
-    crls: Vec<PathBuf>,
+    policy: PeerPolicy,
     provider: Arc<CryptoProvider>,
 }
 
 impl PeerVerifier {
-    pub(crate) fn new(
-        source: X509Source,
-        allowed: Allowed,
-        crls: Vec<PathBuf>,
-        provider: Arc<CryptoProvider>,
-    ) -> Self {
+    /// Peers of `policy`, with the bundles of `source`.
+    pub fn new(source: X509Source, policy: PeerPolicy, provider: Arc<CryptoProvider>) -> Self {
         Self {
             source,
-            allowed,
-            crls,
+            policy,
             provider,
         }
     }
 
-    /// The peer's SPIFFE ID once its chain, its ID and the CRLs have been checked.
+    /// The peer's SPIFFE ID once its chain, its ID, the CRLs and its attestation have
+    /// been checked.
     fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -156,10 +275,10 @@ impl PeerVerifier {
         };
         let id = peer::spiffe_id_of(end_entity)
             .map_err(|e| refused(enclaveid_checks::Chain(&e).to_string()))?;
-        if !self.allowed.admits(&id) {
+        if !self.policy.allowed.admits(&id) {
             return Err(refused(format!(
                 "peer {id} is not allowed (allowed: {})",
-                self.allowed
+                self.policy.allowed
             )));
         }
         let bundles = self
@@ -182,10 +301,15 @@ impl PeerVerifier {
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
         peer::verify_svid(&chain, &roots, at, role)
             .map_err(|e| refused(format!("{id}: {}", enclaveid_checks::Chain(&e))))?;
-        enclaveid_io::read_crl_files(&self.crls)
+        enclaveid_io::read_crl_files(&self.policy.crls)
             .map_err(|e| refused(enclaveid_checks::Chain(&e).to_string()))?
             .check_chain(&chain, &roots, at)
             .map_err(|e| refused(format!("{id}: {}", enclaveid_checks::Chain(&e))))?;
+        if let Some(attestation) = &self.policy.attestation {
+            attestation
+                .check(end_entity, &id, at)
+                .map_err(|e| refused(format!("{id}: {}", enclaveid_checks::Chain(&e))))?;
+        }
         Ok(id)
     }
 
@@ -280,39 +404,43 @@ impl ServerCertVerifier for PeerVerifier {
     }
 }
 
-/// The TLS configuration of `proxy server`: our SVID, the peer verified in the handshake.
-pub(crate) fn server_config(
+/// A server configuration: our SVID, the client verified in the handshake.
+pub fn server_config(
     source: &X509Source,
-    allowed: Allowed,
-    crls: Vec<PathBuf>,
+    policy: PeerPolicy,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = PeerVerifier::new(source.clone(), allowed, crls, provider.clone());
+    let resumption = policy.resumption;
+    let verifier = PeerVerifier::new(source.clone(), policy, provider.clone());
     let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(CurrentSvid::new(source.clone(), provider)));
-    // No resumption: a resumed session skips the client's certificate, and every new
-    // connection must meet the current bundle, allow-list and CRLs.
-    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
+    if !resumption {
+        // A resumed session skips the client's certificate: without resumption, every
+        // new connection meets the current bundle, allow-list, CRLs and attestation.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 
-/// The TLS configuration of `proxy client`.
-pub(crate) fn client_config(
+/// A client configuration: our SVID, the server verified in the handshake.
+pub fn client_config(
     source: &X509Source,
-    allowed: Allowed,
-    crls: Vec<PathBuf>,
+    policy: PeerPolicy,
 ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = PeerVerifier::new(source.clone(), allowed, crls, provider.clone());
+    let resumption = policy.resumption;
+    let verifier = PeerVerifier::new(source.clone(), policy, provider.clone());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(CurrentSvid::new(source.clone(), provider)));
-    // As the server side: every connection verifies the server afresh.
-    config.resumption = rustls::client::Resumption::disabled();
+    if !resumption {
+        // As the server side: every connection verifies the server afresh.
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(Arc::new(config))
 }
