@@ -291,39 +291,30 @@ fn spire_and_enclaveid_svids_under_one_root_do_mtls_both_ways() {
         spire(dir.path(), &root, "spiffe://example.org/spire-workload", "");
     go_eventually(&spire_agent.endpoint(), &["fetch"]);
 
-    let on_enclaveid =
-        GoServer::start(&enclaveid.endpoint(), "spiffe://example.org/spire-workload");
-    let answer = stdout_of(&go_at(
-        &spire_agent.endpoint(),
-        &[
-            "call",
-            &on_enclaveid.address,
+    go_mtls_both_ways(
+        (
+            &enclaveid.endpoint(),
             "spiffe://example.org/enclaveid-workload",
-            "from SPIRE",
-        ],
-    ));
-    assert_eq!(
-        answer,
-        "spiffe://example.org/enclaveid-workload says from SPIRE\n"
-    );
-
-    let on_spire = GoServer::start(
-        &spire_agent.endpoint(),
-        "spiffe://example.org/enclaveid-workload",
-    );
-    let answer = stdout_of(&go_at(
-        &enclaveid.endpoint(),
-        &[
-            "call",
-            &on_spire.address,
+        ),
+        (
+            &spire_agent.endpoint(),
             "spiffe://example.org/spire-workload",
-            "from EnclaveID",
-        ],
-    ));
-    assert_eq!(
-        answer,
-        "spiffe://example.org/spire-workload says from EnclaveID\n"
+        ),
     );
+}
+
+/// go-spiffe mTLS between the workloads at two Workload API endpoints, each side once as
+/// the server and once as the client; each is `(endpoint, its SPIFFE ID)`.
+fn go_mtls_both_ways(a: (&str, &str), b: (&str, &str)) {
+    for ((server, server_id), (client, client_id)) in [(a, b), (b, a)] {
+        let on_server = GoServer::start(server, client_id);
+        let message = format!("from {client_id}");
+        let answer = stdout_of(&go_at(
+            client,
+            &["call", &on_server.address, server_id, &message],
+        ));
+        assert_eq!(answer, format!("{server_id} says {message}\n"));
+    }
 }
 
 /// Status codes and messages clients match on, compared call by call between the two
@@ -703,30 +694,11 @@ client.close()
     let (_server, spire_agent) =
         spire(dir.path(), &root, "spiffe://example.org/spire-workload", "");
     go_eventually(&spire_agent.endpoint(), &["fetch"]);
-    let on_enclaveid =
-        GoServer::start(&enclaveid.endpoint(), "spiffe://example.org/spire-workload");
-    let answer = stdout_of(&go_at(
-        &spire_agent.endpoint(),
-        &[
-            "call",
-            &on_enclaveid.address,
-            "spiffe://example.org/attested",
-            "from SPIRE",
-        ],
-    ));
-    assert_eq!(answer, "spiffe://example.org/attested says from SPIRE\n");
-    let on_spire = GoServer::start(&spire_agent.endpoint(), "spiffe://example.org/attested");
-    let answer = stdout_of(&go_at(
-        &enclaveid.endpoint(),
-        &[
-            "call",
-            &on_spire.address,
+    go_mtls_both_ways(
+        (&enclaveid.endpoint(), "spiffe://example.org/attested"),
+        (
+            &spire_agent.endpoint(),
             "spiffe://example.org/spire-workload",
-            "from an attested SVID",
-        ],
-    ));
-    assert_eq!(
-        answer,
-        "spiffe://example.org/spire-workload says from an attested SVID\n"
+        ),
     );
 }

@@ -11,9 +11,8 @@ use std::time::Duration;
 use enclaveid_agent::peer_tls::Attestation;
 use enclaveid_attestor::{FakeAttestor, FakeConfig, Verifier, hex};
 use enclaveid_fakes::pca::TestPca;
-use enclaveid_io::{Address, AddressExt as _};
+use enclaveid_io::Address;
 use mesh::gateway::Gateway;
-use mesh::inference::Inference;
 use mesh::tls::{self, CrlFiles, Trust};
 use tokio_util::sync::CancellationToken;
 
@@ -55,17 +54,7 @@ async fn agent(
 }
 
 async fn serve(trust: Trust) -> Address {
-    let listener = "tcp://127.0.0.1:0"
-        .parse::<Address>()
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
-    let address = listener.local_address().unwrap();
-    let server =
-        Inference::with_trust(trust, CrlFiles::default(), b"model key".to_vec().into()).unwrap();
-    tokio::spawn(server.serve(listener, CancellationToken::new()));
-    address
+    super::dns::serve(trust).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,7 +60,8 @@ fn trust(side: &Side, peer: &str) -> Trust {
     }
 }
 
-async fn serve(trust: Trust) -> (Address, CancellationToken) {
+/// The inference service with `trust` on a free port; its address and its stop token.
+pub(super) async fn serve(trust: Trust) -> (Address, CancellationToken) {
     let listener = "tcp://127.0.0.1:0"
         .parse::<Address>()
         .unwrap()
