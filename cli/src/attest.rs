@@ -88,6 +88,11 @@ pub(crate) struct FakeArgs {
     /// Where to write the fake root (PEM), to verify the document with `--root`.
     #[arg(long, value_name = "FILE")]
     root_out: Option<PathBuf>,
+    /// Where to write the fake root's key (PKCS#8 PEM, mode 0600): with `--root-out`, a
+    /// root for an agent's `attestor.root_cert_path` and `root_key_path`, which relying
+    /// parties pin (`--attestation-root`) in development.
+    #[arg(long, value_name = "FILE", requires = "root_out")]
+    root_key_out: Option<PathBuf>,
 }
 
 impl PcrArgs {
@@ -187,6 +192,10 @@ pub(crate) fn fake(args: FakeArgs) -> anyhow::Result<ExitCode> {
     write(&args.out, &document)?;
     if let Some(root_out) = &args.root_out {
         write(root_out, attestor.root_pem().as_bytes())?;
+    }
+    if let Some(key_out) = &args.root_key_out {
+        enclaveid_io::write_atomically(key_out, attestor.root().key_pem.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", key_out.display()))?;
     }
     eprintln!(
         "wrote a fake attestation document to {}{}",

@@ -3,11 +3,12 @@
 //! parties can pin it), `enclaveid proxy` with `--require-pcr0` on either side, and the
 //! SVID as openssl and the `spiffe` crate (`enclaveid api fetch x509`) read it.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
 
+use enclaveid_attestor::hex;
 use enclaveid_attestor::svid::ATTESTED_SVID_OID;
-use enclaveid_attestor::{FakeAttestor, FakeConfig, hex};
 use enclaveid_tests::{AgentProcess, enclaveid_bin, euid};
 
 use super::proxy::{Proxy, ask, ca, connect, echo_server};
@@ -17,12 +18,29 @@ const GATEWAY: &str = "spiffe://example.org/gateway";
 const PCR0: [u8; 48] = [0x3c; 48];
 
 /// The CA files (`ca.pem`, `ca.key`, `root.pem`) and a fake attestation root
-/// (`attestation-root.pem`, `.key`) in `dir`.
+/// (`attestation-root.pem`, `.key`) in `dir`, the root made as docs/attested-svids.md
+/// says: `enclaveid attest fake --root-out --root-key-out`.
 fn world(dir: &Path) {
     ca(dir);
-    let root = FakeAttestor::new(FakeConfig::default()).unwrap().root();
-    std::fs::write(dir.join("attestation-root.pem"), root.cert_pem).unwrap();
-    std::fs::write(dir.join("attestation-root.key"), root.key_pem).unwrap();
+    let out = Command::new(enclaveid_bin())
+        .args(["attest", "fake", "--out"])
+        .arg(dir.join("document.cose"))
+        .arg("--root-out")
+        .arg(dir.join("attestation-root.pem"))
+        .arg("--root-key-out")
+        .arg(dir.join("attestation-root.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(dir.join("attestation-root.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the key file is the owner's only");
 }
 
 /// An agent under the CA of `dir` serving `id`, attested or not, its enclave's PCR0
