@@ -22,7 +22,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -88,7 +90,7 @@ func main() {
 	if os.Args[1] == "delta" {
 		stream, err := client.DeltaSecrets(ctx)
 		if err == nil {
-			err = stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: secretType})
+			err = sent(stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: secretType}))
 		}
 		if err == nil {
 			_, err = stream.Recv()
@@ -117,7 +119,7 @@ func main() {
 		if err != nil {
 			fail(err)
 		}
-		if err := stream.Send(request); err != nil {
+		if err := sent(stream.Send(request)); err != nil {
 			fail(err)
 		}
 		first, err := stream.Recv()
@@ -136,7 +138,7 @@ func main() {
 			next.VersionInfo = ""
 			next.ErrorDetail = &statuspb.Status{Code: 3, Message: "rejected by the test"}
 		}
-		if err := stream.Send(next); err != nil {
+		if err := sent(stream.Send(next)); err != nil {
 			fail(err)
 		}
 		pushed, err := stream.Recv()
@@ -148,6 +150,16 @@ func main() {
 	default:
 		fail(fmt.Errorf("unknown command %q", os.Args[1]))
 	}
+}
+
+// sent maps the io.EOF a stream's Send returns once the server has ended the stream (a
+// server may answer, Unimplemented for example, before reading any request) to nil, so
+// that the caller's next Recv returns the status the server ended it with.
+func sent(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
 }
 
 func node(version string) *corev3.Node {
