@@ -39,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod der;
 mod document;
 #[cfg(feature = "fake")]
 mod fake;

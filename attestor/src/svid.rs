@@ -32,6 +32,7 @@ use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
+use crate::der;
 use crate::verify::hex;
 use crate::{Error, MAX_FUTURE_SKEW, Policy, VerifiedDocument, Verifier, VerifyAt};
 
@@ -443,64 +444,4 @@ fn find_extension<'a>(cert: &'a X509Certificate<'_>) -> Result<Option<&'a [u8]>,
         return Err(malformed("trailing bytes after the document"));
     }
     Ok(Some(document))
-}
-
-/// The little DER this module reads and writes: definite lengths, one-octet tags.
-mod der {
-    pub(super) const BOOLEAN: u8 = 0x01;
-    pub(super) const INTEGER: u8 = 0x02;
-    pub(super) const BIT_STRING: u8 = 0x03;
-    pub(super) const OCTET_STRING: u8 = 0x04;
-    pub(super) const OID: u8 = 0x06;
-    pub(super) const SEQUENCE: u8 = 0x30;
-    /// `[3] EXPLICIT`, constructed: the TBSCertificate's extensions.
-    pub(super) const EXTENSIONS: u8 = 0xa3;
-
-    /// Appends the element `tag` with `content`.
-    pub(super) fn write(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
-        out.push(tag);
-        let len = content.len();
-        if len < 0x80 {
-            out.push(len as u8);
-        } else {
-            let bytes = len.to_be_bytes();
-            let skip = bytes.iter().take_while(|b| **b == 0).count();
-            out.push(0x80 | (bytes.len() - skip) as u8);
-            out.extend_from_slice(&bytes[skip..]);
-        }
-        out.extend_from_slice(content);
-    }
-
-    /// The content of the element `tag` at the start of `input`, and what follows it.
-    pub(super) fn read(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-        let (&first, rest) = input.split_first()?;
-        if first != tag {
-            return None;
-        }
-        let (&len, rest) = rest.split_first()?;
-        let (len, rest) = match len {
-            0..=0x7f => (usize::from(len), rest),
-            0x81..=0x84 => {
-                let n = usize::from(len & 0x7f);
-                if rest.len() < n {
-                    return None;
-                }
-                let (bytes, rest) = rest.split_at(n);
-                let value = bytes.iter().fold(0usize, |v, b| (v << 8) | usize::from(*b));
-                // DER: the shortest form.
-                if value < 0x80 || bytes[0] == 0 {
-                    return None;
-                }
-                (value, rest)
-            }
-            _ => return None,
-        };
-        (rest.len() >= len).then(|| rest.split_at(len))
-    }
-
-    /// The whole element `tag` (header and content) at the start of `input`.
-    pub(super) fn element(input: &[u8], tag: u8) -> Option<&[u8]> {
-        let (_, rest) = read(input, tag)?;
-        Some(&input[..input.len() - rest.len()])
-    }
 }

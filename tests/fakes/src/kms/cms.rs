@@ -8,6 +8,8 @@
 use aws_lc_rs::cipher::{AES_256, EncryptionContext, PaddedBlockEncryptingKey, UnboundCipherKey};
 use aws_lc_rs::iv::FixedLength;
 use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey};
+// A definite-length element.
+use enclaveid_attestor::der::encode as der;
 
 /// Why the fake could not encrypt.
 #[derive(Debug, thiserror::Error)]
@@ -108,22 +110,6 @@ fn rand_bytes<const N: usize>() -> Result<[u8; N], Error> {
     let mut out = [0; N];
     aws_lc_rs::rand::fill(&mut out).map_err(|_| Error::Crypto)?;
     Ok(out)
-}
-
-/// A definite-length element.
-fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = contents.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(contents);
-    out
 }
 
 /// An indefinite-length constructed element, closed by end-of-contents.
