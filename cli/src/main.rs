@@ -424,6 +424,13 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut config = config;
     config.allow_insecure_bootstrap = args.allow_insecure_bootstrap;
+    // SIGHUP re-reads the configuration file; SIGUSR1 forces a rotation (every SVID
+    // re-minted now). Both are caught from before the socket is bound: a signal sent as
+    // soon as the socket appears is handled once the agent runs, and never takes the
+    // default action, which would end the process.
+    use tokio::signal::unix::{SignalKind, signal};
+    let hangup = signal(SignalKind::hangup());
+    let usr1 = signal(SignalKind::user_defined1());
     let agent = Agent::start(config)?;
     if args.source.dev {
         let socket = agent.socket_path().display().to_string();
@@ -437,10 +444,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         )?;
         out.flush()?;
     }
-    // SIGHUP re-reads the configuration file; SIGUSR1 forces a rotation (every SVID
-    // re-minted now).
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::hangup()) {
+    match hangup {
         Ok(mut hangup) => {
             let reloader = agent.reloader();
             let path = args.source.config.clone();
@@ -465,7 +469,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(error) => tracing::warn!(%error, "cannot watch SIGHUP; configuration reload is off"),
     }
-    match signal(SignalKind::user_defined1()) {
+    match usr1 {
         Ok(mut usr1) => {
             let renewer = agent.renewer();
             tokio::spawn(async move {

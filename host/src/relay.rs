@@ -340,6 +340,16 @@ mod tests {
         bound
     }
 
+    /// Waits (up to 10 s) until `done`: the relay's tasks update its counters after the
+    /// streams the test holds have ended.
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn start(routes: &[Route], limits: RelayLimits) -> (Vec<Address>, RelayStats) {
         let relay = Relay::bind(routes, limits, RelayStats::default())
             .await
@@ -374,7 +384,13 @@ mod tests {
             stream.read_to_end(&mut answer).await.unwrap();
             assert_eq!(answer, b"olleh");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        eventually("both connections ended", || {
+            stats
+                .snapshot()
+                .iter()
+                .all(|(_, r)| r.active.load(Ordering::Relaxed) == 0)
+        })
+        .await;
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.len(), 2);
         for (name, route) in snapshot {
@@ -403,7 +419,10 @@ mod tests {
         let (bound, stats) = start(&routes, limits).await;
         let mut first = bound[0].connect().await.unwrap();
         first.write_all(b"x").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        eventually("the first connection open", || {
+            stats.snapshot()[0].1.active.load(Ordering::Relaxed) == 1
+        })
+        .await;
         // The route has its one connection open: the next is closed at once.
         let mut second = bound[0].connect().await.unwrap();
         let mut buf = Vec::new();
@@ -422,8 +441,10 @@ mod tests {
         let route = &stats.snapshot()[0].1;
         assert_eq!(route.refused.load(Ordering::Relaxed), 1);
         assert_eq!(route.opened.load(Ordering::Relaxed), 1);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(route.active.load(Ordering::Relaxed), 0);
+        eventually("no connection open", || {
+            route.active.load(Ordering::Relaxed) == 0
+        })
+        .await;
     }
 
     #[tokio::test]
@@ -438,8 +459,10 @@ mod tests {
         let mut buf = Vec::new();
         let _ = stream.read_to_end(&mut buf).await;
         assert!(buf.is_empty());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(stats.snapshot()[0].1.refused.load(Ordering::Relaxed), 1);
+        eventually("the connection counted as refused", || {
+            stats.snapshot()[0].1.refused.load(Ordering::Relaxed) == 1
+        })
+        .await;
     }
 
     #[test]

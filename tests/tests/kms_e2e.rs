@@ -386,16 +386,20 @@ async fn kms_survives_a_host_answering_garbage_or_100_mib() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_host_down_keeps_serving_until_expiry_then_nothing() {
-    let now = SystemTime::now();
+    let mut not_after = None;
     let (mut world, agent) = start(ADMITTED_PCR0, "", |world| {
-        // The CA expires soon: SVIDs never outlive it.
-        let soon = now + Duration::from_secs(25);
+        // The CA expires soon: SVIDs never outlive it. Counted from here, once moto is
+        // up, so that a slow start-up does not eat the window.
+        let now = SystemTime::now();
+        let soon = now + Duration::from_secs(35);
+        not_after = Some(soon);
         let ca = world
             .pca
             .issue(ca_profile(), now - Duration::from_secs(60), soon);
         (world.material(&ca), world.pca.crl(&[]))
     })
     .await;
+    let not_after = not_after.expect("the CA was made");
     let first = wait_for_x509svid(&agent, Duration::from_secs(20)).await;
     world.stop_host();
 
@@ -408,7 +412,7 @@ async fn kms_host_down_keeps_serving_until_expiry_then_nothing() {
     assert!(healthy && said.contains("degraded"), "{said}");
 
     // After the CA's notAfter nothing is served.
-    let expiry = now + Duration::from_secs(27);
+    let expiry = not_after + Duration::from_secs(2);
     if let Ok(wait) = expiry.duration_since(SystemTime::now()) {
         tokio::time::sleep(wait).await;
     }

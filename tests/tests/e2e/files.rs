@@ -185,14 +185,25 @@ fn file_output_a_failed_write_keeps_the_previous_files() {
         )),
         "{said}"
     );
-    // No half-written generation is left behind.
-    let generations: Vec<_> = std::fs::read_dir(&out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".enclaveid-gen-") && !n.contains("current"))
-        .collect();
-    assert_eq!(generations.len(), 1, "{generations:?}");
+    // No half-written generation is left behind. A retry (every few seconds) may be
+    // writing one right now: it is gone once that retry fails.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let generations: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".enclaveid-gen-") && !n.contains("current"))
+            .collect();
+        if generations.len() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "generations left behind: {generations:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// nginx from the distribution, serving mTLS with the files the agent writes and reloaded

@@ -228,7 +228,8 @@ async fn fetching_needs_an_audience_and_an_identity() {
 
 #[tokio::test]
 async fn after_a_key_rotation_old_tokens_validate_until_they_expire() {
-    let agent = agent("jwt_ttl = \"5s\"");
+    // Long enough for the checks below on a slow machine; the test then waits for it.
+    let agent = agent("jwt_ttl = \"15s\"");
     let client = WorkloadApiClient::connect_to(agent.endpoint())
         .await
         .unwrap();
@@ -257,7 +258,14 @@ async fn after_a_key_rotation_old_tokens_validate_until_they_expire() {
     assert!(JwtSvid::parse_and_validate(&old, &second, &["aud"]).is_ok());
     assert_eq!(validate(&agent, "aud", &new).await.unwrap(), ME);
 
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Once the old token's exp has passed (read from its claims), it is refused.
+    let exp = part(&old, 1)["exp"].as_u64().expect("a numeric exp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    if let Some(wait) = Duration::from_secs(exp + 1).checked_sub(now) {
+        tokio::time::sleep(wait).await;
+    }
     let status = validate(&agent, "aud", &old).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("expired"), "{status:?}");

@@ -51,7 +51,9 @@ fn secret_names(response: &DiscoveryResponse) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sds_stream_answers_new_names_ignores_stale_nonces_and_pushes_rotations() {
     let me = format!("\"unix:uid:{}\"", euid());
-    let agent = AgentProcess::start(&config("5s", &[("envoy", &me, "")]));
+    // SVIDs that outlive the test: the one push is the renewal it asks for, so that no
+    // rotation can make a request's nonce stale behind its back.
+    let agent = AgentProcess::start(&config("1h", &[("envoy", &me, "")]));
     let channel = enclaveid_workload_api::connect_unix(agent.socket())
         .await
         .unwrap();
@@ -83,10 +85,18 @@ async fn sds_stream_answers_new_names_ignores_stale_nonces_and_pushes_rotations(
     assert_eq!(secret_names(&second), ["ROOTCA", "default"]);
     assert_ne!(second.nonce, first.nonce);
 
-    // An ACK: nothing until the SVID rotates (TTL 5 s), then a push with a new version.
+    // An ACK: nothing until the SVID rotates (a renewal forced with SIGUSR1), then a
+    // push with a new version.
     tx.send(request(&["default", "ROOTCA"], Some(&second)))
         .await
         .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), responses.message())
+            .await
+            .is_err(),
+        "an answer to an ACK"
+    );
+    agent.renew();
     let pushed = next(&mut responses, 15)
         .await
         .expect("a push at the rotation");

@@ -145,7 +145,7 @@ fn supervisor_reaps_orphans_of_the_workload() {
     // It is re-parented to the agent (a child subreaper, as PID 1 in an enclave), which
     // must reap it: no zombie stays.
     let mut run = Supervised::start(
-        "sh -c 'sleep 1 & echo $! > \"$DIR/orphan\"' ; touch \"$DIR/ready\"; sleep 4",
+        "sh -c 'sleep 2 & echo $! > \"$DIR/orphan\"' ; touch \"$DIR/ready\"; sleep 10",
     );
     run.wait_for_file("ready");
     let orphan: u32 = std::fs::read_to_string(run.path("orphan"))
@@ -162,9 +162,16 @@ fn supervisor_reaps_orphans_of_the_workload() {
     };
     let (_, parent) = fields(&std::fs::read_to_string(&stat).unwrap());
     assert_eq!(parent, run.child.id(), "the orphan is the agent's now");
-    std::thread::sleep(Duration::from_millis(2000));
-    if let Ok(text) = std::fs::read_to_string(&stat) {
-        panic!("the orphan {orphan} was not reaped: {:?}", fields(&text));
+    // It exits about 2 s after the start; the workload lives on for 10 s, so the orphan
+    // is gone well before then only if the agent reaps it.
+    let deadline = Instant::now() + Duration::from_secs(7);
+    while let Ok(text) = std::fs::read_to_string(&stat) {
+        assert!(
+            Instant::now() < deadline,
+            "the orphan {orphan} was not reaped: {:?}",
+            fields(&text)
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(run.exit_code(), Some(0));
 }

@@ -226,11 +226,14 @@ async fn spire_upstream_attests_and_serves_the_servers_entries() {
     );
     server.cli_ok(&["entry", "delete", "-entryID", &by_path]);
 
-    // JWT-SVIDs come from the server and validate against the bundle it sent.
+    // JWT-SVIDs come from the server and validate against the bundle it sent. The
+    // identity is named: the deleted by-path entry may still be served for a few seconds
+    // (the server reloads its entry cache every 5 s), and an empty spiffe_id would then
+    // answer both, in the server's entry order.
     let jwt = client
         .fetch_jwtsvid(enclaveid_tests::with_header(proto::JwtsvidRequest {
             audience: vec!["db".into()],
-            spiffe_id: String::new(),
+            spiffe_id: format!("spiffe://{TD}/inference"),
         }))
         .await
         .expect("a JWT-SVID")
