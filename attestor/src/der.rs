@@ -1,5 +1,5 @@
 //! The little DER that the attested SVID extension needs: definite lengths and one-octet
-//! tags. [`write`] and [`encode`] encode one element; reading stays inside the crate.
+//! tags. [`write()`] and [`encode`] encode one element; reading stays inside the crate.
 //! Public for the project's test fakes, which encode CMS with it.
 
 /// BOOLEAN.
