@@ -37,8 +37,13 @@ impl Enclave {
     }
 
     /// Opens the configured attestor.
-    // A build with neither attestor refuses both kinds, so nothing after the match runs.
-    #[cfg_attr(not(any(feature = "fake", feature = "nsm")), allow(unreachable_code))]
+    #[cfg_attr(
+        not(any(feature = "fake", feature = "nsm")),
+        allow(
+            unreachable_code,
+            reason = "a build with neither attestor refuses both kinds: nothing after the match runs"
+        )
+    )]
     pub fn open(config: &AttestorConfig) -> Result<Self, EnclaveError> {
         let (attestor, verifier): (Box<dyn enclaveid_attestor::Attestor>, _) = match &config.kind {
             #[cfg(feature = "fake")]

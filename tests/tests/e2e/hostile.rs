@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use enclaveid_tests::bench::{cpu_time, open_fds};
 use enclaveid_tests::{
     AgentProcess, can_switch_uid, enclaveid_bin, euid, first_x509_response, open_stream,
     raw_client, with_header,
@@ -158,11 +159,7 @@ async fn hostile_idle_connections_of_another_uid_do_not_starve_root() {
     assert_eq!(line.trim(), "HELD 1100");
     // A connect() returns once queued: let the agent accept and refuse what it will
     // (its descriptor count steady for half a second) before its CPU is measured.
-    let descriptors = || {
-        std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
-            .unwrap()
-            .count()
-    };
+    let descriptors = || open_fds(agent.pid());
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = descriptors();
     loop {
@@ -187,9 +184,7 @@ async fn hostile_idle_connections_of_another_uid_do_not_starve_root() {
         spent < Duration::from_millis(800),
         "the agent spent {spent:?} of CPU in ~2 s with idle connections held"
     );
-    let open = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
-        .unwrap()
-        .count();
+    let open = open_fds(agent.pid());
     assert!(open < 1024, "{open} descriptors open");
     assert!(
         agent
@@ -208,29 +203,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// User plus system CPU time of `pid`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces): utime is the 14th field.
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<u64> = after
-        .split(' ')
-        .skip(11)
-        .take(2)
-        .map(|f| f.parse().unwrap())
-        .collect();
-    let ticks = fields.iter().sum::<u64>();
-    Duration::from_millis(ticks * 1000 / clock_ticks())
-}
-
-fn clock_ticks() -> u64 {
-    let output = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(100)
 }
 
 #[tokio::test]
@@ -256,9 +228,7 @@ async fn hostile_bundle_endpoint_slowloris_is_capped_and_let_go() {
         .collect();
     assert_eq!(slow.len(), 300);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let open = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
-        .unwrap()
-        .count();
+    let open = open_fds(agent.pid());
     assert!(open < 100, "{open} descriptors open with 300 slow clients");
     // The Workload API is not starved.
     assert_eq!(first_x509_response(agent.socket()).await.svids.len(), 1);
